@@ -1,0 +1,80 @@
+"""A byte budget: the bound on memory held in flight by concurrent reads.
+
+A small reusable primitive in the spirit of orbax's ``LimitInFlightBytes``:
+``with budget.reserved(n):`` blocks until ``n`` more bytes fit under the
+limit.  One reservation larger than the whole limit is admitted only when
+nothing else is in flight, so a weight bigger than the budget still loads,
+alone.  ``peak`` records the most bytes ever reserved at once, so tests and
+benchmarks can assert the bound rather than assume it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+
+from .errors import LazyWeightsError
+
+__all__ = ["ByteBudget", "parse_bytes"]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``"256MiB"`` → 268435456; ints pass through; None means unlimited."""
+    if value is None or isinstance(value, int):
+        if isinstance(value, int) and value <= 0:
+            raise LazyWeightsError(f"a byte budget must be positive, got {value}")
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise LazyWeightsError(f"cannot read {value!r} as a size; expected e.g. 64MiB, 1.5GB or 1048576")
+    return parse_bytes(int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
+
+
+class ByteBudget:
+    """Admit reservations while the bytes reserved stay under ``limit`` (None: unlimited)."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._pinned: dict[object, int] = {}
+        self._cond = threading.Condition()
+
+    def _fits(self, nbytes: int, owner: object) -> bool:
+        if self.limit is None or self.in_flight + nbytes <= self.limit:
+            return True
+        return self.in_flight == self._pinned.get(owner, 0)  # nothing in flight but the owner's pinned bytes
+
+    def acquire(self, nbytes: int, owner: object = None, pin: bool = False) -> None:
+        """Block until ``nbytes`` fit.  ``pin=True`` marks them as ``owner``'s long-lived reservation."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._fits(nbytes, owner))
+            self.in_flight += nbytes
+            if pin:
+                self._pinned[owner] = self._pinned.get(owner, 0) + nbytes
+            self.peak = max(self.peak, self.in_flight)
+
+    def release(self, nbytes: int, owner: object = None, pin: bool = False) -> None:
+        with self._cond:
+            self.in_flight -= nbytes
+            if pin:
+                left = self._pinned.pop(owner, 0) - nbytes
+                if left:
+                    self._pinned[owner] = left
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def reserved(self, nbytes: int) -> Iterator[None]:
+        self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)

@@ -1,0 +1,243 @@
+"""The user-facing objects: :func:`open` a checkpoint, look at its :class:`Weight` s, :func:`load` them."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import formats, lazy, reader
+from .budget import parse_bytes
+from .errors import MissingKeyError
+from .manifest import Manifest, WeightSpec
+from .progress import ProgressArg, progress_callback
+from .storage import Source, get_source, release_source
+from .stream import LoadReport, execute
+from .targets.numpy import plan_numpy
+
+__all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
+
+Url = str | os.PathLike[str]
+
+
+class Weight:
+    """One weight of an open checkpoint: metadata now, values on :meth:`read` or :meth:`to_dask`."""
+
+    def __init__(self, source: Source, spec: WeightSpec):
+        self._source = source
+        self.spec = spec
+
+    key = property(lambda self: self.spec.key, doc="Unique key: the dataset path under the weights root.")
+    layer = property(lambda self: self.spec.layer, doc="The layer this weight belongs to.")
+    name = property(lambda self: self.spec.name, doc="The weight's name as the file records it.")
+    shape = property(lambda self: self.spec.shape)
+    dtype = property(lambda self: self.spec.np_dtype)
+    nbytes = property(lambda self: self.spec.nbytes)
+    ndim = property(lambda self: len(self.spec.shape))
+
+    def read(self, index: Any = ()) -> np.ndarray:
+        """The values (or those at ``index``, reading only the rows it covers) as a numpy array."""
+        return reader.read(self._source, self.spec, index)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.read(index)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self.read()
+        return values if dtype is None else values.astype(dtype)
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy dask array; computing a slice reads only the bytes it needs."""
+        return lazy.to_dask(self._source, self.spec, chunks=chunks)
+
+    def __repr__(self) -> str:
+        return f"<Weight {self.key!r} shape={self.shape} dtype={self.spec.dtype}>"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer of an open checkpoint with its weights in the file's order."""
+
+    name: str
+    weights: tuple[Weight, ...]
+    alias: str | None = None
+
+
+class Checkpoint:
+    """An open checkpoint: its manifest plus a source to read from.  Use as a context manager."""
+
+    def __init__(self, source: Source, manifest: Manifest):
+        self._source = source
+        self.manifest = manifest
+        self._weights = {s.key: Weight(source, s) for s in (*manifest.weights, *manifest.optimizer)}
+        self._by_name: dict[str, list[str]] = {}
+        for spec in manifest.weights:
+            self._by_name.setdefault(spec.name, []).append(spec.key)
+
+    # -- description ----------------------------------------------------------
+
+    url = property(lambda self: self.manifest.url)
+    format = property(lambda self: self.manifest.format, doc="'keras-h5', 'keras-v3', 'keras-zip' or 'hdf5'.")
+    attrs = property(lambda self: dict(self.manifest.attrs))
+    nbytes = property(lambda self: self.manifest.nbytes)
+
+    @property
+    def weights(self) -> list[Weight]:
+        """Model weights in topological order (that of Keras's ``model.get_weights()``)."""
+        return [self._weights[s.key] for s in self.manifest.weights]
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Layers in the file's order, layers without weights included where the file lists them."""
+        return [Layer(la.name, tuple(self._weights[k] for k in la.keys), la.alias) for la in self.manifest.layers]
+
+    @property
+    def optimizer_weights(self) -> list[Weight]:
+        return [self._weights[s.key] for s in self.manifest.optimizer]
+
+    @property
+    def model_config(self) -> Any:
+        return self.manifest.attrs.get("model_config")
+
+    @property
+    def training_config(self) -> Any:
+        return self.manifest.attrs.get("training_config")
+
+    def keys(self) -> list[str]:
+        return self.manifest.keys
+
+    def resolve(self, key: str) -> WeightSpec:
+        """The spec for a key, or for a weight name that only one weight has (``dense_1/kernel:0``)."""
+        if key in self.manifest:
+            return self.manifest[key]
+        matches = self._by_name.get(key, [])
+        if len(matches) == 1:
+            return self.manifest[matches[0]]
+        if matches:
+            raise MissingKeyError(f"{self.url}: {key!r} names {len(matches)} weights {matches}; use a full key")
+        return self.manifest[key]  # raises with close matches
+
+    def __getitem__(self, key: str) -> Weight:
+        return self._weights[self.resolve(key).key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self.manifest or len(self._by_name.get(key, [])) == 1)
+
+    def __iter__(self) -> Iterator[Weight]:
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.manifest.weights)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Checkpoint {self.url!r} format={self.format} layers={len(self.manifest.layers)} "
+            f"weights={len(self)} bytes={self.nbytes}>"
+        )
+
+    # -- loading ----------------------------------------------------------------
+
+    def load(
+        self,
+        out: Mapping[str, Any] | Sequence[Any] | None = None,
+        *,
+        max_memory: int | str | None = None,
+        concurrency: int | None = None,
+        part_size: int | str | None = None,
+        progress: ProgressArg = False,
+    ) -> LoadedWeights | LoadReport:
+        """See :func:`lazyweights.load`."""
+        groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out)
+        total = sum(t.spec.nbytes for g in groups for t in g.targets)
+        report = LoadReport(url=self.url, format=self.format, skipped=skipped)
+        with progress_callback(progress, total, f"loading {os.path.basename(str(self.url)) or self.url}") as cb:
+            execute(
+                self._source,
+                groups,
+                max_memory=parse_bytes(max_memory),
+                concurrency=concurrency,
+                part_bytes=parse_bytes(part_size),
+                progress=cb,
+                report=report,
+            )
+        if arrays is None:
+            return report
+        return LoadedWeights(arrays, report)
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release this checkpoint's open file handles (dask graphs reopen on demand)."""
+        release_source(self._source)
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LoadedWeights(dict):
+    """The dict ``load()`` returns when it allocates the arrays: key → array, plus ``.report``."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], report: LoadReport):
+        super().__init__(arrays)
+        self.report = report
+
+
+def open(url: Url, storage_options: Mapping[str, Any] | None = None) -> Checkpoint:
+    """Open a checkpoint at any fsspec URL or local path; reads metadata only.
+
+    Parameters
+    ----------
+    url
+        A local path, ``file://``, ``memory://``, ``http(s)://``, ``s3://``,
+        ``gs://`` or chained (``simplecache::s3://...``) URL.
+    storage_options
+        Passed to fsspec unchanged (endpoint, credentials, ...).
+    """
+    source = get_source(os.fspath(url), storage_options)
+    try:
+        manifest = formats.parse(source)
+    except BaseException:
+        release_source(source)
+        raise
+    return Checkpoint(source, manifest)
+
+
+def load(
+    src: Url | Checkpoint,
+    out: Mapping[str, Any] | Sequence[Any] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
+    concurrency: int | None = None,
+    part_size: int | str | None = None,
+    progress: ProgressArg = False,
+) -> LoadedWeights | LoadReport:
+    """Load a checkpoint's weights into memory.
+
+    With ``out=None`` returns a :class:`LoadedWeights` dict (key → new array,
+    topological order, ``.report`` attached).  With ``out`` a dict (filled by
+    key; keys may be unique weight names) or a list (filled by position, like
+    ``set_weights``), writes in place and returns the :class:`LoadReport`.
+    Every destination is checked before anything is read.
+
+    ``max_memory`` ("256MiB", bytes, or None for unlimited) bounds the bytes
+    held in flight beyond the destination arrays; ``concurrency`` is the
+    number of reads in flight (default: 2 x cores locally, 16 remotely);
+    ``progress=True`` shows a progress bar, or pass a callable taking byte
+    increments.
+    """
+    kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
+    if isinstance(src, Checkpoint):
+        return src.load(out, **kwargs)
+    with open(src, storage_options) as ckpt:
+        return ckpt.load(out, **kwargs)
+
+
+_ = builtins  # `open` above shadows the builtin inside this module on purpose

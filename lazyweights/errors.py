@@ -1,0 +1,87 @@
+"""The exceptions lazyweights raises.
+
+Every error is a :class:`LazyWeightsError`; most also inherit the builtin a
+caller would naturally catch, so ``except KeyError`` or ``except OSError``
+keeps working::
+
+    LazyWeightsError
+     ├── FormatError(ValueError)             not a checkpoint, or a malformed one
+     │    ├── TruncatedFileError             file shorter than its own metadata says
+     │    └── UnsafeCheckpointError          external links/storage, virtual datasets
+     ├── UnsupportedError(NotImplementedError)  a valid layout lazyweights cannot decode
+     ├── MissingKeyError(KeyError)           a requested weight is not in the checkpoint
+     ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
+     ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
+     │    └── ObjectChangedError             the object changed while it was being read
+     └── PartialLoadError                    a load failed after writing into ``out``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "FormatError",
+    "LazyWeightsError",
+    "MismatchError",
+    "MissingKeyError",
+    "ObjectChangedError",
+    "PartialLoadError",
+    "StorageError",
+    "TruncatedFileError",
+    "UnsafeCheckpointError",
+    "UnsupportedError",
+]
+
+
+class LazyWeightsError(Exception):
+    """Base class of every error raised by lazyweights."""
+
+
+class FormatError(LazyWeightsError, ValueError):
+    """The file is not a checkpoint lazyweights reads, or its metadata is malformed."""
+
+
+class TruncatedFileError(FormatError):
+    """The file ends before the end its own metadata declares."""
+
+
+class UnsafeCheckpointError(FormatError):
+    """The checkpoint would make the loader read outside itself (external links, external storage)."""
+
+
+class UnsupportedError(LazyWeightsError, NotImplementedError):
+    """A valid layout or filter that lazyweights cannot decode."""
+
+
+class MissingKeyError(LazyWeightsError, KeyError):
+    """A weight key that the checkpoint does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class MismatchError(LazyWeightsError, ValueError):
+    """A destination whose shape, dtype or count disagrees with the checkpoint."""
+
+
+class StorageError(LazyWeightsError, OSError):
+    """The storage layer failed, or returned other bytes than were asked for."""
+
+
+class ObjectChangedError(StorageError):
+    """The object's size or version changed since it was opened."""
+
+
+class PartialLoadError(LazyWeightsError):
+    """A load failed after some destination arrays had been written.
+
+    ``written`` lists the keys whose destination holds the checkpoint's values,
+    ``partial`` the keys whose destination was written only in part.  The
+    original error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, written: Sequence[str], partial: Sequence[str]):
+        super().__init__(message)
+        self.written = list(written)
+        self.partial = list(partial)

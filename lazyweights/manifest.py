@@ -1,0 +1,268 @@
+"""The manifest: what a checkpoint holds and where its bytes are.
+
+Pure data, no I/O.  A :class:`Manifest` is built once from a file's metadata
+(``lazyweights.formats``) and is everything later stages need: it pickles, it
+round-trips through JSON (:meth:`Manifest.to_json`), and two manifests of the
+same file compare equal.  It is validated when built, so a reader can trust
+that every byte range lies inside the file and that keys are unique.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import FormatError, MissingKeyError
+
+__all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "resolve_dtype"]
+
+Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py"]
+
+
+def resolve_dtype(name: str) -> np.dtype:
+    """Turn a manifest dtype string into a numpy dtype (``"bfloat16"`` via ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A byte range ``[offset, offset + length)`` of the container file."""
+
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One stored chunk of a chunked dataset: its origin in element coordinates and its bytes."""
+
+    origin: tuple[int, ...]
+    extent: Extent
+    filter_mask: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One stage of an HDF5 filter pipeline, in the order the writer applied it."""
+
+    id: int
+    name: str
+    values: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightSpec:
+    """Everything needed to read one weight without the format's library.
+
+    ``key`` is the dataset's path relative to the checkpoint's weights root
+    (``model_weights`` for full-model Keras files, the file root otherwise), so
+    it is unique and stable.  ``layout`` says how the bytes are stored:
+
+    - ``contiguous``: one extent of ``nbytes`` bytes, C order;
+    - ``chunked``: ``chunks`` of ``chunk_shape`` each, decoded with ``filters``;
+    - ``compact``: the raw bytes are in ``inline`` (they live in the metadata);
+    - ``empty``: never written, every element is ``fill``;
+    - ``h5py``: a filter with no codec here; decoded by h5py from ``path``.
+    """
+
+    key: str
+    layer: str
+    name: str
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: Layout
+    extent: Extent | None = None
+    chunk_shape: tuple[int, ...] | None = None
+    chunks: tuple[Chunk, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    inline: bytes | None = None
+    fill: bytes | None = None
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return resolve_dtype(self.dtype)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.np_dtype.itemsize
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes this weight occupies in the file (compressed size for chunked data)."""
+        if self.layout == "contiguous":
+            return self.extent.length if self.extent else 0
+        if self.layout == "chunked":
+            return sum(c.extent.length for c in self.chunks)
+        return 0
+
+    def extents(self) -> Iterator[Extent]:
+        """Every byte range of the container file this weight reads."""
+        if self.extent is not None:
+            yield self.extent
+        for chunk in self.chunks:
+            yield chunk.extent
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """A layer as the checkpoint names it, with its weight keys in the file's order.
+
+    ``name`` is what loaders match on (the layer name in Keras 2 files, the
+    object path such as ``layers/dense_1`` in Keras 3 files); ``alias`` is the
+    layer's own name where the file records it separately.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An ordered, validated description of a checkpoint.
+
+    ``weights`` is in topological order (for Keras files, the order of
+    ``model.get_weights()``); ``layers`` in the file's layer order, including
+    layers without weights.  ``attrs`` holds the JSON-able root attributes,
+    with ``model_config``/``training_config`` already parsed.
+    """
+
+    url: str
+    format: str
+    size: int
+    weights: tuple[WeightSpec, ...]
+    layers: tuple[Layer, ...] = ()
+    optimizer: tuple[WeightSpec, ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    etag: str | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    _index: dict[str, WeightSpec] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, WeightSpec] = {}
+        for spec in (*self.weights, *self.optimizer):
+            if spec.key in index:
+                raise FormatError(f"{self.url}: two weights share the key {spec.key!r}")
+            _check_extents(self.url, self.size, spec)
+            index[spec.key] = spec
+        for layer in self.layers:
+            missing = [k for k in layer.keys if k not in index]
+            if missing:
+                raise FormatError(f"{self.url}: layer {layer.name!r} lists weights the file lacks: {missing}")
+        object.__setattr__(self, "_index", index)
+
+    def __getitem__(self, key: str) -> WeightSpec:
+        try:
+            return self._index[key]
+        except KeyError:
+            raise MissingKeyError(_missing_message(self.url, key, list(self._index))) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    @property
+    def keys(self) -> list[str]:
+        return [w.key for w in self.weights]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.weights)
+
+    def to_json(self) -> str:
+        """Serialise to JSON; :meth:`from_json` gives back an equal manifest."""
+        return json.dumps(_to_plain(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        return cls(
+            url=data["url"],
+            format=data["format"],
+            size=data["size"],
+            etag=data.get("etag"),
+            weights=tuple(_spec_from_plain(w) for w in data["weights"]),
+            layers=tuple(Layer(d["name"], tuple(d["keys"]), d.get("alias")) for d in data["layers"]),
+            optimizer=tuple(_spec_from_plain(w) for w in data["optimizer"]),
+            attrs=data["attrs"],
+            skipped=tuple((p, r) for p, r in data["skipped"]),
+        )
+
+
+def _check_extents(url: str, size: int, spec: WeightSpec) -> None:
+    """Refuse byte ranges outside the file before anything is allocated or read."""
+    for ext in spec.extents():
+        if ext.offset < 0 or ext.length < 0 or ext.end > size:
+            raise FormatError(
+                f"{url}: weight {spec.key!r} declares bytes [{ext.offset}, {ext.end}) but the file has {size} bytes"
+            )
+    if spec.layout == "contiguous" and spec.extent is not None and spec.extent.length != spec.nbytes:
+        raise FormatError(
+            f"{url}: weight {spec.key!r} of shape {spec.shape} and dtype {spec.dtype} needs "
+            f"{spec.nbytes} bytes but its storage holds {spec.extent.length}"
+        )
+
+
+def _missing_message(url: str, key: str, keys: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f"; did you mean {close}?" if close else f"; it holds {len(keys)} weights"
+    return f"{url}: no weight {key!r}{hint}"
+
+
+def _to_plain(obj: Any) -> Any:
+    """Dataclasses → dicts, tuples → lists, bytes → base64, recursively."""
+    if isinstance(obj, bytes):
+        return {"b64": base64.b64encode(obj).decode()}
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f: _to_plain(getattr(obj, f)) for f in obj.__dataclass_fields__ if not f.startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else base64.b64decode(value["b64"])
+
+
+def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
+    ext = d["extent"]
+    return WeightSpec(
+        key=d["key"],
+        layer=d["layer"],
+        name=d["name"],
+        path=d["path"],
+        shape=tuple(d["shape"]),
+        dtype=d["dtype"],
+        layout=d["layout"],
+        extent=Extent(**ext) if ext else None,
+        chunk_shape=tuple(d["chunk_shape"]) if d["chunk_shape"] is not None else None,
+        chunks=tuple(
+            Chunk(origin=tuple(c["origin"]), extent=Extent(**c["extent"]), filter_mask=c["filter_mask"])
+            for c in d["chunks"]
+        ),
+        filters=tuple(Filter(id=f["id"], name=f["name"], values=tuple(f["values"])) for f in d["filters"]),
+        inline=_bytes(d["inline"]),
+        fill=_bytes(d["fill"]),
+    )

@@ -1,0 +1,320 @@
+"""The budgeted executor: read many weights into destinations, concurrently, within a memory bound.
+
+A load is a list of :class:`Group` s (typically one per layer), each a list of
+:class:`Target` s (a weight and where it goes).  Every target becomes work
+units: parts of a few MiB for contiguous data, one unit per stored chunk for
+chunked data.  The submitting thread reserves each unit's transient bytes
+from a :class:`~lazyweights.budget.ByteBudget` before handing it to a thread
+pool, so memory held in flight never exceeds ``max_memory`` beyond the
+destinations themselves.
+
+When a destination is the caller's array of the file's dtype, local parts are
+read with ``preadv`` straight into it: no staging buffer at all.  A target
+without a destination gets one allocated under the budget; the group's
+``on_ready`` callback receives the arrays when all its units are done, and the
+reservation is released after it returns — so a Keras model is filled layer by
+layer and a layer's values are gone before the next needs the memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reader
+from .budget import ByteBudget
+from .errors import LazyWeightsError, PartialLoadError
+from .manifest import WeightSpec
+from .storage import Source
+
+__all__ = ["Group", "LoadReport", "Target", "execute"]
+
+DEFAULT_PART_BYTES = 8 << 20
+
+
+@dataclass
+class Target:
+    """One weight and its destination (None: allocate one under the budget)."""
+
+    spec: WeightSpec
+    dest: np.ndarray | None = None
+
+
+@dataclass
+class Group:
+    """Targets loaded together; ``on_ready`` gets their arrays once all are read."""
+
+    targets: list[Target]
+    on_ready: Callable[[list[np.ndarray]], None] | None = None
+
+
+@dataclass
+class LoadReport:
+    """What a load did: which weights, how many bytes and requests, how long, how much memory in flight."""
+
+    url: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    bytes_loaded: int = 0
+    bytes_read: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    peak_in_flight: int = 0
+    max_memory: int | None = None
+    concurrency: int = 0
+
+    @property
+    def throughput(self) -> float:
+        """Bytes loaded per second."""
+        return self.bytes_loaded / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        return (
+            f"loaded {len(self.loaded)} weights ({self.bytes_loaded / mib:.1f} MiB) from {self.url} "
+            f"in {self.seconds:.2f} s ({self.throughput / mib:.0f} MiB/s), {self.requests} reads, "
+            f"peak in flight {self.peak_in_flight / mib:.1f} MiB"
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
+        )
+
+
+@dataclass
+class _Unit:
+    key: str
+    cost: int  # transient bytes held while the unit runs
+    stored: int  # bytes fetched from storage
+    nbytes: int  # destination bytes the unit fills
+    run: Callable[[], None]
+
+
+def _destination(target: Target) -> np.ndarray:
+    if target.dest is not None:
+        return target.dest
+    return np.empty(target.spec.shape, dtype=target.spec.np_dtype.newbyteorder("="))
+
+
+def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None:
+    if dest.flags.c_contiguous:
+        dest.reshape(-1)[e0:e1] = values
+    else:
+        dest.flat[e0:e1] = values
+
+
+def _contiguous_units(source: Source, spec: WeightSpec, dest: np.ndarray, part_bytes: int) -> Iterator[_Unit]:
+    direct = dest.dtype == spec.np_dtype and dest.flags.c_contiguous and dest.flags.writeable
+    flat = dest.reshape(-1) if direct else None
+    for e0, e1 in reader.contiguous_parts(spec, part_bytes):
+        ext = reader.element_extent(spec, e0, e1)
+        if direct:
+
+            def run(ext=ext, e0=e0, e1=e1) -> None:
+                source.readinto(ext.offset, reader.byte_view(flat[e0:e1]))
+
+            cost = 0 if source.is_local else ext.length
+        else:
+
+            def run(ext=ext, e0=e0, e1=e1) -> None:
+                stage = np.empty(e1 - e0, dtype=spec.np_dtype)
+                source.readinto(ext.offset, reader.byte_view(stage))
+                _assign_flat(dest, e0, e1, stage)
+
+            cost = ext.length * (1 if source.is_local else 2)
+        yield _Unit(spec.key, cost, ext.length, ext.length, run)
+
+
+def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray) -> Iterator[_Unit]:
+    full = tuple(slice(0, n) for n in spec.shape)
+    chunk_nbytes = int(np.prod(spec.chunk_shape)) * spec.np_dtype.itemsize
+    if len(spec.chunks) < _chunk_count(spec):
+        dest[...] = reader.fill_value(spec)  # unwritten chunks hold the fill value
+    for chunk, src, dst in reader.chunk_overlaps(spec, full):
+
+        def run(chunk=chunk, src=src, dst=dst) -> None:
+            dest[dst] = reader.read_chunk(source, spec, chunk)[src]
+
+        nbytes = int(np.prod([s.stop - s.start for s in dst])) * spec.np_dtype.itemsize
+        yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
+
+
+def _chunk_count(spec: WeightSpec) -> int:
+    return int(np.prod([-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True)]))
+
+
+def _units(source: Source, spec: WeightSpec, dest: np.ndarray, part_bytes: int) -> list[_Unit]:
+    """The work units that fill ``dest`` with ``spec``'s values; constants are written at once."""
+    if spec.layout == "contiguous":
+        return list(_contiguous_units(source, spec, dest, part_bytes))
+    if spec.layout == "chunked":
+        return list(_chunk_units(source, spec, dest))
+    if spec.layout == "h5py":
+
+        def run() -> None:
+            dest[...] = reader.read(source, spec)
+
+        return [_Unit(spec.key, 2 * spec.nbytes, spec.nbytes, spec.nbytes, run)]
+    dest[...] = reader.constant_values(spec)
+    return []
+
+
+class _Progress:
+    """Per-key and per-group completion, bytes and the first error, shared by worker threads."""
+
+    def __init__(self, callback: Callable[[int], None] | None):
+        self.lock = threading.Lock()
+        self.callback_lock = threading.Lock()
+        self.callback = callback
+        self.pending: dict[str, int] = {}
+        self.started: set[str] = set()
+        self.done: list[str] = []
+        self.error: BaseException | None = None
+        self.failed_key: str | None = None
+        self.stored = self.loaded = self.requests = 0
+
+    def expect(self, key: str, n: int) -> None:
+        with self.lock:
+            self.pending[key] = self.pending.get(key, 0) + n
+            if self.pending[key] == 0:
+                self.done.append(key)
+
+    def finish(self, unit: _Unit) -> None:
+        with self.lock:
+            self.started.add(unit.key)
+            self.stored += unit.stored
+            self.loaded += unit.nbytes
+            self.requests += 1
+            self.pending[unit.key] -= 1
+            if self.pending[unit.key] == 0:
+                self.done.append(unit.key)
+        if self.callback is not None:
+            self.callback(unit.nbytes)
+
+    def fail(self, key: str, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error, self.failed_key = exc, key
+
+
+def execute(
+    source: Source,
+    groups: Sequence[Group],
+    *,
+    max_memory: int | None,
+    concurrency: int | None = None,
+    part_bytes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    report: LoadReport,
+) -> LoadReport:
+    """Run ``groups`` against ``source``; fill ``report`` and return it.
+
+    Raises the first error a unit raised; if caller-owned destinations were
+    already written, as :class:`PartialLoadError` naming them.
+    """
+    concurrency = concurrency or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
+    part_bytes = part_bytes or DEFAULT_PART_BYTES
+    if max_memory is not None:  # keep `concurrency` parts in flight under the budget
+        part_bytes = max(64 << 10, min(part_bytes, max_memory // (2 * concurrency)))
+    budget = ByteBudget(max_memory)
+    state = _Progress(progress)
+    slots = threading.BoundedSemaphore(2 * concurrency)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights") as pool:
+        for group in groups:
+            if state.error is not None:
+                break
+            _submit_group(source, group, budget, slots, pool, state, part_bytes)
+    report.seconds = time.perf_counter() - start
+    report.bytes_read, report.bytes_loaded, report.requests = state.stored, state.loaded, state.requests
+    report.peak_in_flight, report.max_memory, report.concurrency = budget.peak, max_memory, concurrency
+    done = set(state.done)
+    report.loaded.extend(t.spec.key for g in groups for t in g.targets if t.spec.key in done)  # plan order
+    if state.error is not None:
+        _raise(source, groups, state)
+    return report
+
+
+def _submit_group(
+    source: Source,
+    group: Group,
+    budget: ByteBudget,
+    slots: threading.BoundedSemaphore,
+    pool: ThreadPoolExecutor,
+    state: _Progress,
+    part_bytes: int,
+) -> None:
+    owner = object()
+    held = sum(t.spec.nbytes for t in group.targets if t.dest is None)
+    budget.acquire(held, owner, pin=True)
+    arrays = [_destination(t) for t in group.targets]
+    units: list[_Unit] = []
+    for target, dest in zip(group.targets, arrays, strict=True):
+        mine = _units(source, target.spec, dest, part_bytes)
+        state.expect(target.spec.key, len(mine))
+        units.extend(mine)
+    remaining = [len(units)]
+    lock = threading.Lock()
+
+    def complete() -> None:
+        try:
+            if group.on_ready is not None and state.error is None:
+                with state.callback_lock:
+                    group.on_ready(arrays)
+        finally:
+            budget.release(held, owner, pin=True)
+
+    def run(unit: _Unit) -> None:
+        try:
+            if state.error is None:
+                unit.run()
+                state.finish(unit)
+        except BaseException as exc:  # recorded and re-raised by execute()
+            state.fail(unit.key, exc)
+        finally:
+            budget.release(unit.cost, owner)
+            slots.release()
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            _guard(state, unit.key, complete)
+
+    if not units:
+        _guard(state, group.targets[0].spec.key if group.targets else "", complete)
+    for unit in units:
+        budget.acquire(unit.cost, owner)
+        slots.acquire()
+        if state.error is not None:
+            budget.release(unit.cost, owner)
+            slots.release()
+            break
+        pool.submit(run, unit)
+
+
+def _guard(state: _Progress, key: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        state.fail(key, exc)
+
+
+def _raise(source: Source, groups: Sequence[Group], state: _Progress) -> None:
+    exc = state.error
+    owned = {t.spec.key for g in groups for t in g.targets if t.dest is not None}
+    written = [k for k in state.done if k in owned]
+    partial = sorted((state.started & owned) - set(written))
+    if not written and not partial:
+        raise exc
+    detail = exc if isinstance(exc, LazyWeightsError) else f"{type(exc).__name__}: {exc}"
+    raise PartialLoadError(
+        f"{source.url}: load failed at weight {state.failed_key!r} ({detail}); the destination now holds "
+        f"{len(written)} fully written weights {written[:10]}{'...' if len(written) > 10 else ''} and "
+        f"{len(partial)} partly written {partial[:10]}",
+        written,
+        partial,
+    ) from exc

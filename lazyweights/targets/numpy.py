@@ -1,0 +1,67 @@
+"""NumPy destinations: new arrays, a dict filled by key, or a list filled by position.
+
+Every destination is checked against the checkpoint before a single byte is
+read, so a shape or dtype mismatch leaves the caller's arrays untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import MismatchError
+from ..manifest import WeightSpec
+from ..stream import Group, Target
+
+__all__ = ["check_destination", "plan_numpy"]
+
+Resolve = Callable[[str], WeightSpec]
+
+
+def check_destination(url: str, spec: WeightSpec, dest: Any, where: str) -> np.ndarray:
+    """``dest`` as a writable ndarray of ``spec``'s shape into which its dtype casts safely."""
+    if not isinstance(dest, np.ndarray):
+        raise MismatchError(
+            f"{url}: destination for weight {spec.key!r} ({where}) is a {type(dest).__name__}, not a numpy array"
+        )
+    if tuple(dest.shape) != tuple(spec.shape):
+        raise MismatchError(
+            f"{url}: weight {spec.key!r} has shape {spec.shape} but its destination ({where}) has shape {dest.shape}"
+        )
+    if not np.can_cast(spec.np_dtype, dest.dtype, casting="same_kind"):
+        raise MismatchError(
+            f"{url}: weight {spec.key!r} has dtype {spec.np_dtype} but its destination ({where}) has dtype "
+            f"{dest.dtype}; expected a destination of the same kind (e.g. any float dtype for float weights)"
+        )
+    if not dest.flags.writeable:
+        raise MismatchError(f"{url}: destination for weight {spec.key!r} ({where}) is read-only")
+    return dest
+
+
+def plan_numpy(
+    url: str, weights: Sequence[WeightSpec], resolve: Resolve, out: Mapping[str, Any] | Sequence[Any] | None
+) -> tuple[list[Group], dict[str, np.ndarray] | None, list[tuple[str, str]]]:
+    """Groups to execute, the new-array dict (when ``out`` is None), and the weights not loaded."""
+    if out is None:
+        arrays = {w.key: np.empty(w.shape, dtype=w.np_dtype.newbyteorder("=")) for w in weights}
+        return [Group([Target(w, arrays[w.key])]) for w in weights], arrays, []
+    if isinstance(out, Mapping):
+        pairs = [(resolve(str(k)), v, f"out[{k!r}]") for k, v in out.items()]
+        chosen = {spec.key for spec, _, _ in pairs}
+        skipped = [(w.key, "not in out") for w in weights if w.key not in chosen]
+    elif isinstance(out, Sequence) and not isinstance(out, (str, bytes)):
+        if len(out) != len(weights):
+            raise MismatchError(
+                f"{url}: the checkpoint holds {len(weights)} weights but `out` has {len(out)} arrays; "
+                "a list is filled by position, like set_weights()"
+            )
+        pairs = [(w, v, f"out[{i}]") for i, (w, v) in enumerate(zip(weights, out, strict=True))]
+        skipped = []
+    else:
+        raise MismatchError(
+            f"{url}: `out` must be a dict of arrays, a list of arrays or None, not {type(out).__name__}"
+        )
+    groups = [Group([Target(spec, check_destination(url, spec, dest, where))]) for spec, dest, where in pairs]
+    return groups, None, skipped

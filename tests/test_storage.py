@@ -1,0 +1,127 @@
+"""The same checkpoints from local paths, file://, memory:// and a real Range HTTP server give the same arrays."""
+
+from __future__ import annotations
+
+import shutil
+
+import fsspec
+import h5py
+import numpy as np
+import pytest
+
+import lazyweights as lw
+
+from .conftest import KERAS2
+
+
+@pytest.fixture(scope="module")
+def row_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rows") / "rows.h5"
+    with h5py.File(path, "w") as f:
+        f["big"] = np.arange(4096 * 256, dtype="f4").reshape(4096, 256)  # 4 MiB, 1 KiB rows
+        f["chunked"] = f.create_dataset(
+            "tmp",
+            data=np.arange(64 * 64, dtype="f8").reshape(64, 64),
+            chunks=(16, 16),
+            compression="gzip",
+            shuffle=True,
+        )[()]
+        f.create_dataset(
+            "gz", data=np.arange(64 * 64, dtype="f8").reshape(64, 64), chunks=(16, 16), compression="gzip", shuffle=True
+        )
+    return path
+
+
+def _urls(path, http_server, http_root) -> dict[str, str]:
+    shutil.copy(path, http_root / path.name)
+    fsspec.filesystem("memory").pipe(f"/{path.name}", path.read_bytes())
+    return {
+        "local": str(path),
+        "file": f"file://{path}",
+        "memory": f"memory://{path.name}",
+        "http": f"{http_server.url}/{path.name}",
+    }
+
+
+@pytest.mark.parametrize("scheme", ["local", "file", "memory", "http"])
+@pytest.mark.parametrize("kind", ["keras", "weights", "h5"])
+def test_keras3_files_from_every_store(keras3_files, http_server, http_root, scheme, kind) -> None:
+    url = _urls(keras3_files[kind], http_server, http_root)[scheme]
+    with lw.open(url) as ckpt:
+        loaded = ckpt.load(max_memory="64KiB", concurrency=4)
+        assert len(loaded) == len(keras3_files["values"])
+        for got, expected in zip(loaded.values(), keras3_files["values"], strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("scheme", ["memory", "http"])
+def test_keras2_from_every_store(http_server, http_root, scheme) -> None:
+    path = KERAS2 / "mobilenetv2_full.h5"
+    local = lw.load(path)
+    remote = lw.load(_urls(path, http_server, http_root)[scheme], max_memory="1MiB")
+    assert list(local) == list(remote)
+    for key in local:
+        np.testing.assert_array_equal(local[key], remote[key])
+
+
+def test_http_slice_reads_only_its_rows(row_file, http_server, http_root) -> None:
+    url = _urls(row_file, http_server, http_root)["http"]
+    with lw.open(url) as ckpt:
+        arr = ckpt["big"].to_dask()
+        http_server.reset()
+        got = arr[1000:1010].compute()
+        np.testing.assert_array_equal(got, np.arange(4096 * 256, dtype="f4").reshape(4096, 256)[1000:1010])
+        assert http_server.bytes_sent == 10 * 1024, http_server.requests  # ten 1 KiB rows, nothing else
+        http_server.reset()
+        np.testing.assert_array_equal(ckpt["big"].read(5), np.arange(5 * 256, 6 * 256, dtype="f4"))
+        assert http_server.bytes_sent == 1024
+
+
+def test_http_chunked_slice_reads_only_its_chunks(row_file, http_server, http_root) -> None:
+    url = _urls(row_file, http_server, http_root)["http"]
+    with lw.open(url) as ckpt:
+        spec = ckpt["gz"].spec
+        needed = [c for c in spec.chunks if c.origin[0] == 16 and c.origin[1] in (0, 16)]
+        http_server.reset()
+        got = ckpt["gz"].to_dask()[20:30, 5:20].compute()
+        np.testing.assert_array_equal(got, np.arange(64 * 64, dtype="f8").reshape(64, 64)[20:30, 5:20])
+        assert http_server.bytes_sent == sum(c.extent.length for c in needed)
+
+
+def test_dask_threaded_and_graph_has_no_handles(row_file) -> None:
+    import pickle
+
+    import dask
+
+    with lw.open(row_file) as ckpt:
+        arr = ckpt["big"].to_dask()
+        assert arr.name.startswith("lazyweights-")
+        assert arr.name == ckpt["big"].to_dask().name  # named from metadata: deterministic
+        graph = dict(arr.__dask_graph__())
+        pickle.dumps(graph)  # no open files or h5py objects inside
+        with dask.config.set(scheduler="threads"):
+            assert float(arr.sum().compute()) == float(np.arange(4096 * 256, dtype="f4").sum(dtype="f8"))
+
+
+def test_dask_distributed_local_cluster(row_file, http_server, http_root) -> None:
+    from distributed import Client, LocalCluster
+
+    url = _urls(row_file, http_server, http_root)["http"]
+    expected = np.arange(4096 * 256, dtype="f4").reshape(4096, 256)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        for target in (str(row_file), url):
+            with lw.open(target) as ckpt:
+                arr = ckpt["big"].to_dask(chunks=(512, 256))
+                np.testing.assert_array_equal(client.compute(arr[100:3000:7]).result(), expected[100:3000:7])
+                total = client.compute(arr.sum(dtype="f8")).result()
+                assert float(total) == float(expected.sum(dtype="f8"))
+        workers = client.run(lambda: __import__("os").getpid())
+        assert len(set(workers.values())) == 2
+
+
+def test_missing_remote_object(http_server) -> None:
+    with pytest.raises(lw.StorageError, match=r"no-such-file\.h5"):
+        lw.open(f"{http_server.url}/no-such-file.h5")
