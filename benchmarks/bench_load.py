@@ -1,0 +1,191 @@
+"""Load one ~2 GB Keras-format checkpoint every common way and compare, in one run.
+
+    python benchmarks/bench_load.py [--size-gb 2] [--dir /tmp/lazyweights-bench] [--repeat 3] [--only lw,cat]
+
+Builds (once) a Keras 3 MLP whose weights total ``--size-gb``, saved by Keras
+itself as ``.weights.h5``, and the same tensors as safetensors.  Then, with
+the page cache warm, each method runs in a fresh subprocess (so peak RSS is
+its own) and the best of ``--repeat`` wall times is reported:
+
+- ``cat``: ``cat file > /dev/null``, the floor for moving the bytes;
+- ``h5py``: ``ds[()]`` for every dataset (what most loaders do);
+- ``keras``: Keras 3 ``model.load_weights`` into the same (already built) model;
+- ``safetensors``: ``safetensors.numpy.load_file`` of the same tensors;
+- ``lw``: ``lw.load(file, out=preallocated, max_memory="64MiB")``;
+- ``lw-new``: ``lw.load(file)`` allocating its arrays.
+
+"peak RSS" is the process's high-water mark over the timed call (VmHWM,
+reset just before it); "growth" is that minus the RSS just before the call
+(the destinations, when preallocated, are already resident then): what the
+load itself cost in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource  # cat's RSS only: RUSAGE_CHILDREN
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+WIDTH = 4096
+
+
+def layer_count(size_gb: float) -> int:
+    return max(1, round(size_gb * 1e9 / ((WIDTH * WIDTH + WIDTH) * 4)))
+
+
+def build_model(layers: int):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((WIDTH,))] + [keras.layers.Dense(WIDTH, name=f"dense_{i}") for i in range(layers)], name="bench"
+    )
+
+
+def generate(directory: Path, layers: int) -> dict[str, Path]:
+    paths = {"h5": directory / f"bench_{layers}.weights.h5", "st": directory / f"bench_{layers}.safetensors"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"generating {layers} Dense({WIDTH}) layers with Keras 3 ...", file=sys.stderr)
+    model = build_model(layers)
+    model.save_weights(paths["h5"])
+    from safetensors.numpy import save_file
+
+    import lazyweights as lw
+
+    with lw.open(paths["h5"]) as ckpt:
+        tensors = {w.key.replace("/", "."): w.read() for w in ckpt.weights}
+    save_file(tensors, paths["st"])
+    return paths
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """This process's RSS high-water mark (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak seen is the timed call's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]:
+    """Run one method in this (fresh) process; return seconds, bytes, peak and growth."""
+    import numpy as np
+
+    h5 = paths["h5"]
+    if method == "cat":
+        start = time.perf_counter()
+        subprocess.run(["cat", h5], stdout=subprocess.DEVNULL, check=True)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "growth": 0}
+    if method == "h5py":
+        import h5py
+
+        def run() -> None:
+            with h5py.File(h5, "r") as f:
+                arrays = []
+                f.visititems(lambda n, o: arrays.append(o[()]) if isinstance(o, h5py.Dataset) else None)
+
+    elif method == "keras":
+        model = build_model(layers)
+
+        def run() -> None:
+            model.load_weights(h5)
+
+    elif method == "safetensors":
+        from safetensors.numpy import load_file
+
+        def run() -> None:
+            load_file(paths["st"])
+
+    elif method in ("lw", "lw-new"):
+        import lazyweights as lw
+
+        with lw.open(h5) as ckpt:
+            out = {w.key: np.ones(w.shape, w.dtype) for w in ckpt.weights} if method == "lw" else None
+
+        def run() -> None:
+            lw.load(h5, out=out, max_memory="64MiB")
+
+    else:
+        raise SystemExit(f"unknown method {method}")
+    before = rss_now()
+    reset_peak_rss()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = peak_rss()
+    return {"seconds": seconds, "peak": peak, "growth": max(0, peak - before)}
+
+
+def run_child(method: str, paths: dict[str, Path], layers: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", method, "--layers", str(layers)]
+    cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"])]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="cat,h5py,keras,safetensors,lw,lw-new")
+    parser.add_argument("--child")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--h5")
+    parser.add_argument("--st")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, {"h5": args.h5, "st": args.st}, args.layers)))
+        return
+    layers = layer_count(args.size_gb)
+    paths = generate(args.dir, layers)
+    size = paths["h5"].stat().st_size
+    subprocess.run(["cat", str(paths["h5"]), str(paths["st"])], stdout=subprocess.DEVNULL, check=True)  # warm
+    methods = args.only.split(",")
+    results = {}
+    for method in methods:
+        runs = [run_child(method, paths, layers) for _ in range(args.repeat)]
+        results[method] = min(runs, key=lambda r: r["seconds"])
+        print(f"  {method}: {[round(r['seconds'], 3) for r in runs]}", file=sys.stderr)
+    print_table(results, size)
+
+
+def print_table(results: dict[str, dict[str, float]], size: int) -> None:
+    cat = results.get("cat", {}).get("seconds")
+    h5 = results.get("h5py", {}).get("seconds")
+    print(f"\nfile: {size / 1e9:.2f} GB ({size / MiB:.0f} MiB), warm page cache, best of runs, 64 MiB budget for lw")
+    header = f"{'method':<12}{'seconds':>9}{'GB/s':>8}{'x cat':>8}{'x h5py':>8}{'peak RSS MiB':>14}{'growth MiB':>12}"
+    print(header)
+    print("-" * len(header))
+    for method, r in results.items():
+        s = r["seconds"]
+        print(
+            f"{method:<12}{s:>9.3f}{size / s / 1e9:>8.2f}"
+            f"{(s / cat if cat else float('nan')):>8.2f}{(s / h5 if h5 else float('nan')):>8.2f}"
+            f"{r['peak'] / MiB:>14.0f}{r['growth'] / MiB:>12.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
