@@ -134,6 +134,9 @@ def _parse_keras_zip(source: Source) -> Manifest:
             head = window.read(_HEAD)
             window.seek(0)
             manifest = _parse_hdf5(source, head, ctx, window, length=info.file_size, fmt="keras-zip")
+        exotic = [s.key for s in (*manifest.weights, *manifest.optimizer) if s.layout == "h5py"]
+        if exotic:  # the h5py fallback reads whole files, not members
+            raise UnsupportedError(f"{source.url}: weights {exotic[:5]} use HDF5 filters with no codec here")
     finally:
         raw.close()
     return _with_attrs(manifest, attrs)
