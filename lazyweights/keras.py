@@ -178,7 +178,7 @@ def _load_legacy(
 def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
     from keras.src.saving import saving_lib
 
-    store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader)
+    store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
     failed: set[int] = set()
     errors: dict[int, Any] = {}
     saving_lib._load_state(

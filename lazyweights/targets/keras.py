@@ -242,14 +242,69 @@ def legacy_groups(
 # -- Keras 3 object-path files ---------------------------------------------------------------
 
 
-def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader) -> Any:
-    """A Keras weights store over a manifest: Keras walks the model, the store streams each object's values."""
+def record_variables(model: Any) -> dict[str, dict[str, Any]]:
+    """Object path → {"0": variable, ...} exactly as Keras would save this model.
+
+    Runs Keras's own save traversal (``saving_lib._save_state``) into a store
+    that keeps the variables instead of writing them: the paths are Keras's by
+    construction, and load uses the same traversal and names.
+    """
+    from keras.src.saving.saving_lib import H5IOStore, _save_state
+
+    recorded: dict[str, dict[str, Any]] = {}
+
+    class RecordingStore(H5IOStore):
+        def __init__(self) -> None:  # the parent would open a file
+            self.mode = "w"
+            self._path = ""
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: Any = None) -> RecordingStore:
+            self._path = path
+            recorded.setdefault(path, {})
+            return self
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            recorded[self._path][key] = value
+
+    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=set())
+    return recorded
+
+
+def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader, model: Any) -> Any:
+    """A Keras weights store over a manifest: Keras walks the model, the store streams each object's values.
+
+    Where the object's variables are known (``record_variables``) and match
+    the file in count, shape and dtype, and the backend exposes their memory,
+    the file's bytes are read straight into the variables and the store hands
+    Keras the variables themselves, so Keras's ``assign`` is a no-op copy.
+    Everything else gets fresh arrays that Keras assigns as usual.  Keras
+    still performs every check and raises every error it would.
+    """
     from keras.src.saving.saving_lib import H5IOStore
 
     groups: dict[str, dict[str, WeightSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.layer, {})[spec.name] = spec
     paths = {p.rsplit("/", i)[0] for p in groups for i in range(p.count("/") + 1)} | set(groups)
+    recorded = record_variables(model)
+
+    def fetch(path: str, wanted: dict[str, WeightSpec]) -> dict[str, Any]:
+        known = recorded.get(path, {})
+        targets, direct = [], {}
+        for name, spec in wanted.items():
+            var = known.get(name) if len(known) == len(wanted) else None
+            buffer = direct_buffer(var) if hasattr(var, "assign") and tuple(var.shape) == spec.shape else None
+            if buffer is not None and buffer.dtype == spec.np_dtype:
+                direct[name] = var
+                targets.append(Target(spec, buffer))
+            else:
+                targets.append(Target(spec))
+        arrays: list[np.ndarray] = []
+        loader.run([Group(targets, on_ready=arrays.extend)])
+        return {name: direct.get(name, array) for name, array in zip(wanted, arrays, strict=True)}
 
     class LazyStore(H5IOStore):
         """Keras's H5IOStore interface (``get``, ``keys``, ``[]``, ``has_path``) without h5py.
@@ -259,16 +314,13 @@ def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader) -> Any:
         for that object and dropped when it asks for the next.
         """
 
-        def __init__(self) -> None:
+        def __init__(self) -> None:  # the parent would open a file
             self.mode = "r"
-            self._values: dict[str, np.ndarray] = {}
+            self._values: dict[str, Any] = {}
 
         def get(self, path: str) -> LazyStore:
             wanted = groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
-            self._values = {}
-            if wanted:
-                names = list(wanted)
-                self._values = dict(zip(names, loader.read([wanted[n] for n in names]), strict=True))
+            self._values = fetch(path, wanted) if wanted else {}
             return self
 
         def __bool__(self) -> bool:  # the parent delegates to its h5 file; an open store is truthy
@@ -280,7 +332,7 @@ def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader) -> Any:
         def __len__(self) -> int:
             return len(self._values)
 
-        def __getitem__(self, key: str) -> np.ndarray:
+        def __getitem__(self, key: str) -> Any:
             return self._values[key]
 
         def __contains__(self, key: object) -> bool:
