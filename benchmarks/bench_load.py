@@ -51,6 +51,31 @@ def build_model(layers: int):
     )
 
 
+def generate_plain(directory: Path, layers: int) -> dict[str, Path]:
+    """Keras 2 layout written with h5py, one layer at a time: for sizes Keras cannot build in memory here.
+
+    Only ``cat``, ``h5py`` and ``lw`` apply to it (no Keras model, no safetensors copy).
+    """
+    import h5py
+    import numpy as np
+
+    path = directory / f"plain_{layers}.h5"
+    paths = {"h5": path, "st": path, "legacy": path}
+    if path.exists():
+        return paths
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"dense_{i}" for i in range(layers)]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        for name in names:
+            g = f.create_group(name)
+            g.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            g[f"{name}/kernel:0"] = rng.standard_normal((WIDTH, WIDTH), dtype=np.float32)
+            g[f"{name}/bias:0"] = np.zeros(WIDTH, np.float32)
+    return paths
+
+
 def generate(directory: Path, layers: int) -> dict[str, Path]:
     paths = {
         "h5": directory / f"bench_{layers}.weights.h5",
@@ -167,6 +192,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="cat,h5py,keras,lwk,keras-h5,lwk-h5,safetensors,lw,lw-new")
+    parser.add_argument("--plain", action="store_true", help="h5py-written file; only cat,h5py,lw,lw-new apply")
     parser.add_argument("--child")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--h5")
@@ -178,7 +204,7 @@ def main() -> None:
         print(json.dumps(measure(args.child, paths, args.layers)))
         return
     layers = layer_count(args.size_gb)
-    paths = generate(args.dir, layers)
+    paths = generate_plain(args.dir, layers) if args.plain else generate(args.dir, layers)
     size = paths["h5"].stat().st_size
     subprocess.run(["cat", *map(str, paths.values())], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     methods = args.only.split(",")
