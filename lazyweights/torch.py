@@ -160,6 +160,10 @@ def _load(
             progress=cb,
             report=report,
         )
+    if layout == "keras":  # Keras keeps no batch counter: start it at zero, as torch does
+        for name, t in state.items():
+            if name.endswith("num_batches_tracked") and t.is_meta and id(t) not in materialised:
+                materialised[id(t)] = torch.zeros(t.shape, dtype=t.dtype, device=device or "cpu")
     _assign(module, state, materialised)
     if shard is not None or replicated == "broadcast":
         report.replicated = [s.name for s in slots if s.box is None]
