@@ -17,7 +17,7 @@ from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
 from .shard import ShardArg
 from .storage import Source, get_source, release_source
-from .stream import LoadReport, execute
+from .stream import Group, LoadReport, execute
 from .targets.numpy import plan_numpy
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
@@ -82,6 +82,7 @@ class Checkpoint:
     # -- description ----------------------------------------------------------
 
     url = property(lambda self: self.manifest.url)
+    source = property(lambda self: self._source, doc="The storage :class:`~lazyweights.storage.Source` read from.")
     format = property(lambda self: self.manifest.format, doc="'keras-h5', 'keras-v3', 'keras-zip' or 'hdf5'.")
     attrs = property(lambda self: dict(self.manifest.attrs))
     nbytes = property(lambda self: self.manifest.nbytes)
@@ -154,12 +155,33 @@ class Checkpoint:
     ) -> LoadedWeights | LoadReport:
         """See :func:`lazyweights.load`."""
         groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out, shard)
-        total = sum(t.nbytes for g in groups for t in g.targets)
         report = LoadReport(url=self.url, format=self.format, skipped=skipped)
         if shard is not None:
             report.replicated = [t.spec.key for g in groups for t in g.targets if t.box is None]
+        self.execute(
+            groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress
+        )
+        if arrays is None:
+            return report
+        return LoadedWeights(arrays, report)
+
+    def execute(
+        self,
+        groups: Sequence[Group],
+        report: LoadReport,
+        *,
+        max_memory: int | str | None = None,
+        concurrency: int | None = None,
+        part_size: int | str | None = None,
+        progress: ProgressArg = False,
+    ) -> LoadReport:
+        """Run a target's executor groups against this checkpoint's storage, with a progress display.
+
+        The one entry point every target (numpy, torch, keras) loads through.
+        """
+        total = sum(t.nbytes for g in groups for t in g.targets)
         with progress_callback(progress, total, f"loading {os.path.basename(str(self.url)) or self.url}") as cb:
-            execute(
+            return execute(
                 self._source,
                 groups,
                 max_memory=parse_bytes(max_memory),
@@ -168,9 +190,6 @@ class Checkpoint:
                 progress=cb,
                 report=report,
             )
-        if arrays is None:
-            return report
-        return LoadedWeights(arrays, report)
 
     # -- lifetime -----------------------------------------------------------------
 

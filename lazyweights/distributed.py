@@ -55,7 +55,7 @@ def _load(
     specs = [ckpt.resolve(k) for k in keys] if keys is not None else list(ckpt.manifest.weights)
     arrays = {}
     for spec in specs:
-        array = to_dask(ckpt._source, spec, block_bytes=block or DEFAULT_BLOCK_BYTES)
+        array = to_dask(ckpt.source, spec, block_bytes=block or DEFAULT_BLOCK_BYTES)
         box = shard_region(shard, spec.key, spec.shape)
         arrays[spec.key] = array if box is None else array[box]
     names, values = list(arrays), list(arrays.values())

@@ -35,16 +35,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .budget import parse_bytes
 from .checkpoint import Checkpoint
 from .checkpoint import open as open_checkpoint
 from .errors import MismatchError, UnsupportedError
 from .layouts import IDENTITY, Conversion, describe, keras_names
 from .manifest import WeightSpec
-from .progress import ProgressArg, progress_callback
+from .progress import ProgressArg
 from .reader import box_shape
 from .shard import Box, ShardArg, shard_region
-from .stream import Group, LoadReport, Target, execute
+from .stream import Group, LoadReport, Target
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
 
@@ -149,17 +148,7 @@ def _load(
     to_read = [s for s in slots if reader_rank or s.box is not None]
     materialised = _materialise(slots, device)
     groups = [_group(slot) for slot in to_read]
-    total = sum(t.nbytes for g in groups for t in g.targets)
-    with progress_callback(progress, total, f"loading {os.path.basename(str(ckpt.url)) or ckpt.url}") as cb:
-        execute(
-            ckpt._source,
-            groups,
-            max_memory=parse_bytes(max_memory),
-            concurrency=concurrency,
-            part_bytes=parse_bytes(part_size),
-            progress=cb,
-            report=report,
-        )
+    ckpt.execute(groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
     if layout == "keras":  # Keras keeps no batch counter: start it at zero, as torch does
         for name, t in state.items():
             if name.endswith("num_batches_tracked") and t.is_meta and id(t) not in materialised:
