@@ -19,9 +19,10 @@ part, in the target's (PyTorch) coordinates; the module's tensors hold that
 part.  Tensors read whole are *replicated*: with ``replicated="read"`` every
 rank reads them from storage (best when storage bandwidth scales with readers,
 as object stores do, and the tensors are small); with
-``replicated="broadcast"`` rank 0 reads them and ``torch.distributed``
-broadcasts them (best when storage is the bottleneck or billed per byte and
-the interconnect is fast).  ``torch`` here is the real PyTorch: this module is
+``replicated="broadcast"`` rank 0 reads them (and parses the file's
+metadata, once for the job) and ``torch.distributed`` broadcasts them (best
+when storage is the bottleneck or billed per byte and the interconnect is
+fast).  ``torch`` here is the real PyTorch: this module is
 ``lazyweights.torch`` and imports ``torch`` absolutely.
 """
 
@@ -37,12 +38,13 @@ import torch
 
 from .checkpoint import Checkpoint
 from .checkpoint import open as open_checkpoint
-from .errors import MismatchError, UnsupportedError
+from .errors import MismatchError, ObjectChangedError, UnsupportedError
 from .layouts import IDENTITY, Conversion, describe, keras_names
-from .manifest import WeightSpec
+from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg
 from .reader import box_shape
 from .shard import Box, ShardArg, shard_region
+from .storage import get_source
 from .stream import Group, LoadReport, Target
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
@@ -122,9 +124,35 @@ def load_state_dict(
     if isinstance(src, Checkpoint):
         return _load(module, src, mapping, layout, strict, device, max_memory, shard, replicated, concurrency,
                      part_size, progress)  # fmt: skip
-    with open_checkpoint(src, storage_options) as ckpt:
+    opened = _open_shared(src, storage_options) if replicated == "broadcast" else open_checkpoint(src, storage_options)
+    with opened as ckpt:
         return _load(module, ckpt, mapping, layout, strict, device, max_memory, shard, replicated, concurrency,
                      part_size, progress)  # fmt: skip
+
+
+def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Checkpoint:
+    """Rank 0 parses the metadata and broadcasts the manifest; the other ranks only stat the object.
+
+    Parsing walks the HDF5 tree over ranged reads; doing it once per job
+    instead of once per rank keeps the job's metadata traffic that of one open.
+    """
+    import torch.distributed as dist
+
+    shared: list[Any] = [None]
+    ckpt = open_checkpoint(src, storage_options) if _rank() == 0 else None
+    if ckpt is not None:
+        shared[0] = ckpt.manifest.to_json()
+    dist.broadcast_object_list(shared, src=0)
+    if ckpt is not None:
+        return ckpt
+    manifest = Manifest.from_json(shared[0])
+    source = get_source(os.fspath(src), storage_options)
+    if (source.size, source.etag) != (manifest.size, manifest.etag):
+        raise ObjectChangedError(
+            f"{source.url}: rank 0 opened {manifest.size} bytes (version {manifest.etag!r}) but this rank sees "
+            f"{source.size} bytes (version {source.etag!r})"
+        )
+    return Checkpoint(source, manifest)
 
 
 def _load(

@@ -81,7 +81,11 @@ def test_tensor_parallel_warm_start(checkpoint_url, full_model, tmp_path) -> Non
     url, options, server = checkpoint_url
     world = 2
     server.reset()
+    with lw.open(url, options):
+        metadata = server.bytes_sent  # what parsing the file once costs
+    server.reset()
     _run_ranks(world, url, options, tmp_path)
+    served = server.bytes_sent
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(world)]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     full = {k: v.numpy() for k, v in full_model.state_dict().items()}
@@ -112,6 +116,7 @@ def test_tensor_parallel_warm_start(checkpoint_url, full_model, tmp_path) -> Non
     # fc1 rows: one range per rank; fc2 columns: coalesced spans (the file is row-major), at most the whole tensor
     assert reports[1]["bytes_read"] <= row_sharded / 2 + full["fc2.weight"].nbytes
     assert sum(r["bytes_read"] for r in reports) <= row_sharded + replicated_bytes + 2 * full["fc2.weight"].nbytes
+    assert served == metadata + sum(r["bytes_read"] for r in reports)  # rank 0 alone parsed the metadata
 
 
 def test_dask_distributed_load_in_one_call(checkpoint_url, full_model) -> None:
