@@ -12,6 +12,8 @@ model on the ``meta`` device, waits for a common start signal, then runs
 ``lazyweights.torch.load_state_dict(model, url, shard=...)``.  Rows:
 
 - ``lwt dim0``: every weight split by rows (column parallel): one byte range per rank and weight;
+- ``lwt dim0 bc``: the same in a gloo process group with ``replicated="broadcast"``: rank 0 alone
+  parses the metadata and broadcasts the manifest;
 - ``lwt dim1``: weights split by columns (row parallel), biases replicated: coalesced spans;
 - ``lwt local``: one rank, the local file, no sharding (the same code without HTTP);
 - ``torch.load``: ``torch.load(mmap=True)`` + ``load_state_dict`` of the ``.pt`` file into a
@@ -99,6 +101,13 @@ def rank_main(args: argparse.Namespace) -> None:
         with torch.device("meta"):
             model = stack(args.layers, **({"rows": stop - start} if dim == 0 else {"cols": stop - start}))
     shard = None if dim is None else lw.Shard(rank, world, dim=dim)
+    replicated = "read"
+    if args.store_port:
+        import torch.distributed as dist
+
+        store = dist.TCPStore("127.0.0.1", args.store_port, world, is_master=False)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+        replicated = "broadcast"
     print("ready", flush=True)
     sys.stdin.readline()
     t0 = time.time()
@@ -106,17 +115,23 @@ def rank_main(args: argparse.Namespace) -> None:
         model.load_state_dict(torch.load(args.url, mmap=True))
         bytes_read, replicated = os.path.getsize(args.url), 0
     else:
-        report = lwt.load_state_dict(model, args.url, shard=shard, max_memory="256MiB")
+        report = lwt.load_state_dict(model, args.url, shard=shard, max_memory="256MiB", replicated=replicated)
         bytes_read, replicated = report.bytes_read, len(report.replicated)
     t1 = time.time()
     print(json.dumps({"t0": t0, "t1": t1, "bytes": bytes_read, "replicated": replicated, "peak": peak_rss()}))
 
 
-def run_ranks(method: str, url: str, world: int, dim: int | None, layers: int) -> dict[str, float]:
+def run_ranks(method: str, url: str, world: int, dim: int | None, layers: int, group: bool) -> dict[str, float]:
+    store = None
+    if group:  # a gloo process group through a store this process hosts on an OS-chosen port
+        import torch.distributed as dist
+
+        store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
     procs = []
     for rank in range(world):
         cmd = [sys.executable, __file__, "--child", method, "--url", url, "--rank", str(rank), "--world", str(world)]
         cmd += ["--layers", str(layers)] + ([] if dim is None else ["--dim", str(dim)])
+        cmd += ["--store-port", str(store.port)] if store is not None else []
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
@@ -171,6 +186,7 @@ def main() -> None:
     parser.add_argument("--world", type=int)
     parser.add_argument("--dim", type=int)
     parser.add_argument("--layers", type=int)
+    parser.add_argument("--store-port", type=int)
     args = parser.parse_args()
     if args.child:
         args.method = args.child
@@ -186,6 +202,7 @@ def main() -> None:
     for world in map(int, args.ranks.split(",")):
         cases.append(("lwt dim0", url, world, 0))
         if world > 1:
+            cases.append(("lwt dim0 bc", url, world, 0))
             cases.append(("lwt dim1", url, world, 1))
     rows = []
     try:
@@ -193,7 +210,8 @@ def main() -> None:
             runs = []
             for _ in range(args.repeat):
                 server_bytes(server)
-                result = run_ranks("lwt" if method.startswith("lwt") else method, target, world, dim, layers)
+                kind = "lwt" if method.startswith("lwt") else method
+                result = run_ranks(kind, target, world, dim, layers, group=method.endswith(" bc"))
                 result["served"] = server_bytes(server) if target.startswith("http") else 0
                 runs.append(result)
             best = min(runs, key=lambda r: r["wall"])
