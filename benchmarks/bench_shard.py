@@ -8,14 +8,14 @@ tensors with ``torch.save``.  The HDF5 file is served by the test suite's
 Range HTTP server (tests/servers.py, a separate process) on 127.0.0.1.
 
 Each rank is its own process: it builds its tensor-parallel shard of the
-model on the ``meta`` device, waits for a common start signal, then runs
+model on the ``meta`` device (so the load includes materialising it), waits for a common start signal, then runs
 ``lazyweights.torch.load_state_dict(model, url, shard=...)``.  Rows:
 
 - ``lwt dim0``: every weight split by rows (column parallel): one byte range per rank and weight;
 - ``lwt dim0 bc``: the same in a gloo process group with ``replicated="broadcast"``: rank 0 alone
   parses the metadata and broadcasts the manifest;
 - ``lwt dim1``: weights split by columns (row parallel), biases replicated: coalesced spans;
-- ``lwt local``: one rank, the local file, no sharding (the same code without HTTP);
+- ``lwt local``: one rank, the local file, no sharding, into a preallocated CPU model (as the anchor);
 - ``torch.load``: ``torch.load(mmap=True)`` + ``load_state_dict`` of the ``.pt`` file into a
   preallocated model, local, warm page cache: the anchor.
 
@@ -92,7 +92,7 @@ def rank_main(args: argparse.Namespace) -> None:
 
     rank, world, dim = args.rank, args.world, args.dim
     start, stop = lw.Shard(rank, world).bounds(WIDTH)
-    if args.method == "torch.load":
+    if args.method in ("torch.load", "lwt-cpu"):  # preallocated, like the anchor
         model = stack(args.layers)
     elif dim is None:
         with torch.device("meta"):
@@ -210,7 +210,7 @@ def main() -> None:
             runs = []
             for _ in range(args.repeat):
                 server_bytes(server)
-                kind = "lwt" if method.startswith("lwt") else method
+                kind = {"lwt local": "lwt-cpu", "torch.load": "torch.load"}.get(method, "lwt")
                 result = run_ranks(kind, target, world, dim, layers, group=method.endswith(" bc"))
                 result["served"] = server_bytes(server) if target.startswith("http") else 0
                 runs.append(result)

@@ -38,7 +38,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .checkpoint import open as open_checkpoint
-from .errors import MismatchError, ObjectChangedError, UnsupportedError
+from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError
 from .layouts import IDENTITY, Conversion, describe, keras_names
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg
@@ -121,13 +121,23 @@ def load_state_dict(
         raise UnsupportedError(f"layout {layout!r} is not known; expected None or 'keras'")
     if replicated not in ("read", "broadcast"):
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
+    options = _Options(mapping, layout, strict, device, shard, replicated)
+    run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
     if isinstance(src, Checkpoint):
-        return _load(module, src, mapping, layout, strict, device, max_memory, shard, replicated, concurrency,
-                     part_size, progress)  # fmt: skip
+        return _load(module, src, options, run)
     opened = _open_shared(src, storage_options) if replicated == "broadcast" else open_checkpoint(src, storage_options)
     with opened as ckpt:
-        return _load(module, ckpt, mapping, layout, strict, device, max_memory, shard, replicated, concurrency,
-                     part_size, progress)  # fmt: skip
+        return _load(module, ckpt, options, run)
+
+
+@dataclass(frozen=True)
+class _Options:
+    mapping: KeyMapping
+    layout: str | None
+    strict: bool
+    device: str | torch.device | None
+    shard: ShardArg
+    replicated: str
 
 
 def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Checkpoint:
@@ -135,17 +145,27 @@ def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any]
 
     Parsing walks the HDF5 tree over ranged reads; doing it once per job
     instead of once per rank keeps the job's metadata traffic that of one open.
+    If rank 0 cannot open the file, every rank raises (none waits forever).
     """
     import torch.distributed as dist
 
     shared: list[Any] = [None]
-    ckpt = open_checkpoint(src, storage_options) if _rank() == 0 else None
-    if ckpt is not None:
-        shared[0] = ckpt.manifest.to_json()
+    ckpt, failure = None, None
+    if _rank() == 0:
+        try:
+            ckpt = open_checkpoint(src, storage_options)
+            shared[0] = ("manifest", ckpt.manifest.to_json())
+        except LazyWeightsError as exc:
+            failure, shared[0] = exc, ("error", str(exc))
     dist.broadcast_object_list(shared, src=0)
+    if failure is not None:
+        raise failure
     if ckpt is not None:
         return ckpt
-    manifest = Manifest.from_json(shared[0])
+    kind, payload = shared[0]
+    if kind == "error":
+        raise LazyWeightsError(f"rank 0 could not open the checkpoint: {payload}")
+    manifest = Manifest.from_json(payload)
     source = get_source(os.fspath(src), storage_options)
     if (source.size, source.etag) != (manifest.size, manifest.etag):
         raise ObjectChangedError(
@@ -155,36 +175,22 @@ def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any]
     return Checkpoint(source, manifest)
 
 
-def _load(
-    module: torch.nn.Module,
-    ckpt: Checkpoint,
-    mapping: KeyMapping,
-    layout: str | None,
-    strict: bool,
-    device: str | torch.device | None,
-    max_memory: int | str | None,
-    shard: ShardArg,
-    replicated: str,
-    concurrency: int | None,
-    part_size: int | str | None,
-    progress: ProgressArg,
-) -> ModuleLoadReport:
-    names = _names(ckpt, mapping, layout)
+def _load(module: torch.nn.Module, ckpt: Checkpoint, options: _Options, run: dict[str, Any]) -> ModuleLoadReport:
+    names = _names(ckpt, options.mapping, options.layout)
     state = module.state_dict(keep_vars=True)
-    slots, report = _bind(module, ckpt, names, state, layout, strict, shard)
-    reader_rank = not (replicated == "broadcast" and _rank() != 0)
-    to_read = [s for s in slots if reader_rank or s.box is not None]
-    materialised = _materialise(slots, device)
-    groups = [_group(slot) for slot in to_read]
-    ckpt.execute(groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    if layout == "keras":  # Keras keeps no batch counter: start it at zero, as torch does
+    slots, report = _bind(module, ckpt, names, state, options)
+    broadcast = options.replicated == "broadcast"
+    reader_rank = not broadcast or _rank() == 0
+    materialised = _materialise(slots, options.device)
+    ckpt.execute([_group(s) for s in slots if reader_rank or s.box is not None], report, **run)
+    if options.layout == "keras":  # Keras keeps no batch counter: start it at zero, as torch does
         for name, t in state.items():
             if name.endswith("num_batches_tracked") and t.is_meta and id(t) not in materialised:
-                materialised[id(t)] = torch.zeros(t.shape, dtype=t.dtype, device=device or "cpu")
+                materialised[id(t)] = torch.zeros(t.shape, dtype=t.dtype, device=options.device or "cpu")
     _assign(module, state, materialised)
-    if shard is not None or replicated == "broadcast":
+    if options.shard is not None or broadcast:
         report.replicated = [s.name for s in slots if s.box is None]
-    if replicated == "broadcast":
+    if broadcast:
         report.broadcast = _broadcast([s for s in slots if s.box is None])
     return report
 
@@ -209,9 +215,7 @@ def _bind(
     ckpt: Checkpoint,
     names: Mapping[str, tuple[str | None, Conversion]],
     state: Mapping[str, torch.Tensor],
-    layout: str | None,
-    strict: bool,
-    shard: ShardArg,
+    options: _Options,
 ) -> tuple[list[_Slot], ModuleLoadReport]:
     """Pair checkpoint weights with module tensors and check every shape before anything is read."""
     url = ckpt.url
@@ -232,7 +236,7 @@ def _bind(
             continue
         spec, tensor = ckpt.manifest[key], state[name]
         full = conversion.target_shape(spec.shape)
-        box = shard_region(shard, name, full)
+        box = shard_region(options.shard, name, full)
         want = full if box is None else box_shape(box)
         if tuple(tensor.shape) != tuple(want):
             part = "" if box is None else f" (its shard {[(s.start, s.stop) for s in box]} is {want})"
@@ -249,9 +253,11 @@ def _bind(
     report.missing_keys = [
         n
         for n, t in state.items()
-        if n not in claimed and id(t) not in loaded and not (layout == "keras" and n.endswith("num_batches_tracked"))
+        if n not in claimed
+        and id(t) not in loaded
+        and not (options.layout == "keras" and n.endswith("num_batches_tracked"))
     ]
-    if strict and (report.missing_keys or report.unexpected_keys):
+    if options.strict and (report.missing_keys or report.unexpected_keys):
         raise MismatchError(_strict_message(url, module, report, claimed))
     return slots, report
 
