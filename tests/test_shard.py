@@ -135,3 +135,49 @@ def test_bad_shards(served) -> None:
         lw.load(url, shard=lambda key, shape: (slice(0, 4, 2),))
     with pytest.raises(lw.MismatchError, match=r"'big' of shape \(1024, 1024\) has a shard of shape \(512, 1024\)"):
         lw.load(url, out={"big": np.empty((1024, 1024), "f4")}, shard=lw.Shard(0, 2))
+
+
+@pytest.fixture(scope="module")
+def region_file(tmp_path_factory):
+    """One contiguous and one chunked (unaligned chunks, gzip) dataset of the same values."""
+    values = np.arange(7 * 6 * 5, dtype="f4").reshape(7, 6, 5)
+    path = tmp_path_factory.mktemp("region") / "region.h5"
+    with h5py.File(path, "w") as f:
+        f["flat"] = values
+        f.create_dataset("chunked", data=values, chunks=(3, 4, 2), compression="gzip")
+    return path, values
+
+
+def test_any_box_reads_what_numpy_slices(region_file) -> None:
+    """Property: for any box, part size and destination dtype, the executor's region equals numpy's slice."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lazyweights.stream import Group, LoadReport, Target, execute
+
+    path, values = region_file
+    ckpt = lw.open(path)
+
+    def bounds(n: int):
+        return st.tuples(st.integers(0, n), st.integers(0, n)).map(lambda t: slice(min(t), max(t)))
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        box=st.tuples(*(bounds(n) for n in values.shape)),
+        key=st.sampled_from(["flat", "chunked"]),
+        part=st.sampled_from([4, 20, 64, 1 << 20]),
+        dtype=st.sampled_from(["f4", "f8"]),
+        staged=st.booleans(),
+    )
+    def check(box, key, part, dtype, staged) -> None:
+        dest = None if staged else np.full(tuple(s.stop - s.start for s in box), -1, dtype)
+        got: list[np.ndarray] = []
+        target = Target(ckpt.manifest[key], dest, box)
+        group = Group([target], on_ready=got.extend)
+        execute(ckpt.source, [group], max_memory=None, part_bytes=part, report=LoadReport(str(path), "hdf5"))
+        np.testing.assert_array_equal(got[0], values[box])
+
+    try:
+        check()
+    finally:
+        ckpt.close()

@@ -194,3 +194,10 @@ def test_shard_through_layout_transform(keras_cnn, dim) -> None:
         bias = torch.chunk(full.fc.bias, 3)[rank] if dim == 0 else full.fc.bias
         assert torch.equal(part.bias, bias)
         assert report.replicated == ([] if dim == 0 else ["bias"])
+
+
+def test_broadcast_needs_a_process_group(keras_cnn) -> None:
+    with pytest.raises(lw.UnsupportedError, match=r"initialised torch\.distributed process group"):
+        lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", replicated="broadcast")
+    with pytest.raises(lw.UnsupportedError, match="replicated='all'"):
+        lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", replicated="all")
