@@ -15,12 +15,14 @@ from .errors import (
     MissingKeyError,
     ObjectChangedError,
     PartialLoadError,
+    ShardError,
     StorageError,
     TruncatedFileError,
     UnsafeCheckpointError,
     UnsupportedError,
 )
 from .manifest import Manifest
+from .shard import Shard
 from .stream import LoadReport
 
 __version__ = "0.1.0"
@@ -37,6 +39,8 @@ __all__ = [
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
+    "Shard",
+    "ShardError",
     "StorageError",
     "TruncatedFileError",
     "UnsafeCheckpointError",

@@ -15,8 +15,9 @@ from .budget import parse_bytes
 from .errors import MissingKeyError
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
+from .shard import ShardArg
 from .storage import Source, get_source, release_source
-from .stream import LoadReport, execute
+from .stream import Group, LoadReport, execute
 from .targets.numpy import plan_numpy
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
@@ -150,13 +151,37 @@ class Checkpoint:
         concurrency: int | None = None,
         part_size: int | str | None = None,
         progress: ProgressArg = False,
+        shard: ShardArg = None,
     ) -> LoadedWeights | LoadReport:
         """See :func:`lazyweights.load`."""
-        groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out)
-        total = sum(t.spec.nbytes for g in groups for t in g.targets)
+        groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out, shard)
         report = LoadReport(url=self.url, format=self.format, skipped=skipped)
+        if shard is not None:
+            report.replicated = [t.spec.key for g in groups for t in g.targets if t.box is None]
+        self.execute(
+            groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress
+        )
+        if arrays is None:
+            return report
+        return LoadedWeights(arrays, report)
+
+    def execute(
+        self,
+        groups: Sequence[Group],
+        report: LoadReport,
+        *,
+        max_memory: int | str | None = None,
+        concurrency: int | None = None,
+        part_size: int | str | None = None,
+        progress: ProgressArg = False,
+    ) -> LoadReport:
+        """Run a target's executor groups against this checkpoint's storage, with a progress display.
+
+        The one entry point every target (numpy, torch, keras) loads through.
+        """
+        total = sum(t.nbytes for g in groups for t in g.targets)
         with progress_callback(progress, total, f"loading {os.path.basename(str(self.url)) or self.url}") as cb:
-            execute(
+            return execute(
                 self._source,
                 groups,
                 max_memory=parse_bytes(max_memory),
@@ -165,9 +190,6 @@ class Checkpoint:
                 progress=cb,
                 report=report,
             )
-        if arrays is None:
-            return report
-        return LoadedWeights(arrays, report)
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -219,6 +241,7 @@ def load(
     concurrency: int | None = None,
     part_size: int | str | None = None,
     progress: ProgressArg = False,
+    shard: ShardArg = None,
 ) -> LoadedWeights | LoadReport:
     """Load a checkpoint's weights into memory.
 
@@ -233,8 +256,13 @@ def load(
     number of reads in flight (default: 2 x cores locally, 16 remotely);
     ``progress=True`` shows a progress bar, or pass a callable taking byte
     increments.
+
+    ``shard`` (a :class:`~lazyweights.Shard` or a function ``(key, shape) ->
+    Shard | tuple of slices | None``) makes this process read only its part of
+    each weight; arrays (and ``out`` destinations) then have the part's shape,
+    and weights read whole are listed in ``report.replicated``.
     """
-    kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
+    kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
     if isinstance(src, Checkpoint):
         return src.load(out, **kwargs)
     with open(src, storage_options) as ckpt:

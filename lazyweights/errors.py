@@ -11,6 +11,7 @@ keeps working::
      ├── UnsupportedError(NotImplementedError)  a valid layout lazyweights cannot decode
      ├── MissingKeyError(KeyError)           a requested weight is not in the checkpoint
      ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
+     ├── ShardError(ValueError)              a shard spec that cannot apply (rank out of range, uneven split)
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
      │    └── ObjectChangedError             the object changed while it was being read
      └── PartialLoadError                    a load failed after writing into ``out``
@@ -27,6 +28,7 @@ __all__ = [
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
+    "ShardError",
     "StorageError",
     "TruncatedFileError",
     "UnsafeCheckpointError",
@@ -63,6 +65,10 @@ class MissingKeyError(LazyWeightsError, KeyError):
 
 class MismatchError(LazyWeightsError, ValueError):
     """A destination whose shape, dtype or count disagrees with the checkpoint."""
+
+
+class ShardError(LazyWeightsError, ValueError):
+    """A shard spec that cannot apply: a rank out of range, an uneven split refused, a bad slice."""
 
 
 class StorageError(LazyWeightsError, OSError):

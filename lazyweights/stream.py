@@ -18,6 +18,7 @@ layer and a layer's values are gone before the next needs the memory.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -40,14 +41,36 @@ __all__ = ["Group", "LoadReport", "Target", "execute"]
 # reads, dtype casts) are sized to the budget.
 DIRECT_PART_BYTES = 32 << 20
 STAGED_PART_BYTES = 8 << 20
+# Runs of a region (e.g. a column shard) closer than this are read as one span, gap included,
+# rather than as separate requests: zarr's default coalescing gap.
+MAX_GAP_BYTES = 1 << 20
 
 
 @dataclass
 class Target:
-    """One weight and its destination (None: allocate one under the budget)."""
+    """One weight, or the region ``box`` of it, and its destination (None: allocate one under the budget).
+
+    ``box`` is a tuple of unit-step slices in the weight's own coordinates
+    (``None``: the whole weight); only the bytes it covers are read, so a
+    leading-axis slice of a contiguous weight is one byte range.  The
+    destination has the box's shape.
+    """
 
     spec: WeightSpec
     dest: np.ndarray | None = None
+    box: tuple[slice, ...] | None = None
+
+    @property
+    def region(self) -> tuple[slice, ...]:
+        return self.box if self.box is not None else reader.full_box(self.spec.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return reader.box_shape(self.box) if self.box is not None else self.spec.shape
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.spec.np_dtype.itemsize
 
 
 @dataclass
@@ -66,6 +89,7 @@ class LoadReport:
     format: str
     loaded: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    replicated: list[str] = field(default_factory=list)  # sharded loads: weights read whole by every rank
     bytes_loaded: int = 0
     bytes_read: int = 0
     requests: int = 0
@@ -101,7 +125,7 @@ class _Unit:
 def _destination(target: Target) -> np.ndarray:
     if target.dest is not None:
         return target.dest
-    return np.empty(target.spec.shape, dtype=target.spec.np_dtype.newbyteorder("="))
+    return np.empty(target.shape, dtype=target.spec.np_dtype.newbyteorder("="))
 
 
 def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None:
@@ -111,35 +135,67 @@ def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None
         dest.flat[e0:e1] = values
 
 
-def _contiguous_units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes) -> Iterator[_Unit]:
+def _contiguous_units(
+    source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes, box: tuple[slice, ...]
+) -> Iterator[_Unit]:
+    """Units for the runs ``box`` covers: long runs split into parts, short ones coalesced into spans."""
     direct = dest.dtype == spec.np_dtype and dest.flags.c_contiguous and dest.flags.writeable
     flat = dest.reshape(-1) if direct else None
     part_bytes = parts.direct if direct and source.is_local else parts.staged
-    for e0, e1 in reader.contiguous_parts(spec, part_bytes):
-        ext = reader.element_extent(spec, e0, e1)
-        if direct:
+    itemsize = spec.np_dtype.itemsize
+    starts, run = reader.box_runs(spec.shape, box)
+    if len(starts) > 1 and 2 * run * itemsize <= part_bytes:
+        yield from _span_units(source, spec, dest, starts, run, parts.staged)
+        return
+    for i, s in enumerate(starts.tolist()):
+        for e0, e1 in reader.contiguous_parts(spec, part_bytes, s, s + run):
+            ext = reader.element_extent(spec, e0, e1)
+            d0, d1 = i * run + e0 - s, i * run + e1 - s  # where the part lands in the destination, flat
+            if direct:
 
-            def run(ext=ext, e0=e0, e1=e1) -> None:
-                source.readinto(ext.offset, reader.byte_view(flat[e0:e1]))
+                def run_unit(ext=ext, d0=d0, d1=d1) -> None:
+                    source.readinto(ext.offset, reader.byte_view(flat[d0:d1]))
 
-            cost = 0 if source.is_local else ext.length
-        else:
+                cost = 0 if source.is_local else ext.length
+            else:
 
-            def run(ext=ext, e0=e0, e1=e1) -> None:
-                stage = np.empty(e1 - e0, dtype=spec.np_dtype)
-                source.readinto(ext.offset, reader.byte_view(stage))
-                _assign_flat(dest, e0, e1, stage)
+                def run_unit(ext=ext, d0=d0, d1=d1) -> None:
+                    stage = np.empty(d1 - d0, dtype=spec.np_dtype)
+                    source.readinto(ext.offset, reader.byte_view(stage))
+                    _assign_flat(dest, d0, d1, stage)
 
-            cost = ext.length * (1 if source.is_local else 2)
-        yield _Unit(spec.key, cost, ext.length, ext.length, run)
+                cost = ext.length * (1 if source.is_local else 2)
+            yield _Unit(spec.key, cost, ext.length, ext.length, run_unit)
 
 
-def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray) -> Iterator[_Unit]:
-    full = tuple(slice(0, n) for n in spec.shape)
+def _span_units(
+    source: Source, spec: WeightSpec, dest: np.ndarray, starts: np.ndarray, run: int, part_bytes: int
+) -> Iterator[_Unit]:
+    """Short runs (a slice along a trailing axis): read neighbouring runs as one span, then pick them out."""
+    itemsize = spec.np_dtype.itemsize
+    max_span, max_gap = max(run, part_bytes // itemsize), MAX_GAP_BYTES // itemsize
+    for i, j in reader.coalesce_runs(starts, run, max_span, max_gap):
+        first, last = int(starts[i]), int(starts[j - 1]) + run
+        ext = reader.element_extent(spec, first, last)
+        offsets = (starts[i:j] - first).tolist()
+
+        def run_unit(ext=ext, i=i, offsets=offsets, first=first, last=last) -> None:
+            stage = np.empty(last - first, dtype=spec.np_dtype)
+            source.readinto(ext.offset, reader.byte_view(stage))
+            for n, o in enumerate(offsets):
+                _assign_flat(dest, (i + n) * run, (i + n + 1) * run, stage[o : o + run])
+
+        yield _Unit(
+            spec.key, ext.length * (1 if source.is_local else 2), ext.length, (j - i) * run * itemsize, run_unit
+        )
+
+
+def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[slice, ...]) -> Iterator[_Unit]:
+    """One unit per stored chunk that meets ``box``; chunks outside it are never fetched."""
     chunk_nbytes = int(np.prod(spec.chunk_shape)) * spec.np_dtype.itemsize
     if len(spec.chunks) < _chunk_count(spec):
         dest[...] = reader.fill_value(spec)  # unwritten chunks hold the fill value
-    for chunk, src, dst in reader.chunk_overlaps(spec, full):
+    for chunk, src, dst in reader.chunk_overlaps(spec, box):
 
         def run(chunk=chunk, src=src, dst=dst) -> None:
             dest[dst] = reader.read_chunk(source, spec, chunk)[src]
@@ -165,19 +221,21 @@ class _PartSizes:
         return cls(direct=part_bytes or DIRECT_PART_BYTES, staged=staged)
 
 
-def _units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes) -> list[_Unit]:
-    """The work units that fill ``dest`` with ``spec``'s values; constants are written at once."""
+def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) -> list[_Unit]:
+    """The work units that fill ``dest`` with the target's region; constants are written at once."""
+    spec, box = target.spec, target.region
     if spec.layout == "contiguous":
-        return list(_contiguous_units(source, spec, dest, parts))
+        return list(_contiguous_units(source, spec, dest, parts, box))
     if spec.layout == "chunked":
-        return list(_chunk_units(source, spec, dest))
+        return list(_chunk_units(source, spec, dest, box))
     if spec.layout == "h5py":
+        nbytes = target.nbytes
 
         def run() -> None:
-            dest[...] = reader.read(source, spec)
+            dest[...] = reader.read(source, spec, box)
 
-        return [_Unit(spec.key, 2 * spec.nbytes, spec.nbytes, spec.nbytes, run)]
-    dest[...] = reader.constant_values(spec)
+        return [_Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)]
+    dest[...] = reader.constant_values(spec)[box]
     return []
 
 
@@ -265,12 +323,12 @@ def _submit_group(
     parts: _PartSizes,
 ) -> None:
     owner = object()
-    held = sum(t.spec.nbytes for t in group.targets if t.dest is None)
+    held = sum(t.nbytes for t in group.targets if t.dest is None)
     budget.acquire(held, owner, pin=True)
     arrays = [_destination(t) for t in group.targets]
     units: list[_Unit] = []
     for target, dest in zip(group.targets, arrays, strict=True):
-        mine = _units(source, target.spec, dest, parts)
+        mine = _units(source, target, dest, parts)
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
     remaining = [len(units)]
