@@ -12,7 +12,8 @@ keeps working::
      ├── MissingKeyError(KeyError)           a requested weight is not in the checkpoint
      ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
-     │    └── ObjectChangedError             the object changed while it was being read
+     │    ├── ObjectChangedError             the object changed while it was being read
+     │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      └── PartialLoadError                    a load failed after writing into ``out``
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
     "MismatchError",
@@ -71,6 +73,10 @@ class StorageError(LazyWeightsError, OSError):
 
 class ObjectChangedError(StorageError):
     """The object's size or version changed since it was opened."""
+
+
+class DestinationExistsError(StorageError, FileExistsError):
+    """A mirror or export destination already holds data (pass ``overwrite=True`` to replace it)."""
 
 
 class PartialLoadError(LazyWeightsError):

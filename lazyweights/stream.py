@@ -148,6 +148,19 @@ def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray) -> Iterator
         yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
 
 
+def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray) -> Iterator[_Unit]:
+    """One unit per chunk of a zarr array: zarr fetches and decodes it, the unit copies it into place."""
+    from .zarrstore import grid_boxes
+
+    for box in grid_boxes(spec.shape, spec.chunk_shape):
+
+        def run(box=box) -> None:
+            dest[box] = reader.read(source, spec, box)
+
+        nbytes = int(np.prod([s.stop - s.start for s in box])) * spec.np_dtype.itemsize
+        yield _Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)
+
+
 def _chunk_count(spec: WeightSpec) -> int:
     return int(np.prod([-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True)]))
 
@@ -171,6 +184,8 @@ def _units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes
         return list(_contiguous_units(source, spec, dest, parts))
     if spec.layout == "chunked":
         return list(_chunk_units(source, spec, dest))
+    if spec.layout == "zarr":
+        return list(_zarr_units(source, spec, dest))
     if spec.layout == "h5py":
 
         def run() -> None:
