@@ -113,8 +113,10 @@ class Source:
     def _is_store_prefix(self) -> bool:
         for marker in STORE_MARKERS:
             try:
-                if self.fs.exists(f"{self.path.rstrip('/')}/{marker}"):
-                    return True
+                self.fs.info(f"{self.path.rstrip('/')}/{marker}")  # a HEAD over HTTP, not a download
+                return True
+            except FileNotFoundError:
+                continue
             except OSError:
                 return False
         return False

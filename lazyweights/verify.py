@@ -59,7 +59,7 @@ class VerifyReport:
     bytes_hashed: int = 0
     seconds: float = 0.0
     differences: list[Difference] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of a's values, where both agree
+    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of the weights found identical
 
     @property
     def ok(self) -> bool:
@@ -108,10 +108,10 @@ def verify(
         report.bytes_hashed = na + nb
         for spec in common:
             report.differences.extend(_compare_values(spec.key, da[spec.key], db[spec.key]))
-            if da[spec.key] == db[spec.key]:
-                report.digests[spec.key] = da[spec.key]
         for ckpt, digests, side in ((ca, da, "a"), (cb, db, "b")):
             report.differences.extend(_recorded(ckpt, digests, side))
+        bad = {d.key for d in report.differences}
+        report.digests = {s.key: da[s.key] for s in common if s.key not in bad}
         report.checked = len(common)
     report.seconds = time.perf_counter() - start
     logger.info("%s", report)

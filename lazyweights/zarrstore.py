@@ -86,8 +86,8 @@ def array(source: Source, path: str) -> Any:
 
 
 def stored_dtype(dtype: str) -> np.dtype:
-    """The dtype a weight is stored with in zarr: bfloat16 (no zarr data type) as its raw uint16 bits."""
-    return np.dtype("<u2") if dtype == "bfloat16" else np.dtype(dtype)
+    """The dtype a weight is stored with in zarr: little-endian; bfloat16 (no zarr data type) as its uint16 bits."""
+    return np.dtype("<u2") if dtype == "bfloat16" else np.dtype(dtype).newbyteorder("<")
 
 
 def to_stored(values: np.ndarray, dtype: str) -> np.ndarray:
