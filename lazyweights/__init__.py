@@ -23,6 +23,7 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
+from .export import export
 from .manifest import Manifest
 from .mirror import MirrorReport, mirror
 from .stream import LoadReport
@@ -52,6 +53,7 @@ __all__ = [
     "VerifyReport",
     "Weight",
     "__version__",
+    "export",
     "load",
     "mirror",
     "open",
