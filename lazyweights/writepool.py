@@ -26,8 +26,9 @@ __all__ = ["WritePool"]
 class WritePool:
     """Run ``fn(*args, values)`` writes in the background with at most ``max_bytes`` of values pending."""
 
-    def __init__(self, *, max_bytes: int | None, threads: int, client: Any = None):
+    def __init__(self, *, max_bytes: int | None, threads: int, client: Any = None, copies: int = 2):
         self.budget = ByteBudget(max_bytes)
+        self.copies = copies  # bytes held per value byte while a write runs (the values + the writer's encoded copy)
         self.client = client
         self._pool = None if client is not None else ThreadPoolExecutor(threads, thread_name_prefix="lazyweights-w")
         self._futures: dict[str, list[Any]] = {}
@@ -36,7 +37,7 @@ class WritePool:
 
     def submit(self, key: str, fn: Callable[..., Any], *args: Any, values: Any) -> None:
         """Write ``values`` with ``fn(*args, values)``; blocks while the pending bytes are over budget."""
-        nbytes = int(values.nbytes)
+        nbytes = int(values.nbytes) * self.copies
         self.budget.acquire(nbytes)
         try:
             if self.client is not None:
@@ -49,7 +50,7 @@ class WritePool:
             raise
         future.add_done_callback(lambda _f: self.budget.release(nbytes))
         self._futures.setdefault(key, []).append(future)
-        self.bytes_written += nbytes
+        self.bytes_written += int(values.nbytes)
         self._run_ready(block=False)
 
     def after(self, key: str, callback: Callable[[], None]) -> None:
