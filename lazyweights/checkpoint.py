@@ -82,8 +82,11 @@ class Checkpoint:
     # -- description ----------------------------------------------------------
 
     url = property(lambda self: self.manifest.url)
-    source = property(lambda self: self._source, doc="The storage Source this checkpoint reads from.")
-    format = property(lambda self: self.manifest.format, doc="'keras-h5', 'keras-v3', 'keras-zip' or 'hdf5'.")
+    source = property(lambda self: self._source, doc="The storage source the weights are read from.")
+    format = property(
+        lambda self: self.manifest.format,
+        doc="'keras-h5', 'keras-v3', 'keras-zip', 'hdf5' or 'zarr' (a lazyweights mirror reports its source's).",
+    )
     attrs = property(lambda self: dict(self.manifest.attrs))
     nbytes = property(lambda self: self.manifest.nbytes)
 

@@ -13,7 +13,8 @@ keeps working::
      ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
      ├── ShardError(ValueError)              a shard spec that cannot apply (rank out of range, uneven split)
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
-     │    └── ObjectChangedError             the object changed while it was being read
+     │    ├── ObjectChangedError             the object changed while it was being read
+     │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      └── PartialLoadError                    a load failed after writing into ``out``
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
     "MismatchError",
@@ -77,6 +79,10 @@ class StorageError(LazyWeightsError, OSError):
 
 class ObjectChangedError(StorageError):
     """The object's size or version changed since it was opened."""
+
+
+class DestinationExistsError(StorageError, FileExistsError):
+    """A mirror or export destination already holds data (pass ``overwrite=True`` to replace it)."""
 
 
 class PartialLoadError(LazyWeightsError):

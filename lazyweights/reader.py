@@ -2,7 +2,7 @@
 
 The one place that knows how each storage layout turns into array values:
 contiguous byte ranges, decoded chunks, inline (compact) bytes, fill values,
-and the h5py fallback for filters without a codec.  Used by ``Weight.read``,
+the h5py fallback for filters without a codec, and zarr arrays (read by zarr).  Used by ``Weight.read``,
 the dask getters (``lazy.py``) and the streaming executor (``stream.py``).
 """
 
@@ -150,6 +150,10 @@ def read(source: Source, spec: WeightSpec, index: Any = ()) -> np.ndarray:
         block = _read_chunked_box(source, spec, box)
     elif spec.layout == "h5py":
         block = _read_h5py_box(source, spec, box)
+    elif spec.layout == "zarr":
+        from . import zarrstore
+
+        block = zarrstore.read_box(source, spec, box)
     else:
         block = constant_values(spec)[box]
     return block[rest]

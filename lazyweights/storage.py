@@ -25,13 +25,17 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import FormatError, StorageError
+from .errors import StorageError
 
-__all__ = ["Source", "WindowFile", "get_source", "release_source"]
+__all__ = ["STORE_MARKERS", "Source", "WindowFile", "get_source", "release_source"]
 
 logger = logging.getLogger(__name__)
 
 _CACHE_SIZE = 64
+
+# Object stores have no directories, and HTTP servers rarely list them: a URL with no object
+# of its own is a store (a prefix of objects) when one of these root metadata objects exists.
+STORE_MARKERS = ("zarr.json", ".zmetadata", ".zgroup")
 _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -69,7 +73,11 @@ def release_source(source: Source) -> None:
 
 
 class Source:
-    """One object on one fsspec filesystem, read by byte range."""
+    """One object on one fsspec filesystem, read by byte range.
+
+    A URL naming a directory or a store prefix (a zarr mirror) gives a Source
+    with ``is_dir`` true and size 0: formats read it by object key, not by range.
+    """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
         self.url = url
@@ -79,9 +87,8 @@ class Source:
         except (ImportError, ValueError) as exc:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
         info = self._info()
-        if info.get("type") == "directory":
-            raise FormatError(f"{url}: is a directory, not a checkpoint file")
-        self.size = int(info["size"])
+        self.is_dir = info.get("type") == "directory"
+        self.size = 0 if self.is_dir else int(info["size"])
         self.etag = _version_of(info)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._fd: int | None = None
@@ -97,9 +104,22 @@ class Source:
         try:
             return self.fs.info(self.path)
         except FileNotFoundError as exc:
+            if self._is_store_prefix():
+                return {"type": "directory", "size": 0}
             raise StorageError(f"{self.url}: no such file") from exc
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot stat: {exc}") from exc
+
+    def _is_store_prefix(self) -> bool:
+        for marker in STORE_MARKERS:
+            try:
+                self.fs.info(f"{self.path.rstrip('/')}/{marker}")  # a HEAD over HTTP, not a download
+                return True
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return False
 
     # -- reads -------------------------------------------------------------
 

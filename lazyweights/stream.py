@@ -204,6 +204,23 @@ def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[
         yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
 
 
+def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray, region: tuple[slice, ...]) -> Iterator[_Unit]:
+    """One unit per zarr chunk meeting ``region``: zarr fetches and decodes it, the unit copies it into place."""
+    from .zarrstore import grid_boxes
+
+    for box in grid_boxes(spec.shape, spec.chunk_shape):
+        part = tuple(slice(max(b.start, r.start), min(b.stop, r.stop)) for b, r in zip(box, region, strict=True))
+        if any(s.start >= s.stop for s in part):
+            continue
+        dst = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(part, region, strict=True))
+
+        def run(part=part, dst=dst) -> None:
+            dest[dst] = reader.read(source, spec, part)
+
+        nbytes = int(np.prod([s.stop - s.start for s in part])) * spec.np_dtype.itemsize
+        yield _Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)
+
+
 def _chunk_count(spec: WeightSpec) -> int:
     return int(np.prod([-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True)]))
 
@@ -228,6 +245,8 @@ def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) 
         return list(_contiguous_units(source, spec, dest, parts, box))
     if spec.layout == "chunked":
         return list(_chunk_units(source, spec, dest, box))
+    if spec.layout == "zarr":
+        return list(_zarr_units(source, spec, dest, box))
     if spec.layout == "h5py":
         nbytes = target.nbytes
 

@@ -3,7 +3,9 @@
 Detection looks at the first bytes (one read), never at the file name:
 HDF5 signature → HDF5 (Keras legacy, Keras 3 ``.weights.h5``, or generic);
 zip signature → a ``.keras`` archive whose ``model.weights.h5`` member is read
-in place.  Anything else is refused with a description of what it looks like.
+in place.  A directory or store prefix is a zarr store (a lazyweights mirror
+or a group written by another tool), recognised by its zarr metadata.
+Anything else is refused with a description of what it looks like.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..storage import Source, WindowFile
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
+from .zarr import parse_zarr
 
 __all__ = ["describe_bytes", "parse"]
 
@@ -32,6 +35,8 @@ _KERAS_MEMBER = "model.weights.h5"
 
 def parse(source: Source) -> Manifest:
     """Read ``source``'s metadata and return its manifest."""
+    if source.is_dir:
+        return parse_zarr(source)
     head = source.read(0, min(source.size, _HEAD))
     if find_superblock(head) is not None:
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag)
