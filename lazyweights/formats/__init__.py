@@ -71,7 +71,7 @@ def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
     """Open HDF5 metadata read-only; h5py/HDF5 errors become FormatError."""
     target = fileobj if fileobj is not None else (source.path if source.is_local else source.open_file())
     try:
-        f = h5py.File(target, "r", locking=False)
+        f = _open_h5(target)
     except OSError as exc:
         raise FormatError(f"{source.url}: HDF5 library cannot parse the file: {exc}") from exc
     try:
@@ -80,6 +80,17 @@ def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
         f.close()
         if fileobj is None and not source.is_local:
             target.close()
+
+
+def _open_h5(target: Any) -> h5py.File:
+    """Read-only, without file locks (we never write); if the caller already holds the file open with
+    locking, libhdf5 insists on the same flags, so fall back to the default."""
+    try:
+        return h5py.File(target, "r", locking=False)
+    except OSError as exc:
+        if "locking" not in str(exc):
+            raise
+        return h5py.File(target, "r")
 
 
 def _parse_hdf5(
