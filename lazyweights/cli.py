@@ -27,6 +27,7 @@ import lazyweights as lw
 
 from .errors import LazyWeightsError
 from .export import FORMATS
+from .keras_compat import layer_classes
 
 __all__ = ["cli", "main"]
 
@@ -104,28 +105,9 @@ def cli() -> None:
 # -- inspect --------------------------------------------------------------------------
 
 
-def _layer_classes(config: Any) -> dict[str, str]:
-    """Layer name → class name, from a Keras ``model_config`` (nested models included)."""
-    found: dict[str, str] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            cfg = node.get("config")
-            if isinstance(node.get("class_name"), str) and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
-                found.setdefault(cfg["name"], node["class_name"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
-
-
 def describe(ckpt: lw.Checkpoint) -> dict[str, Any]:
     """A JSON-able summary of a checkpoint, like ``model.summary()`` without reading any weights."""
-    classes = _layer_classes(ckpt.model_config)
+    classes = layer_classes(ckpt.model_config)
     layers = []
     for layer in ckpt.layers:
         short = layer.alias or layer.name.rsplit("/", 1)[-1]

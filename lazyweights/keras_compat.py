@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["is_keras2_config", "optimizer_slot_key", "translate_config"]
+__all__ = ["is_keras2_config", "layer_classes", "layer_configs", "optimizer_slot_key", "translate_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +42,32 @@ def is_keras2_config(attrs: dict[str, Any]) -> bool:
     return not version.startswith("3")
 
 
-def _layer_configs(config: Any) -> Iterator[dict[str, Any]]:
-    """Every ``{"class_name": ..., "config": {...}}`` node, nested models included."""
+def layer_configs(config: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"class_name": ..., "config": {...}}`` node, nested models included, depth first."""
     if isinstance(config, dict):
-        if "class_name" in config and isinstance(config.get("config"), dict):
+        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
             yield config
         for value in config.values():
-            yield from _layer_configs(value)
+            yield from layer_configs(value)
     elif isinstance(config, list):
         for value in config:
-            yield from _layer_configs(value)
+            yield from layer_configs(value)
+
+
+def layer_classes(config: Any) -> dict[str, str]:
+    """Layer name → class name for every named node of a Keras model config (first occurrence wins)."""
+    found: dict[str, str] = {}
+    for node in layer_configs(config):
+        name = node["config"].get("name")
+        if isinstance(name, str):
+            found.setdefault(name, node["class_name"])
+    return found
 
 
 def translate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a Keras 2 model config that Keras 3 deserialises; logs each change."""
     config = copy.deepcopy(config)
-    for node in _layer_configs(config):
+    for node in layer_configs(config):
         cls, args = node["class_name"], node["config"]
         name = args.get("name", "?")
         for arg in REMOVED_ARGS.get(cls, ()):

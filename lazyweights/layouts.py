@@ -33,13 +33,13 @@ kernel apart where the name alone does not (Keras 3 names it ``kernel``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import UnsupportedError
+from .keras_compat import layer_classes as keras_layer_classes
 from .manifest import Manifest, WeightSpec
 
 __all__ = ["IDENTITY", "Conversion", "KerasName", "describe", "keras_names", "layer_classes", "snake_case"]
@@ -155,21 +155,7 @@ def snake_case(name: str) -> str:
 
 def layer_classes(model_config: Any) -> dict[str, str]:
     """Layer name → snake-case class name, for every layer in a Keras ``model_config`` (nested included)."""
-    found: dict[str, str] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            config = node.get("config")
-            if isinstance(node.get("class_name"), str) and isinstance(config, Mapping) and "name" in config:
-                found.setdefault(str(config["name"]), snake_case(node["class_name"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(model_config)
-    return found
+    return {name: snake_case(cls) for name, cls in keras_layer_classes(model_config).items()}
 
 
 def _numbered(manifest: Manifest) -> dict[str, KerasName]:
