@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -201,28 +202,39 @@ def main() -> None:
         return
     h5 = generate(args.dir / f"source_{args.size_gb:g}gb.h5", args.size_gb)
     size = h5.stat().st_size
-    for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
-        warm(path)
     pairs = [p for p in PAIRS if p[0].startswith(args.only)]
     ensure_mirrors(h5, args.dir, pairs)
+    for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
+        warm(path)
     results = {}
     for pair in pairs:
         for method in pair:
             if method in results:
                 continue
             runs = [run_child(method, h5, args.dir) for _ in range(args.repeat)]
-            results[method] = min(runs, key=lambda r: r["seconds"])
+            results[method] = {
+                **min(runs, key=lambda r: r["seconds"]),
+                "median": statistics.median(r["seconds"] for r in runs),
+            }
             print(f"  {method}: {[round(r['seconds'], 2) for r in runs]}", file=sys.stderr)
     print(f"\nsource: {size / 1e9:.2f} GB HDF5 (largest weight {size / 4 / MiB:.0f} MiB), warm cache, budget {BUDGET}")
-    header = f"{'lazyweights':<17}{'s':>7}{'MiB growth':>12}  {'by hand':<14}{'s':>7}{'MiB growth':>12}{'time x':>8}"
+    print(f"s: best of {args.repeat} runs (median in parentheses, for noisy machines)")
+    header = (
+        f"{'lazyweights':<17}{'s':>13}{'MiB growth':>12}  {'by hand':<14}{'s':>13}{'MiB growth':>12}"
+        f"{'time x':>8}{'(median)':>10}"
+    )
     print(header)
     print("-" * len(header))
     for ours, theirs in pairs:
         a, b = results[ours], results[theirs]
         print(
-            f"{ours:<17}{a['seconds']:>7.2f}{a['growth'] / MiB:>12.0f}  {theirs:<14}{b['seconds']:>7.2f}"
-            f"{b['growth'] / MiB:>12.0f}{a['seconds'] / b['seconds']:>8.2f}"
+            f"{ours:<17}{_secs(a):>13}{a['growth'] / MiB:>12.0f}  {theirs:<14}{_secs(b):>13}"
+            f"{b['growth'] / MiB:>12.0f}{a['seconds'] / b['seconds']:>8.2f}{a['median'] / b['median']:>10.2f}"
         )
+
+
+def _secs(result: dict[str, float]) -> str:
+    return f"{result['seconds']:.2f} ({result['median']:.2f})"
 
 
 if __name__ == "__main__":
