@@ -15,12 +15,11 @@ request, and every array is then resolved from that metadata without more.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,6 @@ __all__ = [
     "chunk_format",
     "fill_bytes",
     "from_stored",
-    "grid_boxes",
     "open_store",
     "read_box",
     "root_group",
@@ -233,15 +231,3 @@ def _v3_decoder(arr: Any) -> Decoder | None:
         return value.as_numpy_array()
 
     return decode
-
-
-def grid_boxes(shape: tuple[int, ...], chunk_shape: tuple[int, ...] | None) -> Iterator[Index]:
-    """The boxes of a regular chunk grid over ``shape``, in C order (one empty box for 0-d arrays)."""
-    if not shape:
-        yield ()
-        return
-    if 0 in shape:
-        return
-    chunk_shape = chunk_shape or shape
-    axes = [[slice(i, min(i + c, n)) for i in range(0, n, c)] for n, c in zip(shape, chunk_shape, strict=True)]
-    yield from itertools.product(*axes)
