@@ -14,10 +14,12 @@ Pairs (ratio = lazyweights time / by-hand time):
 - ``export``: ``lw.export(format="bin", max_memory=256MiB)`` vs ``h5py ds[()].tofile()`` per weight;
 - ``verify``: ``lw.verify(h5, mirror)`` (hashes both, 2x the bytes) vs ``sha256sum`` of the h5 file twice;
 - ``load``: ``lw.load(mirror)`` vs ``lw.load(h5)`` (both allocate every array), for a raw (uncompressed)
-  mirror and a zstd one.
+  mirror and a zstd one;
+- ``into``: the same into ``out`` arrays allocated and touched before the clock starts (reads only:
+  first-touch page faults, which vary a lot on some VMs, are left out).
 
-``--only load`` runs only the pairs whose first method starts with ``load`` (mirrors missing
-from ``--dir`` are written first, untimed).
+``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
+(mirrors missing from ``--dir`` are written first, untimed).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def reset_peak_rss() -> None:
 def measure(method: str, h5: str, work: Path) -> dict[str, float]:
     # imported before the measurement, for every method alike
     import h5py
+    import numpy as np
     import zarr
 
     import lazyweights as lw
@@ -142,6 +145,15 @@ def measure(method: str, h5: str, work: Path) -> dict[str, float]:
         def run() -> None:
             lw.load(src)
 
+    elif method.startswith("into-"):  # into arrays allocated and touched before the clock starts
+        name = method.replace("into-", "load-")
+        src = work / MIRRORS[name][0] if name in MIRRORS else h5
+        with lw.open(src) as ckpt:
+            out = {w.key: np.ones(w.shape, w.dtype.newbyteorder("=")) for w in ckpt.weights}
+
+        def run() -> None:
+            lw.load(src, out=out)
+
     else:
         raise SystemExit(f"unknown method {method}")
     before = rss_now()
@@ -159,7 +171,8 @@ def _chunks(ds: object) -> tuple[int, ...]:
 
 
 PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify", "sha256sum-x2"),
-         ("load-mirror", "load-h5"), ("load-mirror-zstd", "load-h5")]  # fmt: skip
+         ("load-mirror", "load-h5"), ("load-mirror-zstd", "load-h5"),
+         ("into-mirror", "into-h5"), ("into-mirror-zstd", "into-h5")]  # fmt: skip
 MIRRORS = {"load-mirror": ("mirror.zarr", None), "load-mirror-zstd": ("mirror-zstd.zarr", "zstd")}
 
 
@@ -176,6 +189,7 @@ def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
     import lazyweights as lw
 
     for method, _ in pairs:
+        method = method.replace("into-", "load-")
         if method in MIRRORS and not (work / MIRRORS[method][0] / "zarr.json").exists():
             name, compressor = MIRRORS[method]
             print(f"writing {work / name} ...", file=sys.stderr)
@@ -193,7 +207,9 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench-mirror"))
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--only", default="", help="run only the pairs whose first method starts with this")
+    parser.add_argument(
+        "--only", default="", help="comma-separated prefixes: run only the pairs whose first method has one"
+    )
     parser.add_argument("--child")
     parser.add_argument("--h5")
     args = parser.parse_args()
@@ -202,7 +218,7 @@ def main() -> None:
         return
     h5 = generate(args.dir / f"source_{args.size_gb:g}gb.h5", args.size_gb)
     size = h5.stat().st_size
-    pairs = [p for p in PAIRS if p[0].startswith(args.only)]
+    pairs = [p for p in PAIRS if p[0].startswith(tuple(args.only.split(",")))]
     ensure_mirrors(h5, args.dir, pairs)
     for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
         warm(path)
