@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,8 +68,6 @@ def generate(path: Path, size_gb: float) -> Path:
 
 
 def rss_now() -> int:
-    import os
-
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -220,10 +219,11 @@ def main() -> None:
     size = h5.stat().st_size
     pairs = [p for p in PAIRS if p[0].startswith(tuple(args.only.split(",")))]
     ensure_mirrors(h5, args.dir, pairs)
-    for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
-        warm(path)
     results = {}
     for pair in pairs:
+        os.sync()  # earlier pairs' writes (a new mirror, exports) are flushed, not competing with this pair
+        for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
+            warm(path)
         for method in pair:
             if method in results:
                 continue

@@ -449,16 +449,24 @@ def test_bfloat16_mirror_values(keras3_files: dict, tmp_path: Path, compressor) 
 
 
 @pytest.mark.parametrize("where", ["local", "http"])
-def test_truncated_chunk_is_an_error_naming_weight_and_chunk(
+def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
     varied_h5: Path, where: str, http_server, http_root: Path, tmp_path: Path
 ) -> None:
     root = (tmp_path if where == "local" else http_root) / "trunc.zarr"
-    lw.mirror(varied_h5, root, chunk_bytes="4KiB", overwrite=True)
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", overwrite=True)
     url = root if where == "local" else f"{http_server.url}/trunc.zarr"
     with lw.open(url) as mir:
-        spec = mir["dense/kernel:0"].spec
+        spec, table = mir["dense/kernel:0"].spec, mir["emb/table"].spec
     chunk = root / spec.path / "c" / "1" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-8])
+    (root / table.path / "c" / "1" / "0" / "0").unlink()
+    expected = _h5_values(varied_h5)["emb/table"].copy()
+    expected[table.chunk_shape[0] : 2 * table.chunk_shape[0]] = 0  # the mirror's fill value
+    with lw.open(url) as mir:
+        out = {table.key: np.ones(table.shape, "i4")}
+        lw.load(mir, out=out)
+        np.testing.assert_array_equal(out[table.key], expected)
+        np.testing.assert_array_equal(mir["emb/table"][5:40, 1:], expected[5:40, 1:])
     pattern = r"weight 'dense/kernel:0', chunk 'c/1/0'.*holds \d+ bytes; an uncompressed chunk holds \d+"
     with pytest.raises(lw.LazyWeightsError, match=pattern) as info:
         lw.load(url)  # other weights were written: a PartialLoadError caused by the FormatError
@@ -468,8 +476,13 @@ def test_truncated_chunk_is_an_error_naming_weight_and_chunk(
     with lw.open(url) as mir, pytest.raises(lw.FormatError, match=pattern):
         mir["dense/kernel:0"].read()
     report = lw.verify(varied_h5, url)
-    assert [(d.key, d.what) for d in report.differences] == [("dense/kernel:0", "unreadable")]
-    assert "chunk 'c/1/0'" in report.differences[0].b
+    found = sorted((d.key, d.what, d.side) for d in report.differences)
+    assert found == [
+        ("dense/kernel:0", "unreadable", None),
+        ("emb/table", "corrupt", "b"),
+        ("emb/table", "values", None),
+    ]
+    assert "chunk 'c/1/0'" in next(d.b for d in report.differences if d.what == "unreadable")
 
 
 def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
