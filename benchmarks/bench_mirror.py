@@ -1,6 +1,6 @@
 """Mirror, export, verify and load-from-mirror on one large HDF5 checkpoint, against the by-hand ways, in one run.
 
-    python benchmarks/bench_mirror.py [--size-gb 2] [--dir /tmp/lazyweights-bench-mirror] [--repeat 1]
+    python benchmarks/bench_mirror.py [--size-gb 2] [--dir /tmp/lazyweights-bench-mirror] [--repeat 1] [--only load]
 
 Builds (once) an HDF5 file of ``--size-gb`` in the Keras 2 layout: many
 medium kernels plus one embedding holding a quarter of the bytes (so a single
@@ -13,14 +13,22 @@ Pairs (ratio = lazyweights time / by-hand time):
 - ``mirror``: ``lw.mirror(max_memory=256MiB)`` vs ``h5py ds[()]`` + ``zarr create_array(data=...)`` per weight;
 - ``export``: ``lw.export(format="bin", max_memory=256MiB)`` vs ``h5py ds[()].tofile()`` per weight;
 - ``verify``: ``lw.verify(h5, mirror)`` (hashes both, 2x the bytes) vs ``sha256sum`` of the h5 file twice;
-- ``load``: ``lw.load(mirror)`` vs ``lw.load(h5)`` (both allocate every array).
+- ``load``: ``lw.load(mirror)`` vs ``lw.load(h5)`` (both allocate every array), for a raw (uncompressed)
+  mirror and a zstd one;
+- ``into``: the same into ``out`` arrays allocated and touched before the clock starts (reads only:
+  first-touch page faults, which vary a lot on some VMs, are left out).
+
+``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
+(mirrors missing from ``--dir`` are written first, untimed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -60,8 +68,6 @@ def generate(path: Path, size_gb: float) -> Path:
 
 
 def rss_now() -> int:
-    import os
-
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -82,11 +88,12 @@ def reset_peak_rss() -> None:
 def measure(method: str, h5: str, work: Path) -> dict[str, float]:
     # imported before the measurement, for every method alike
     import h5py
+    import numpy as np
     import zarr
 
     import lazyweights as lw
 
-    mirror, out = work / "mirror.zarr", work / f"out-{method}"
+    mirror, out = work / MIRRORS["load-mirror"][0], work / f"out-{method}"
     shutil.rmtree(out, ignore_errors=True)
     if method == "lw-mirror":
         shutil.rmtree(mirror, ignore_errors=True)
@@ -131,11 +138,20 @@ def measure(method: str, h5: str, work: Path) -> dict[str, float]:
         def run() -> None:
             subprocess.run(["sha256sum", h5, h5], stdout=subprocess.DEVNULL, check=True)
 
-    elif method in ("load-mirror", "load-h5"):
-        src = mirror if method == "load-mirror" else h5
+    elif method in (*MIRRORS, "load-h5"):
+        src = work / MIRRORS[method][0] if method in MIRRORS else h5
 
         def run() -> None:
             lw.load(src)
+
+    elif method.startswith("into-"):  # into arrays allocated and touched before the clock starts
+        name = method.replace("into-", "load-")
+        src = work / MIRRORS[name][0] if name in MIRRORS else h5
+        with lw.open(src) as ckpt:
+            out = {w.key: np.ones(w.shape, w.dtype.newbyteorder("=")) for w in ckpt.weights}
+
+        def run() -> None:
+            lw.load(src, out=out)
 
     else:
         raise SystemExit(f"unknown method {method}")
@@ -154,7 +170,29 @@ def _chunks(ds: object) -> tuple[int, ...]:
 
 
 PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify", "sha256sum-x2"),
-         ("load-mirror", "load-h5")]  # fmt: skip
+         ("load-mirror", "load-h5"), ("load-mirror-zstd", "load-h5"),
+         ("into-mirror", "into-h5"), ("into-mirror-zstd", "into-h5")]  # fmt: skip
+MIRRORS = {"load-mirror": ("mirror.zarr", None), "load-mirror-zstd": ("mirror-zstd.zarr", "zstd")}
+
+
+def warm(path: Path) -> None:
+    """Read every file under ``path`` once, so timings compare warm page caches."""
+    for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        with open(file, "rb") as f:
+            while f.read(16 * MiB):
+                pass
+
+
+def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
+    """Write the mirrors the chosen load pairs read, when an earlier run has not (untimed)."""
+    import lazyweights as lw
+
+    for method, _ in pairs:
+        method = method.replace("into-", "load-")
+        if method in MIRRORS and not (work / MIRRORS[method][0] / "zarr.json").exists():
+            name, compressor = MIRRORS[method]
+            print(f"writing {work / name} ...", file=sys.stderr)
+            lw.mirror(h5, work / name, compressor=compressor, max_memory=BUDGET, overwrite=True)
 
 
 def run_child(method: str, h5: Path, work: Path) -> dict[str, float]:
@@ -168,6 +206,9 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench-mirror"))
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--only", default="", help="comma-separated prefixes: run only the pairs whose first method has one"
+    )
     parser.add_argument("--child")
     parser.add_argument("--h5")
     args = parser.parse_args()
@@ -176,23 +217,40 @@ def main() -> None:
         return
     h5 = generate(args.dir / f"source_{args.size_gb:g}gb.h5", args.size_gb)
     size = h5.stat().st_size
-    subprocess.run(["cat", str(h5)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    pairs = [p for p in PAIRS if p[0].startswith(tuple(args.only.split(",")))]
+    ensure_mirrors(h5, args.dir, pairs)
     results = {}
-    for pair in PAIRS:
+    for pair in pairs:
+        os.sync()  # earlier pairs' writes (a new mirror, exports) are flushed, not competing with this pair
+        for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
+            warm(path)
         for method in pair:
+            if method in results:
+                continue
             runs = [run_child(method, h5, args.dir) for _ in range(args.repeat)]
-            results[method] = min(runs, key=lambda r: r["seconds"])
+            results[method] = {
+                **min(runs, key=lambda r: r["seconds"]),
+                "median": statistics.median(r["seconds"] for r in runs),
+            }
             print(f"  {method}: {[round(r['seconds'], 2) for r in runs]}", file=sys.stderr)
     print(f"\nsource: {size / 1e9:.2f} GB HDF5 (largest weight {size / 4 / MiB:.0f} MiB), warm cache, budget {BUDGET}")
-    header = f"{'lazyweights':<13}{'s':>7}{'MiB growth':>12}  {'by hand':<14}{'s':>7}{'MiB growth':>12}{'time x':>8}"
+    print(f"s: best of {args.repeat} runs (median in parentheses, for noisy machines)")
+    header = (
+        f"{'lazyweights':<17}{'s':>13}{'MiB growth':>12}  {'by hand':<14}{'s':>13}{'MiB growth':>12}"
+        f"{'time x':>8}{'(median)':>10}"
+    )
     print(header)
     print("-" * len(header))
-    for ours, theirs in PAIRS:
+    for ours, theirs in pairs:
         a, b = results[ours], results[theirs]
         print(
-            f"{ours:<13}{a['seconds']:>7.2f}{a['growth'] / MiB:>12.0f}  {theirs:<14}{b['seconds']:>7.2f}"
-            f"{b['growth'] / MiB:>12.0f}{a['seconds'] / b['seconds']:>8.2f}"
+            f"{ours:<17}{_secs(a):>13}{a['growth'] / MiB:>12.0f}  {theirs:<14}{_secs(b):>13}"
+            f"{b['growth'] / MiB:>12.0f}{a['seconds'] / b['seconds']:>8.2f}{a['median'] / b['median']:>10.2f}"
         )
+
+
+def _secs(result: dict[str, float]) -> str:
+    return f"{result['seconds']:.2f} ({result['median']:.2f})"
 
 
 if __name__ == "__main__":

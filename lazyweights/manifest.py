@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import FormatError, MissingKeyError
 
-__all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "resolve_dtype"]
+__all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "ZarrChunks", "resolve_dtype"]
 
 Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr"]
 
@@ -65,6 +65,30 @@ class Filter:
 
 
 @dataclass(frozen=True, slots=True)
+class ZarrChunks:
+    """How the chunks of a zarr array are named and stored: each chunk is an object of its own.
+
+    The chunk at grid index ``(i, j)`` is the object ``<array path>/c/i/j``
+    with zarr v3's default key encoding (``prefix`` ``"c"``, ``separator``
+    ``"/"``), or ``<array path>/i.j`` with zarr v2's (no prefix; ``"0"`` for a
+    0-d array).  ``byteorder`` is set (``"<"``, ``">"``, or ``"|"`` for one-byte
+    types) when chunks are **raw** — exactly ``prod(chunk_shape)`` elements in
+    C order, no codec — so any run of a chunk is a byte range of its object;
+    it is None when chunks must be decoded.
+    """
+
+    separator: str = "/"
+    prefix: str = "c"
+    byteorder: str | None = None
+
+    def key(self, index: tuple[int, ...]) -> str:
+        """The object key of the chunk at grid ``index``, relative to the array."""
+        if self.prefix:
+            return self.separator.join((self.prefix, *map(str, index)))
+        return self.separator.join(map(str, index)) or "0"
+
+
+@dataclass(frozen=True, slots=True)
 class WeightSpec:
     """Everything needed to read one weight without the format's library.
 
@@ -77,8 +101,10 @@ class WeightSpec:
     - ``compact``: the raw bytes are in ``inline`` (they live in the metadata);
     - ``empty``: never written, every element is ``fill``;
     - ``h5py``: a filter with no codec here; decoded by h5py from ``path``;
-    - ``zarr``: an array of a zarr store at ``path``, read and decoded by zarr
-      in blocks of ``chunk_shape`` (its chunks are objects, not byte ranges).
+    - ``zarr``: an array of a zarr store at ``path`` in chunks of
+      ``chunk_shape``, each an object of its own named and stored as ``zarr``
+      says (None: zarr itself reads and decodes them); chunks never written
+      hold ``fill``.
     """
 
     key: str
@@ -94,6 +120,7 @@ class WeightSpec:
     filters: tuple[Filter, ...] = ()
     inline: bytes | None = None
     fill: bytes | None = None
+    zarr: ZarrChunks | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -267,4 +294,5 @@ def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
         filters=tuple(Filter(id=f["id"], name=f["name"], values=tuple(f["values"])) for f in d["filters"]),
         inline=_bytes(d["inline"]),
         fill=_bytes(d["fill"]),
+        zarr=ZarrChunks(**d["zarr"]) if d.get("zarr") else None,
     )

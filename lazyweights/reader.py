@@ -2,7 +2,7 @@
 
 The one place that knows how each storage layout turns into array values:
 contiguous byte ranges, decoded chunks, inline (compact) bytes, fill values,
-the h5py fallback for filters without a codec, and zarr arrays (read by zarr).  Used by ``Weight.read``,
+the h5py fallback for filters without a codec, and zarr arrays (``zarrchunks``).  Used by ``Weight.read``,
 the dask getters (``lazy.py``) and the streaming executor (``stream.py``).
 """
 
@@ -151,9 +151,9 @@ def read(source: Source, spec: WeightSpec, index: Any = ()) -> np.ndarray:
     elif spec.layout == "h5py":
         block = _read_h5py_box(source, spec, box)
     elif spec.layout == "zarr":
-        from . import zarrstore
+        from . import zarrchunks
 
-        block = zarrstore.read_box(source, spec, box)
+        block = zarrchunks.read_box(source, spec, box)
     else:
         block = constant_values(spec)[box]
     return block[rest]

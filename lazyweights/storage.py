@@ -27,7 +27,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import StorageError
 
-__all__ = ["STORE_MARKERS", "Source", "WindowFile", "get_source", "release_source"]
+__all__ = ["STORE_MARKERS", "Source", "WindowFile", "get_source", "pread_into", "release_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +146,7 @@ class Source:
         if not self.is_local:
             buf.cast("B")[:] = self.read(offset, length)
             return
-        view = buf.cast("B")
-        fd = self._local_fd()
-        done = 0
-        while done < length:  # preadv may return short counts; loop until filled or EOF
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                break
-            done += n
-        self._check_length(offset, length, done)
+        self._check_length(offset, length, pread_into(self._local_fd(), offset, buf.cast("B")))
 
     def _check_length(self, offset: int, wanted: int, got: int) -> None:
         if got != wanted:
@@ -180,6 +172,17 @@ class Source:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def pread_into(fd: int, offset: int, view: memoryview) -> int:
+    """Fill the byte view ``view`` from ``fd`` at ``offset`` with ``preadv``; the count read (short only at EOF)."""
+    done = 0
+    while done < view.nbytes:  # preadv may return short counts; loop until filled or EOF
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def _version_of(info: Mapping[str, Any]) -> str | None:

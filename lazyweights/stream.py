@@ -205,20 +205,11 @@ def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[
 
 
 def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray, region: tuple[slice, ...]) -> Iterator[_Unit]:
-    """One unit per zarr chunk meeting ``region``: zarr fetches and decodes it, the unit copies it into place."""
-    from .zarrstore import grid_boxes
+    """One unit per zarr chunk meeting ``region`` (raw chunks read straight into ``dest`` when they can be)."""
+    from .zarrchunks import chunk_reads
 
-    for box in grid_boxes(spec.shape, spec.chunk_shape):
-        part = tuple(slice(max(b.start, r.start), min(b.stop, r.stop)) for b, r in zip(box, region, strict=True))
-        if any(s.start >= s.stop for s in part):
-            continue
-        dst = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(part, region, strict=True))
-
-        def run(part=part, dst=dst) -> None:
-            dest[dst] = reader.read(source, spec, part)
-
-        nbytes = int(np.prod([s.stop - s.start for s in part])) * spec.np_dtype.itemsize
-        yield _Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)
+    for read in chunk_reads(source, spec, dest, region):
+        yield _Unit(spec.key, read.cost, read.stored, read.nbytes, read.run)
 
 
 def _chunk_count(spec: WeightSpec) -> int:

@@ -220,8 +220,8 @@ def _recorded(ckpt: Checkpoint, digests: dict[str, str], side: str) -> list[Diff
     """A mirror's recorded checksums against its data: catches corrupted or missing chunks."""
     out = []
     for spec in (*ckpt.manifest.weights, *ckpt.manifest.optimizer):
-        if spec.layout != "zarr" or spec.key not in digests:
-            continue
+        if spec.layout != "zarr" or digests.get(spec.key, "error:").startswith("error:"):
+            continue  # not a mirror's array, or unreadable (reported as such)
         recorded = _recorded_digest(ckpt, spec)
         actual = digests[spec.key]
         if recorded is not None and recorded != actual:

@@ -1,10 +1,12 @@
 """Zarr stores as a data source: opening a store for a URL, and reading blocks of its arrays.
 
-Zarr chunks are separate objects, not byte ranges of one file, so weights of
-layout ``zarr`` are read by zarr itself (which fetches and decodes chunks
-concurrently, and knows every codec the writer may have used).  This module
-is the one place that touches zarr's store and array objects for reading;
-``reader`` and ``stream`` call :func:`read_box` and :func:`grid_boxes`.
+Zarr chunks are separate objects, not byte ranges of one file.  This module
+is the one place that touches zarr's store, array and codec objects for
+reading: it says how an array's chunk objects are named and whether they are
+raw (:func:`chunk_format`, recorded in the manifest), gives a synchronous
+decoder built from the array's own codecs (:func:`chunk_decoder`), and reads
+blocks through zarr itself (:func:`read_box`) for arrays only zarr can read.
+``lazyweights.zarrchunks`` does the chunk I/O.
 
 Opened groups are cached per :class:`~lazyweights.storage.Source` (weakly, so
 closing a checkpoint drops them): a consolidated store is opened with one
@@ -13,24 +15,39 @@ request, and every array is then resolved from that metadata without more.
 
 from __future__ import annotations
 
-import itertools
+import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from .manifest import WeightSpec
+from .manifest import WeightSpec, ZarrChunks, resolve_dtype
 from .storage import Source
 
-__all__ = ["array", "grid_boxes", "open_store", "read_box", "root_group", "stored_dtype", "to_stored", "zarr_module"]
+__all__ = [
+    "array",
+    "chunk_decoder",
+    "chunk_format",
+    "fill_bytes",
+    "from_stored",
+    "open_store",
+    "read_box",
+    "root_group",
+    "stored_dtype",
+    "to_stored",
+    "zarr_module",
+]
+
+Decoder = Callable[[Any], np.ndarray]  # an encoded chunk object's bytes -> the chunk's values (chunk shape)
 
 Index = tuple[slice, ...]
 
 _groups: weakref.WeakKeyDictionary[Source, Any] = weakref.WeakKeyDictionary()
 _arrays: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
+_decoders: weakref.WeakKeyDictionary[Source, dict[str, Decoder | None]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -95,22 +112,122 @@ def to_stored(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.view(np.uint16) if dtype == "bfloat16" else values
 
 
+def from_stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Values as zarr stores them, in the manifest ``dtype`` (bfloat16: a view of the uint16 bits)."""
+    if dtype == "bfloat16":
+        return values.view(resolve_dtype(dtype))
+    target = np.dtype(dtype)
+    return values if values.dtype == target else values.astype(target)
+
+
 def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
-    """The values of ``spec`` inside ``box`` (unit-step slices), in the spec's dtype."""
+    """The values of ``spec`` inside ``box`` (unit-step slices), in the spec's dtype, read by zarr."""
     values = np.asarray(array(source, spec.path)[box] if box else array(source, spec.path)[...])
-    dtype = spec.np_dtype
-    if spec.dtype == "bfloat16":
-        return values.view(dtype)
-    return values if values.dtype == dtype else values.astype(dtype)
+    return from_stored(values, spec.dtype)
 
 
-def grid_boxes(shape: tuple[int, ...], chunk_shape: tuple[int, ...] | None) -> Iterator[Index]:
-    """The boxes of a regular chunk grid over ``shape``, in C order (one empty box for 0-d arrays)."""
-    if not shape:
-        yield ()
-        return
-    if 0 in shape:
-        return
-    chunk_shape = chunk_shape or shape
-    axes = [[slice(i, min(i + c, n)) for i in range(0, n, c)] for n, c in zip(shape, chunk_shape, strict=True)]
-    yield from itertools.product(*axes)
+def chunk_format(arr: Any) -> ZarrChunks | None:
+    """How ``arr``'s chunk objects are named, and their byte order when they are raw (no codec, C order).
+
+    None for arrays whose chunk objects are not one chunk each in a known
+    naming (sharded arrays, custom key encodings) or not C order: zarr reads those.
+    """
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        if meta.order != "C":
+            return None
+        raw = not meta.compressor and not meta.filters
+        return ZarrChunks(meta.dimension_separator or ".", "", _byteorder(arr.dtype) if raw else None)
+    from zarr.codecs import BytesCodec
+    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
+
+    encoding = meta.chunk_key_encoding
+    if arr.shards is not None or not isinstance(encoding, DefaultChunkKeyEncoding | V2ChunkKeyEncoding):
+        return None
+    prefix = "c" if isinstance(encoding, DefaultChunkKeyEncoding) else ""
+    codecs = tuple(meta.codecs)
+    order = None
+    if len(codecs) == 1 and isinstance(codecs[0], BytesCodec):
+        endian = codecs[0].endian
+        order = "|" if endian is None or arr.dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]
+    return ZarrChunks(encoding.separator, prefix, order)
+
+
+def _byteorder(dtype: np.dtype) -> str:
+    if dtype.itemsize == 1 or dtype.byteorder == "|":
+        return "|"
+    if dtype.byteorder == "=":
+        return "<" if sys.byteorder == "little" else ">"
+    return dtype.byteorder
+
+
+def fill_bytes(arr: Any, dtype: str) -> bytes | None:
+    """``arr``'s fill value as one element of the manifest ``dtype`` (None when it is zero, the manifest's default)."""
+    if arr.fill_value is None:
+        return None
+    data = from_stored(np.asarray(arr.fill_value, dtype=arr.dtype), dtype).tobytes()
+    return data if any(data) else None
+
+
+def chunk_decoder(source: Source, spec: WeightSpec) -> Decoder | None:
+    """A synchronous decoder for ``spec``'s encoded chunks, built from the array's own codecs (cached).
+
+    Runs in the calling thread: no event loop per chunk.  Zarr v2 arrays
+    decode with their numcodecs compressor and filters; v3 arrays with their
+    codec chain when every codec has a synchronous path.  None otherwise
+    (then zarr reads the chunks).
+    """
+    with _lock:
+        cache = _decoders.setdefault(source, {})
+        if spec.path in cache:
+            return cache[spec.path]
+    arr = array(source, spec.path)
+    decoder = _v2_decoder(arr) if arr.metadata.zarr_format == 2 else _v3_decoder(arr)
+    with _lock:
+        cache[spec.path] = decoder
+    return decoder
+
+
+def _v2_decoder(arr: Any) -> Decoder | None:
+    from numcodecs.compat import ensure_ndarray
+
+    meta = arr.metadata
+    if meta.order != "C":
+        return None
+    dtype, shape = np.dtype(meta.dtype.to_native_dtype()), tuple(arr.chunks)
+    if dtype.hasobject:
+        return None
+    steps = [f.decode for f in reversed(meta.filters or ())]
+    if meta.compressor:
+        steps.insert(0, meta.compressor.decode)
+
+    def decode(data: Any) -> np.ndarray:
+        for step in steps:
+            data = step(data)
+        return ensure_ndarray(data).view(dtype).reshape(shape)
+
+    return decode
+
+
+def _v3_decoder(arr: Any) -> Decoder | None:
+    from zarr.abc.codec import SupportsSyncCodec
+    from zarr.core.array_spec import ArrayConfig
+    from zarr.core.buffer import default_buffer_prototype
+
+    meta = arr.metadata
+    if not all(isinstance(codec, SupportsSyncCodec) for codec in meta.codecs):
+        return None
+    prototype = default_buffer_prototype()
+    chunk_spec = meta.get_chunk_spec((0,) * arr.ndim, ArrayConfig.from_dict({}), prototype)
+    stages = []  # each codec with the spec of what it decodes into, last codec first
+    for codec in meta.codecs:
+        stages.insert(0, (codec, chunk_spec))
+        chunk_spec = codec.resolve_metadata(chunk_spec)
+
+    def decode(data: Any) -> np.ndarray:
+        value = prototype.buffer.from_bytes(data)
+        for codec, spec in stages:
+            value = codec._decode_sync(value, spec)  # zarr's SupportsSyncCodec protocol
+        return value.as_numpy_array()
+
+    return decode

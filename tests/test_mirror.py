@@ -15,6 +15,7 @@ import zarr
 
 import lazyweights as lw
 from lazyweights.formats.zarr import encode_name
+from lazyweights.manifest import ZarrChunks
 from lazyweights.mirror import chunk_shape
 
 from .conftest import KERAS2
@@ -338,3 +339,198 @@ def test_mirror_of_a_mirror(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "a.zarr")
     with lw.open(src) as a, lw.open(tmp_path / "b.zarr") as b:
         _same_manifest(a, b)
+
+
+# -- reading mirrors chunk by chunk: raw chunks straight into destinations, others decoded -------
+
+
+@pytest.fixture(scope="module")
+def varied_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights whose mirrors have several chunks, edge chunks, big-endian and one-byte data, and a scalar."""
+    path = tmp_path_factory.mktemp("varied") / "varied.h5"
+    rng = np.random.default_rng(7)
+    with h5py.File(path, "w") as f:
+        f["dense/kernel:0"] = rng.standard_normal((300, 70)).astype("f4")
+        f["dense/bias:0"] = rng.standard_normal(70)
+        f["emb/table"] = rng.integers(-(2**31), 2**31, (50, 3, 4), dtype="i4").astype(">i4")
+        f["emb/bytes"] = rng.integers(0, 255, 333, dtype="u1")
+        f["scalar"] = np.float32(-2.5)
+    return path
+
+
+def _h5_values(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("dense/kernel:0", "dense/bias:0", "emb/table", "emb/bytes", "scalar")}
+
+
+@pytest.fixture
+def mirror_url(request: pytest.FixtureRequest, http_server, http_root: Path, tmp_path: Path):
+    """Where to write a mirror (``request.param``: local, memory or http) -> (write URL, read URL)."""
+    import uuid
+
+    import fsspec
+
+    name = f"m-{uuid.uuid4().hex[:8]}.zarr"
+    if request.param == "local":
+        yield tmp_path / name, tmp_path / name
+    elif request.param == "memory":
+        yield f"memory://lw-{name}", f"memory://lw-{name}"
+        fsspec.filesystem("memory").rm(f"/lw-{name}", recursive=True)
+    else:
+        yield http_root / name, f"{http_server.url}/{name}"
+        shutil.rmtree(http_root / name)
+
+
+# a box per weight: row ranges meeting several chunks, column slices (several runs per chunk), a middle axis
+BOXES = {
+    "dense/kernel:0": (slice(37, 211), slice(5, 61)),
+    "dense/bias:0": (slice(3, 69),),
+    "emb/table": (slice(7, 44), slice(1, 3), slice(0, 4)),
+    "emb/bytes": (slice(100, 333),),
+}
+
+
+@pytest.mark.parametrize("mirror_url", ["local", "memory", "http"], indirect=True)
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_mirror_loads_equal_the_source(varied_h5: Path, mirror_url, zarr_format: int, compressor) -> None:
+    write, read = mirror_url
+    lw.mirror(varied_h5, write, chunk_bytes="4KiB", zarr_format=zarr_format, compressor=compressor)
+    expected = _h5_values(varied_h5)
+    with lw.open(read) as mir:
+        fmt = mir["dense/kernel:0"].spec.zarr
+        assert (fmt.prefix, fmt.separator) == (("c", "/") if zarr_format == 3 else ("", "."))
+        assert fmt.byteorder == (None if compressor else "<")
+        assert mir["emb/bytes"].spec.zarr.byteorder == (None if compressor else "|")
+        assert mir["dense/kernel:0"].spec.chunk_shape[0] < 300  # several chunks, the last one partial
+        for values in (lw.load(mir), lw.load(mir, max_memory="16KiB", concurrency=3)):
+            assert sorted(values) == sorted(expected)
+            for key, want in expected.items():
+                assert values[key].dtype == want.dtype.newbyteorder("="), key  # loads are native-endian
+                np.testing.assert_array_equal(values[key], want, err_msg=key)
+        out = {key: np.full_like(want, 99) for key, want in expected.items()}
+        lw.load(mir, out=out)
+        for key, want in expected.items():
+            np.testing.assert_array_equal(out[key], want, err_msg=key)
+        # region reads: the streaming executor (shard boxes) and Weight.read
+        regions = lw.load(mir, shard=lambda key, shape: BOXES.get(key))
+        for key, box in BOXES.items():
+            np.testing.assert_array_equal(regions[key], expected[key][box], err_msg=key)
+            np.testing.assert_array_equal(mir[key][box], expected[key][box], err_msg=key)
+        assert mir["scalar"].read() == expected["scalar"]
+
+
+def test_raw_mirror_reads_hold_no_memory_locally_and_fetch_only_needed_bytes_remotely(
+    varied_h5: Path, http_server, http_root: Path, tmp_path: Path
+) -> None:
+    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB")
+    report = lw.load(tmp_path / "m.zarr", max_memory="4KiB").report
+    assert report.peak_in_flight == 0  # every chunk read with preadv straight into its array
+    lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB")
+    with lw.open(f"{http_server.url}/raw.zarr") as mir:
+        spec = mir["dense/kernel:0"].spec
+        rows = spec.chunk_shape[0]
+        http_server.reset()
+        got = lw.load(mir, shard=lambda key, shape: (slice(rows + 3, 2 * rows),) if key == spec.key else None)
+        fetched = [(path, n) for method, path, n in http_server.requests if method == "GET" and spec.path in path]
+        # one chunk object, only the rows asked for: a ranged GET of the chunk's key
+        assert fetched == [(f"/raw.zarr/{spec.path}/{spec.zarr.key((1, 0))}", (rows - 3) * 70 * 4)]
+        np.testing.assert_array_equal(got[spec.key], _h5_values(varied_h5)[spec.key][rows + 3 : 2 * rows])
+
+
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_bfloat16_mirror_values(keras3_files: dict, tmp_path: Path, compressor) -> None:
+    lw.mirror(keras3_files["weights"], tmp_path / "m.zarr", chunk_bytes="1KiB", compressor=compressor)
+    got = list(lw.load(tmp_path / "m.zarr").values())
+    assert any(a.dtype.name == "bfloat16" for a in got)
+    for a, b in zip(got, keras3_files["values"], strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("where", ["local", "http"])
+def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
+    varied_h5: Path, where: str, http_server, http_root: Path, tmp_path: Path
+) -> None:
+    root = (tmp_path if where == "local" else http_root) / "trunc.zarr"
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", overwrite=True)
+    url = root if where == "local" else f"{http_server.url}/trunc.zarr"
+    with lw.open(url) as mir:
+        spec, table = mir["dense/kernel:0"].spec, mir["emb/table"].spec
+    chunk = root / spec.path / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8])
+    (root / table.path / "c" / "1" / "0" / "0").unlink()
+    expected = _h5_values(varied_h5)["emb/table"].copy()
+    expected[table.chunk_shape[0] : 2 * table.chunk_shape[0]] = 0  # the mirror's fill value
+    with lw.open(url) as mir:
+        out = {table.key: np.ones(table.shape, "i4")}
+        lw.load(mir, out=out)
+        np.testing.assert_array_equal(out[table.key], expected)
+        np.testing.assert_array_equal(mir["emb/table"][5:40, 1:], expected[5:40, 1:])
+    pattern = r"weight 'dense/kernel:0', chunk 'c/1/0'.*holds \d+ bytes; an uncompressed chunk holds \d+"
+    with pytest.raises(lw.LazyWeightsError, match=pattern) as info:
+        lw.load(url)  # other weights were written: a PartialLoadError caused by the FormatError
+    assert isinstance(
+        info.value.__cause__ if isinstance(info.value, lw.PartialLoadError) else info.value, lw.FormatError
+    )
+    with lw.open(url) as mir, pytest.raises(lw.FormatError, match=pattern):
+        mir["dense/kernel:0"].read()
+    report = lw.verify(varied_h5, url)
+    found = sorted((d.key, d.what, d.side) for d in report.differences)
+    assert found == [
+        ("dense/kernel:0", "unreadable", None),
+        ("emb/table", "corrupt", "b"),
+        ("emb/table", "values", None),
+    ]
+    assert "chunk 'c/1/0'" in next(d.b for d in report.differences if d.what == "unreadable")
+
+
+def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
+    """Arrays zarr-python wrote with other settings: lazyweights' reads equal zarr's own, fill values included."""
+    from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1000, 1000, (13, 6), dtype="<i4")
+    v3 = zarr.open_group(tmp_path / "v3.zarr", mode="w")
+    v3.create_array("big", data=data.astype(">i4"), chunks=(4, 6), serializer=BytesCodec(endian="big"),
+                    compressors=None, fill_value=-7)  # fmt: skip
+    v3.create_array("dotted", data=data, chunks=(5, 4), chunk_key_encoding={"name": "v2", "separator": "."},
+                    compressors=None, fill_value=11)  # fmt: skip
+    v3.create_array("transposed", data=data, chunks=(4, 4), filters=[TransposeCodec(order=(1, 0))],
+                    compressors=ZstdCodec())  # fmt: skip
+    v3.create_array("sharded", data=data, chunks=(2, 3), shards=(4, 6), compressors=None)
+    v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    v2.create_array("slash", data=data, chunks=(4, 4), chunk_key_encoding={"name": "v2", "separator": "/"},
+                    compressors=None, fill_value=5)  # fmt: skip
+    v2.create_array("fortran", data=data, chunks=(4, 4), order="F", compressors=None)
+    v2.create_array("big", data=data.astype(">f8"), chunks=(5, 6), compressors=None, fill_value=1.5)
+    for group, missing in ((v3, {"big": "c/1/0", "dotted": "1.1"}), (v2, {"slash": "0/1", "big": "2.0"})):
+        for name, key in missing.items():  # never-written chunks: zarr's fill value
+            (Path(group.store.root) / name / key).unlink()
+    for root in ("v3.zarr", "v2.zarr"):
+        group = zarr.open_group(tmp_path / root, mode="r")
+        with lw.open(tmp_path / root) as ckpt:
+            loaded = lw.load(ckpt)
+            for key in loaded:
+                want = group[key][...]
+                assert loaded[key].dtype.newbyteorder("=") == want.dtype.newbyteorder("="), key
+                np.testing.assert_array_equal(loaded[key], want, err_msg=f"{root}/{key}")
+                np.testing.assert_array_equal(ckpt[key][2:11, 1:5], want[2:11, 1:5], err_msg=f"{root}/{key}")
+            assert ckpt["big"].spec.zarr.byteorder == ">"
+    with lw.open(tmp_path / "v3.zarr") as ckpt:
+        assert ckpt["sharded"].spec.zarr is None  # zarr reads sharded arrays
+        assert ckpt["dotted"].spec.zarr == ZarrChunks(".", "", "<")
+        assert ckpt["transposed"].spec.zarr.byteorder is None
+    with lw.open(tmp_path / "v2.zarr") as ckpt:
+        assert ckpt["fortran"].spec.zarr is None
+        assert ckpt["slash"].spec.zarr == ZarrChunks("/", "", "<")
+        assert ckpt["slash"].spec.fill == np.int32(5).tobytes()
+
+
+def test_manifest_of_a_mirror_round_trips_json(varied_h5: Path, tmp_path: Path) -> None:
+    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB", zarr_format=2)
+    with lw.open(tmp_path / "m.zarr") as mir:
+        manifest = mir.manifest
+    again = lw.Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert again["dense/kernel:0"].zarr == ZarrChunks(".", "", "<")

@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import FormatError, UnsupportedError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
-from ..zarrstore import array, root_group, stored_dtype, zarr_module
+from ..zarrstore import array, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
 
 __all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
 
@@ -139,6 +139,8 @@ def _mirror_spec(source: Source, key: str, path: str) -> WeightSpec:
         dtype=meta["dtype"],
         layout="zarr",
         chunk_shape=tuple(arr.chunks),
+        fill=fill_bytes(arr, meta["dtype"]),
+        zarr=chunk_format(arr),
     )
 
 
@@ -158,6 +160,8 @@ def _foreign_spec(source: Source, path: str, key: str, layer: str, name: str) ->
         dtype=arr.dtype.str,
         layout="zarr",
         chunk_shape=tuple(arr.chunks),
+        fill=fill_bytes(arr, arr.dtype.str),
+        zarr=chunk_format(arr),
     )
 
 
