@@ -20,6 +20,7 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
+from .index import write_index
 from .manifest import Manifest
 from .stream import LoadReport
 
@@ -46,4 +47,5 @@ __all__ = [
     "load",
     "open",
     "parse_bytes",
+    "write_index",
 ]

@@ -13,6 +13,7 @@ import numpy as np
 from . import formats, lazy, reader
 from .budget import parse_bytes
 from .errors import MissingKeyError
+from .index import load_manifest
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
 from .storage import Source, get_source, release_source
@@ -164,6 +165,7 @@ class Checkpoint:
                 progress=cb,
                 report=report,
             )
+        self._source.verify()  # stores without per-request pinning: refuse bytes from a changed object
         if arrays is None:
             return report
         return LoadedWeights(arrays, report)
@@ -189,7 +191,13 @@ class LoadedWeights(dict):
         self.report = report
 
 
-def open(url: Url, storage_options: Mapping[str, Any] | None = None) -> Checkpoint:
+def open(
+    url: Url,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    index: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Checkpoint:
     """Open a checkpoint at any fsspec URL or local path; reads metadata only.
 
     Parameters
@@ -198,11 +206,20 @@ def open(url: Url, storage_options: Mapping[str, Any] | None = None) -> Checkpoi
         A local path, ``file://``, ``memory://``, ``http(s)://``, ``s3://``,
         ``gs://`` or chained (``simplecache::s3://...``) URL.
     storage_options
-        Passed to fsspec unchanged (endpoint, credentials, ...).
+        Passed to fsspec unchanged (endpoint, credentials, ``anon``,
+        ``requester_pays``, ...).
+    index
+        For remote checkpoints, use a metadata index when a valid one exists
+        (the local cache, or ``<file>.lwindex.json`` next to the file, see
+        :func:`lazyweights.write_index`) and cache the manifest after parsing.
+        An index whose size/ETag/version differ from the object's is ignored.
+    cache_dir
+        Where manifests of remote checkpoints are cached
+        (default ``~/.cache/lazyweights/index``).
     """
     source = get_source(os.fspath(url), storage_options)
     try:
-        manifest = formats.parse(source)
+        manifest = load_manifest(source, formats.parse, use_index=index, cache_dir=cache_dir)
     except BaseException:
         release_source(source)
         raise

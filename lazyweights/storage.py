@@ -323,6 +323,33 @@ class Source:
                     self._head = self._fetch(0, min(self.size, HEAD_BYTES))
         return self._head
 
+    def sibling_path(self, suffix: str) -> str | None:
+        """The filesystem path of the object named like this one plus ``suffix`` (None for URLs with a query)."""
+        return None if "?" in self.path else self.path + suffix
+
+    def sibling_url(self, suffix: str) -> str | None:
+        """The URL of the object named like this one plus ``suffix`` (None for URLs with a query)."""
+        return None if "?" in self.url else self.url + suffix
+
+    def read_sibling(self, suffix: str) -> bytes | None:
+        """The whole small object next to this one (``<file><suffix>``), or None if it is absent or unreadable."""
+        path = self.sibling_path(suffix)
+        if path is None:
+            return None
+
+        def get() -> bytes | None:
+            self._count()
+            try:
+                return self.fs.cat_file(path)
+            except FileNotFoundError:
+                return None
+
+        try:
+            return self._retrying_sync(get, f"read of {path}")
+        except StorageError as exc:
+            logger.info("%s: cannot read %s: %s", self.url, path, exc)
+            return None
+
     def _local_fd(self) -> int:
         if self._fd is None:
             with self._fd_lock:

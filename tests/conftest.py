@@ -76,3 +76,13 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def http_server(http_root: Path):
     with serve(http_root) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def index_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test caches remote manifests in its own temporary directory, never in the user's cache."""
+    import lazyweights.index
+
+    path = tmp_path_factory.mktemp("lwindex")
+    monkeypatch.setattr(lazyweights.index, "DEFAULT_CACHE_DIR", path)
+    return path
