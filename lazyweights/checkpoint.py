@@ -217,7 +217,7 @@ def open(
         Where manifests of remote checkpoints are cached
         (default ``~/.cache/lazyweights/index``).
     """
-    source = get_source(os.fspath(url), storage_options)
+    source = get_source(os.fspath(url), storage_options, refresh=True)
     try:
         manifest = load_manifest(source, formats.parse, use_index=index, cache_dir=cache_dir)
     except BaseException:

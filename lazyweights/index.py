@@ -31,7 +31,7 @@ from . import formats
 from .errors import FormatError, LazyWeightsError
 from .manifest import Manifest
 from .pinning import Pin
-from .storage import Source, get_source
+from .storage import Source, get_source, release_source
 
 __all__ = ["DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
 
@@ -153,8 +153,11 @@ def write_index(
     write it from the URL it will be read from, since another store reports
     other ETags for the same bytes and the index would then be ignored.
     """
-    source = get_source(os.fspath(url), storage_options)
-    manifest = formats.parse(source)
+    source = get_source(os.fspath(url), storage_options, refresh=True)
+    try:
+        manifest = formats.parse(source)
+    finally:
+        release_source(source)
     text = index_document(manifest, source.pin)
     if path is None:
         target = source.sibling_url(INDEX_SUFFIX)

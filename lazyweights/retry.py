@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_RETRY", "RetryPolicy", "ShortReadError", "classify", "status_of"]
+__all__ = ["DEFAULT_RETRY", "RetryPolicy", "ShortReadError", "chain_status", "classify", "status_of"]
 
 Kind = Literal["transient", "permanent", "changed"]
 
@@ -72,12 +72,34 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def classify(exc: BaseException) -> Kind:
-    """Whether retrying ``exc`` can help (``transient``), cannot (``permanent``), or the object changed."""
+    """Whether retrying ``exc`` can help (``transient``), cannot (``permanent``), or the object changed.
+
+    An HTTP status anywhere in the exception's chain decides (the innermost
+    wins: fsspec wraps a failed HEAD's 503 or 403 in a FileNotFoundError);
+    otherwise the exception types and messages do.
+    """
+    if any(_is_transport_error(link) for link in _chain(exc)):
+        return "transient"  # checked first: aiohttp's parser errors inside them carry a misleading code 400
+    status = chain_status(exc)
+    if status is not None:
+        if status in _CHANGED_STATUS:
+            return "changed"
+        return "transient" if status in _TRANSIENT_STATUS else "permanent"
     for link in _chain(exc):
         kind = _classify_one(link)
         if kind is not None:
             return kind
     return "permanent"
+
+
+def chain_status(exc: BaseException) -> int | None:
+    """The innermost HTTP status in ``exc``'s cause/context chain."""
+    found = None
+    for link in _chain(exc):
+        status = status_of(link)
+        if status is not None:
+            found = status
+    return found
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -89,26 +111,22 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _classify_one(exc: BaseException) -> Kind | None:
-    status = status_of(exc)
-    if status is not None:
-        if status in _CHANGED_STATUS:
-            return "changed"
-        return "transient" if status in _TRANSIENT_STATUS else "permanent"
     text = str(exc)
     if any(w in text for w in _CHANGED_WORDS):
         return "changed"
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return "permanent"
-    if isinstance(exc, (ShortReadError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return "transient"
-    if _is_aiohttp_transient(exc) or any(w in text for w in _TRANSIENT_WORDS):
+    if any(w in text for w in _TRANSIENT_WORDS):
         return "transient"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
         return "transient"
     return None
 
 
-def _is_aiohttp_transient(exc: BaseException) -> bool:
+def _is_transport_error(exc: BaseException) -> bool:
+    """A cut connection, a timeout or a body shorter than announced."""
+    if isinstance(exc, (ShortReadError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
     try:
         import aiohttp
     except ImportError:

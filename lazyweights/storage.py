@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import FormatError, ObjectChangedError, StorageError
 from .pinning import Pin, pin_of, pinned_fetch
-from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, classify, status_of
+from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
 
 __all__ = ["HEAD_BYTES", "Source", "WindowFile", "get_source", "release_source"]
 
@@ -60,17 +60,24 @@ def _options_token(storage_options: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(storage_options or {}), sort_keys=True, default=repr)
 
 
-def get_source(url: str, storage_options: Mapping[str, Any] | None = None, pin: Pin | None = None) -> Source:
+def get_source(
+    url: str, storage_options: Mapping[str, Any] | None = None, pin: Pin | None = None, *, refresh: bool = False
+) -> Source:
     """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted).
 
     With ``pin``, the source must be that very object version: else
-    :class:`~lazyweights.errors.ObjectChangedError`.
+    :class:`~lazyweights.errors.ObjectChangedError`.  With ``refresh``, a
+    cached source is re-stated and replaced if the object changed (what a new
+    :func:`lazyweights.open` wants: the object as it is now).
     """
     key = (str(url), _options_token(storage_options))
     with _cache_lock:
         source = _cache.get(key)
         if source is not None:
             _cache.move_to_end(key)
+    if source is not None and refresh and not source.pin.same_object(pin_of(source.stat())):
+        release_source(source)
+        source = None
     if source is None:
         source = _cached_new(key, str(url), storage_options)
     if pin is not None and not pin.same_object(source.pin):
@@ -297,13 +304,13 @@ class Source:
             return ObjectChangedError(
                 f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: {exc}"
             )
-        status = status_of(exc)
+        status = chain_status(exc)
+        if isinstance(exc, PermissionError) or status in (401, 403):
+            return StorageError(f"{self.url}: access denied{f' (HTTP {status})' if status else ''}: {exc}")
         if isinstance(exc, FileNotFoundError) or status == 404:
             if getattr(self, "pin", None) is not None:
                 return ObjectChangedError(f"{self.url}: the object (or the version opened) disappeared; {what}")
             return StorageError(f"{self.url}: no such file (HTTP 404)" if status else f"{self.url}: no such file")
-        if isinstance(exc, PermissionError) or status in (401, 403):
-            return StorageError(f"{self.url}: access denied{f' (HTTP {status})' if status else ''}: {exc}")
         return StorageError(f"{self.url}: {what}: {exc}")
 
     def _count(self) -> None:
