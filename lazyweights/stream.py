@@ -40,6 +40,9 @@ __all__ = ["Group", "LoadReport", "Target", "execute"]
 # reads, dtype casts) are sized to the budget.
 DIRECT_PART_BYTES = 32 << 20
 STAGED_PART_BYTES = 8 << 20
+# Remote reads this small are batched (merged where near, else fetched concurrently) so that
+# the many tiny weights of a layer (biases, norms) do not each cost a round trip.
+BATCH_READ_BYTES = 256 << 10
 
 
 @dataclass
@@ -96,6 +99,8 @@ class _Unit:
     stored: int  # bytes fetched from storage
     nbytes: int  # destination bytes the unit fills
     run: Callable[[], None]
+    reads: tuple[tuple[int, memoryview], ...] = ()  # (offset, destination) of a plain remote read, batchable
+    members: tuple[_Unit, ...] = ()  # the units a batch stands for
 
 
 def _destination(target: Target) -> np.ndarray:
@@ -118,11 +123,15 @@ def _contiguous_units(source: Source, spec: WeightSpec, dest: np.ndarray, parts:
     for e0, e1 in reader.contiguous_parts(spec, part_bytes):
         ext = reader.element_extent(spec, e0, e1)
         if direct:
+            view = reader.byte_view(flat[e0:e1])
 
-            def run(ext=ext, e0=e0, e1=e1) -> None:
-                source.readinto(ext.offset, reader.byte_view(flat[e0:e1]))
+            def run(ext=ext, view=view) -> None:
+                source.readinto(ext.offset, view)
 
-            cost = 0 if source.is_local else ext.length
+            if not source.is_local:
+                yield _Unit(spec.key, ext.length, ext.length, ext.length, run, reads=((ext.offset, view),))
+                continue
+            cost = 0
         else:
 
             def run(ext=ext, e0=e0, e1=e1) -> None:
@@ -179,6 +188,85 @@ def _units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes
         return [_Unit(spec.key, 2 * spec.nbytes, spec.nbytes, spec.nbytes, run)]
     dest[...] = reader.constant_values(spec)
     return []
+
+
+def _batched(source: Source, units: list[_Unit], limit: int) -> list[_Unit]:
+    """Fold runs of small plain remote reads into batch units of at most ``limit`` stored bytes."""
+    out: list[_Unit] = []
+    run: list[_Unit] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            reads = tuple(r for u in run for r in u.reads)
+            out.append(
+                _Unit(
+                    run[0].key,
+                    sum(u.cost for u in run),
+                    sum(u.stored for u in run),
+                    sum(u.nbytes for u in run),
+                    lambda reads=reads: source.readinto_many(reads),
+                    members=tuple(run),
+                )
+            )
+        run.clear()
+
+    for unit in units:
+        if not unit.reads or unit.stored > BATCH_READ_BYTES:
+            flush()
+            out.append(unit)
+            continue
+        if run and sum(u.stored for u in run) + unit.stored > limit:
+            flush()
+        run.append(unit)
+    flush()
+    return out
+
+
+def _coalesced(groups: Sequence[Group], limit: int) -> list[Group]:
+    """Merge runs of consecutive small groups (each under ``BATCH_READ_BYTES``) up to ``limit`` bytes.
+
+    Remote loads only: a model's many small layers then share batched reads.
+    Each original group's ``on_ready`` still receives exactly its own arrays,
+    in order, once the merged group is read.
+    """
+    out: list[Group] = []
+    run: list[Group] = []
+    size = 0
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(_merged(list(run)))
+        run.clear()
+
+    for group in groups:
+        nbytes = sum(t.spec.nbytes for t in group.targets)
+        if nbytes > BATCH_READ_BYTES:
+            flush()
+            out.append(group)
+            continue
+        if run and size + nbytes > limit:
+            flush()
+        size = nbytes if not run else size + nbytes
+        run.append(group)
+    flush()
+    return out
+
+
+def _merged(groups: list[Group]) -> Group:
+    bounds = [0]
+    for g in groups:
+        bounds.append(bounds[-1] + len(g.targets))
+
+    def on_ready(arrays: list[np.ndarray]) -> None:
+        for g, lo, hi in zip(groups, bounds, bounds[1:], strict=False):
+            if g.on_ready is not None:
+                g.on_ready(arrays[lo:hi])
+
+    return Group([t for g in groups for t in g.targets], on_ready)
 
 
 class _Progress:
@@ -240,8 +328,9 @@ def execute(
     state = _Progress(progress)
     slots = threading.BoundedSemaphore(2 * concurrency)
     start = time.perf_counter()
+    batches = groups if source.is_local else _coalesced(groups, parts.staged)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights") as pool:
-        for group in groups:
+        for group in batches:
             if state.error is not None:
                 break
             _submit_group(source, group, budget, slots, pool, state, parts)
@@ -273,6 +362,8 @@ def _submit_group(
         mine = _units(source, target.spec, dest, parts)
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
+    if not source.is_local:
+        units = _batched(source, units, parts.staged)
     remaining = [len(units)]
     lock = threading.Lock()
 
@@ -288,7 +379,8 @@ def _submit_group(
         try:
             if state.error is None:
                 unit.run()
-                state.finish(unit)
+                for done in unit.members or (unit,):
+                    state.finish(done)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)
         finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 class RangeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # socketserver's default backlog of 5 drops SYNs of concurrent clients: 1 s stalls
 
     def __init__(self, root: Path):
         self.root = Path(root)

@@ -294,3 +294,38 @@ def test_readinto_many_merges_near_ranges(http_server, http_root) -> None:
         assert http_server.count("GET") == expected_requests
         for o, b in zip(offsets, bufs, strict=True):
             assert bytes(b) == data[o : o + 1024].tobytes()
+
+
+def test_small_weights_share_requests(http_server, http_root) -> None:
+    shutil.copy(MOBILENET, http_root / "batched.h5")
+    expected = _local(MOBILENET)
+    with lw.open(f"{http_server.url}/batched.h5", index=False) as ckpt:
+        http_server.reset()
+        got = ckpt.load(concurrency=4)
+    _assert_same(got, expected)
+    assert http_server.count("GET") * 20 < len(expected), http_server.requests  # 262 weights, a handful of GETs
+
+
+def test_batched_groups_keep_their_callbacks(http_server, http_root) -> None:
+    from lazyweights.stream import Group, LoadReport, Target, execute
+
+    shutil.copy(MOBILENET, http_root / "layers.h5")
+    expected = _local(MOBILENET)
+    seen: list[tuple[str, ...]] = []
+    with lw.open(f"{http_server.url}/layers.h5", index=False) as ckpt:
+        layers = [la for la in ckpt.layers if la.weights]
+
+        def check(layer):
+            def on_ready(arrays):
+                assert len(arrays) == len(layer.weights)
+                for w, a in zip(layer.weights, arrays, strict=True):
+                    np.testing.assert_array_equal(a, expected[w.key])
+                seen.append(layer.name)
+
+            return on_ready
+
+        groups = [Group([Target(w.spec) for w in la.weights], check(la)) for la in layers]
+        http_server.reset()
+        execute(ckpt._source, groups, max_memory=1 << 20, report=LoadReport(ckpt.url, ckpt.format))
+    assert sorted(seen) == sorted(la.name for la in layers)  # every layer once (groups finish in any order)
+    assert http_server.count("GET") < len(layers) // 4
