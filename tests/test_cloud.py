@@ -326,6 +326,6 @@ def test_batched_groups_keep_their_callbacks(http_server, http_root) -> None:
 
         groups = [Group([Target(w.spec) for w in la.weights], check(la)) for la in layers]
         http_server.reset()
-        execute(ckpt._source, groups, max_memory=1 << 20, report=LoadReport(ckpt.url, ckpt.format))
+        execute(ckpt._source, groups, max_memory=16 << 20, report=LoadReport(ckpt.url, ckpt.format))
     assert sorted(seen) == sorted(la.name for la in layers)  # every layer once (groups finish in any order)
     assert http_server.count("GET") < len(layers) // 4
