@@ -235,6 +235,8 @@ def load(
     concurrency: int | None = None,
     part_size: int | str | None = None,
     progress: ProgressArg = False,
+    index: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedWeights | LoadReport:
     """Load a checkpoint's weights into memory.
 
@@ -248,12 +250,12 @@ def load(
     held in flight beyond the destination arrays; ``concurrency`` is the
     number of reads in flight (default: 2 x cores locally, 16 remotely);
     ``progress=True`` shows a progress bar, or pass a callable taking byte
-    increments.
+    increments.  ``index`` and ``cache_dir`` are :func:`open`'s.
     """
     kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
     if isinstance(src, Checkpoint):
         return src.load(out, **kwargs)
-    with open(src, storage_options) as ckpt:
+    with open(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:
         return ckpt.load(out, **kwargs)
 
 

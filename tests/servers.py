@@ -20,6 +20,8 @@ class RangeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # socketserver's default backlog of 5 drops SYNs of concurrent clients: 1 s stalls
 
+    handler_class: type[BaseHTTPRequestHandler]  # RangeHandler, set below; subclasses may swap in their own
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.lock = threading.Lock()
@@ -28,7 +30,7 @@ class RangeHTTPServer(ThreadingHTTPServer):
             tuple[str, int]
         ] = []  # consumed by the next GETs: ("status", code) | ("short", n): last n bytes cut | ("reset", 0)
         self.required_headers: dict[str, str] = {}  # requests lacking these get 403
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", 0), self.handler_class)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -67,7 +69,7 @@ class RangeHTTPServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server: RangeHTTPServer
@@ -173,6 +175,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(data)
                 remaining -= len(data)
+
+
+RangeHTTPServer.handler_class = RangeHandler
 
 
 def serve(root: os.PathLike[str] | str) -> RangeHTTPServer:
