@@ -10,6 +10,8 @@ its own) and the best of ``--repeat`` wall times is reported:
 - ``cat``: ``cat file > /dev/null``, the floor for moving the bytes;
 - ``h5py``: ``ds[()]`` for every dataset (what most loaders do);
 - ``keras``: Keras 3 ``model.load_weights`` into the same (already built) model;
+- ``lwk``: ``lazyweights.keras.load_weights`` into that model (64 MiB budget);
+- ``keras-h5`` / ``lwk-h5``: the same two on the legacy ``.h5`` layout of the same model;
 - ``safetensors``: ``safetensors.numpy.load_file`` of the same tensors;
 - ``lw``: ``lw.load(file, out=preallocated, max_memory="64MiB")``;
 - ``lw-new``: ``lw.load(file)`` allocating its arrays.
@@ -49,14 +51,44 @@ def build_model(layers: int):
     )
 
 
+def generate_plain(directory: Path, layers: int) -> dict[str, Path]:
+    """Keras 2 layout written with h5py, one layer at a time: for sizes Keras cannot build in memory here.
+
+    Only ``cat``, ``h5py`` and ``lw`` apply to it (no Keras model, no safetensors copy).
+    """
+    import h5py
+    import numpy as np
+
+    path = directory / f"plain_{layers}.h5"
+    paths = {"h5": path, "st": path, "legacy": path}
+    if path.exists():
+        return paths
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"dense_{i}" for i in range(layers)]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        for name in names:
+            g = f.create_group(name)
+            g.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            g[f"{name}/kernel:0"] = rng.standard_normal((WIDTH, WIDTH), dtype=np.float32)
+            g[f"{name}/bias:0"] = np.zeros(WIDTH, np.float32)
+    return paths
+
+
 def generate(directory: Path, layers: int) -> dict[str, Path]:
-    paths = {"h5": directory / f"bench_{layers}.weights.h5", "st": directory / f"bench_{layers}.safetensors"}
+    paths = {
+        "h5": directory / f"bench_{layers}.weights.h5",
+        "st": directory / f"bench_{layers}.safetensors",
+        "legacy": directory / f"bench_{layers}.h5",
+    }
     if all(p.exists() for p in paths.values()):
         return paths
     directory.mkdir(parents=True, exist_ok=True)
     print(f"generating {layers} Dense({WIDTH}) layers with Keras 3 ...", file=sys.stderr)
     model = build_model(layers)
     model.save_weights(paths["h5"])
+    model.save(paths["legacy"])
     from safetensors.numpy import save_file
 
     import lazyweights as lw
@@ -105,11 +137,21 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
                 arrays = []
                 f.visititems(lambda n, o: arrays.append(o[()]) if isinstance(o, h5py.Dataset) else None)
 
-    elif method == "keras":
+    elif method in ("keras", "keras-h5"):
         model = build_model(layers)
+        target = h5 if method == "keras" else paths["legacy"]
 
         def run() -> None:
-            model.load_weights(h5)
+            model.load_weights(target)
+
+    elif method in ("lwk", "lwk-h5"):
+        from lazyweights import keras as lwk
+
+        model = build_model(layers)
+        target = h5 if method == "lwk" else paths["legacy"]
+
+        def run() -> None:
+            lwk.load_weights(model, target, max_memory="64MiB")
 
     elif method == "safetensors":
         from safetensors.numpy import load_file
@@ -139,7 +181,7 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
 
 def run_child(method: str, paths: dict[str, Path], layers: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", method, "--layers", str(layers)]
-    cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"])]
+    cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"]), "--legacy", str(paths["legacy"])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -149,19 +191,22 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="cat,h5py,keras,safetensors,lw,lw-new")
+    parser.add_argument("--only", default="cat,h5py,keras,lwk,keras-h5,lwk-h5,safetensors,lw,lw-new")
+    parser.add_argument("--plain", action="store_true", help="h5py-written file; only cat,h5py,lw,lw-new apply")
     parser.add_argument("--child")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--h5")
     parser.add_argument("--st")
+    parser.add_argument("--legacy")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, {"h5": args.h5, "st": args.st}, args.layers)))
+        paths = {"h5": args.h5, "st": args.st, "legacy": args.legacy}
+        print(json.dumps(measure(args.child, paths, args.layers)))
         return
     layers = layer_count(args.size_gb)
-    paths = generate(args.dir, layers)
+    paths = generate_plain(args.dir, layers) if args.plain else generate(args.dir, layers)
     size = paths["h5"].stat().st_size
-    subprocess.run(["cat", str(paths["h5"]), str(paths["st"])], stdout=subprocess.DEVNULL, check=True)  # warm
+    subprocess.run(["cat", *map(str, paths.values())], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     methods = args.only.split(",")
     results = {}
     for method in methods:
@@ -174,6 +219,10 @@ def main() -> None:
 def print_table(results: dict[str, dict[str, float]], size: int) -> None:
     cat = results.get("cat", {}).get("seconds")
     h5 = results.get("h5py", {}).get("seconds")
+    for ours, theirs in (("lwk", "keras"), ("lwk-h5", "keras-h5")):
+        if ours in results and theirs in results:
+            ratio = results[ours]["seconds"] / results[theirs]["seconds"]
+            print(f"{ours} / {theirs} time: {ratio:.2f}")
     print(f"\nfile: {size / 1e9:.2f} GB ({size / MiB:.0f} MiB), warm page cache, best of runs, 64 MiB budget for lw")
     header = f"{'method':<12}{'seconds':>9}{'GB/s':>8}{'x cat':>8}{'x h5py':>8}{'peak RSS MiB':>14}{'growth MiB':>12}"
     print(header)

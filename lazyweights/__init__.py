@@ -4,30 +4,40 @@
 >>> with lw.open("s3://bucket/model.h5") as ckpt:          # doctest: +SKIP
 ...     kernel = ckpt["dense_1/kernel:0"].to_dask()[:10].compute()
 >>> arrays = lw.load("model.h5", max_memory="256MiB")      # doctest: +SKIP
+>>> lw.mirror("model.h5", "s3://bucket/model.zarr")          # doctest: +SKIP
+>>> lw.verify("model.h5", "s3://bucket/model.zarr").ok       # doctest: +SKIP
 """
 
 from .budget import parse_bytes
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
+    DestinationExistsError,
     FormatError,
     LazyWeightsError,
     MismatchError,
     MissingKeyError,
     ObjectChangedError,
     PartialLoadError,
+    ShardError,
     StorageError,
     TruncatedFileError,
     UnsafeCheckpointError,
     UnsupportedError,
 )
+from .export import export
 from .index import write_index
 from .manifest import Manifest
+from .mirror import MirrorReport, mirror
+from .shard import Shard
 from .stream import LoadReport
+from .verify import Difference, VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
+    "DestinationExistsError",
+    "Difference",
     "FormatError",
     "Layer",
     "LazyWeightsError",
@@ -35,17 +45,24 @@ __all__ = [
     "LoadedWeights",
     "Manifest",
     "MismatchError",
+    "MirrorReport",
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
+    "Shard",
+    "ShardError",
     "StorageError",
     "TruncatedFileError",
     "UnsafeCheckpointError",
     "UnsupportedError",
+    "VerifyReport",
     "Weight",
     "__version__",
+    "export",
     "load",
+    "mirror",
     "open",
     "parse_bytes",
+    "verify",
     "write_index",
 ]

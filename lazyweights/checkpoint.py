@@ -16,8 +16,9 @@ from .errors import MissingKeyError
 from .index import load_manifest
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
+from .shard import ShardArg
 from .storage import Source, get_source, release_source
-from .stream import LoadReport, execute
+from .stream import Group, LoadReport, execute
 from .targets.numpy import plan_numpy
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
@@ -82,7 +83,11 @@ class Checkpoint:
     # -- description ----------------------------------------------------------
 
     url = property(lambda self: self.manifest.url)
-    format = property(lambda self: self.manifest.format, doc="'keras-h5', 'keras-v3', 'keras-zip' or 'hdf5'.")
+    source = property(lambda self: self._source, doc="The storage source the weights are read from.")
+    format = property(
+        lambda self: self.manifest.format,
+        doc="'keras-h5', 'keras-v3', 'keras-zip', 'hdf5' or 'zarr' (a lazyweights mirror reports its source's).",
+    )
     attrs = property(lambda self: dict(self.manifest.attrs))
     nbytes = property(lambda self: self.manifest.nbytes)
 
@@ -150,11 +155,35 @@ class Checkpoint:
         concurrency: int | None = None,
         part_size: int | str | None = None,
         progress: ProgressArg = False,
+        shard: ShardArg = None,
     ) -> LoadedWeights | LoadReport:
         """See :func:`lazyweights.load`."""
-        groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out)
-        total = sum(t.spec.nbytes for g in groups for t in g.targets)
+        groups, arrays, skipped = plan_numpy(self.url, self.manifest.weights, self.resolve, out, shard)
         report = LoadReport(url=self.url, format=self.format, skipped=skipped)
+        if shard is not None:
+            report.replicated = [t.spec.key for g in groups for t in g.targets if t.box is None]
+        self.execute(
+            groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress
+        )
+        if arrays is None:
+            return report
+        return LoadedWeights(arrays, report)
+
+    def execute(
+        self,
+        groups: Sequence[Group],
+        report: LoadReport,
+        *,
+        max_memory: int | str | None = None,
+        concurrency: int | None = None,
+        part_size: int | str | None = None,
+        progress: ProgressArg = False,
+    ) -> LoadReport:
+        """Run a target's executor groups against this checkpoint's storage, with a progress display.
+
+        The one entry point every target (numpy, torch, keras) loads through.
+        """
+        total = sum(t.nbytes for g in groups for t in g.targets)
         with progress_callback(progress, total, f"loading {os.path.basename(str(self.url)) or self.url}") as cb:
             execute(
                 self._source,
@@ -166,9 +195,7 @@ class Checkpoint:
                 report=report,
             )
         self._source.verify()  # stores without per-request pinning: refuse bytes from a changed object
-        if arrays is None:
-            return report
-        return LoadedWeights(arrays, report)
+        return report
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -235,6 +262,7 @@ def load(
     concurrency: int | None = None,
     part_size: int | str | None = None,
     progress: ProgressArg = False,
+    shard: ShardArg = None,
     index: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedWeights | LoadReport:
@@ -250,9 +278,15 @@ def load(
     held in flight beyond the destination arrays; ``concurrency`` is the
     number of reads in flight (default: 2 x cores locally, 16 remotely);
     ``progress=True`` shows a progress bar, or pass a callable taking byte
-    increments.  ``index`` and ``cache_dir`` are :func:`open`'s.
+    increments.
+
+    ``shard`` (a :class:`~lazyweights.Shard` or a function ``(key, shape) ->
+    Shard | tuple of slices | None``) makes this process read only its part of
+    each weight; arrays (and ``out`` destinations) then have the part's shape,
+    and weights read whole are listed in ``report.replicated``.  ``index`` and
+    ``cache_dir`` are :func:`open`'s.
     """
-    kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
+    kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
     if isinstance(src, Checkpoint):
         return src.load(out, **kwargs)
     with open(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:

@@ -11,8 +11,10 @@ keeps working::
      ├── UnsupportedError(NotImplementedError)  a valid layout lazyweights cannot decode
      ├── MissingKeyError(KeyError)           a requested weight is not in the checkpoint
      ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
+     ├── ShardError(ValueError)              a shard spec that cannot apply (rank out of range, uneven split)
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
-     │    └── ObjectChangedError             the object changed while it was being read
+     │    ├── ObjectChangedError             the object changed while it was being read
+     │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      └── PartialLoadError                    a load failed after writing into ``out``
 """
 
@@ -21,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
     "MismatchError",
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
+    "ShardError",
     "StorageError",
     "TruncatedFileError",
     "UnsafeCheckpointError",
@@ -65,12 +69,20 @@ class MismatchError(LazyWeightsError, ValueError):
     """A destination whose shape, dtype or count disagrees with the checkpoint."""
 
 
+class ShardError(LazyWeightsError, ValueError):
+    """A shard spec that cannot apply: a rank out of range, an uneven split refused, a bad slice."""
+
+
 class StorageError(LazyWeightsError, OSError):
     """The storage layer failed, or returned other bytes than were asked for."""
 
 
 class ObjectChangedError(StorageError):
     """The object's size or version changed since it was opened."""
+
+
+class DestinationExistsError(StorageError, FileExistsError):
+    """A mirror or export destination already holds data (pass ``overwrite=True`` to replace it)."""
 
 
 class PartialLoadError(LazyWeightsError):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import platformdirs
 
 from . import formats
 from .errors import FormatError, LazyWeightsError
@@ -38,7 +39,7 @@ __all__ = ["DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
 logger = logging.getLogger(__name__)
 
 INDEX_SUFFIX = ".lwindex.json"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lazyweights" / "index"
+DEFAULT_CACHE_DIR = Path(platformdirs.user_cache_dir("lazyweights")) / "index"  # ~/.cache/lazyweights/index
 _KIND = "lazyweights-index"
 _VERSION = 1
 

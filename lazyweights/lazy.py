@@ -3,8 +3,8 @@
 Each array is ``da.from_array`` over a small picklable array-like that holds a
 :class:`~lazyweights.storage.Source` (which pickles as URL + options) and the
 weight's spec: graphs carry no open handles and run on any scheduler,
-``dask.distributed`` workers included.  Blocks follow storage: HDF5 chunks
-for chunked data, row blocks of ~``block_bytes`` for contiguous data.
+``dask.distributed`` workers included.  Blocks follow storage: HDF5 or zarr
+chunks for chunked data, row blocks of ~``block_bytes`` for contiguous data.
 Indexing the array-like reads only the rows a slice covers, and dask pushes
 slices into these getters, so ``w.to_dask()[10:20].compute()`` reads ten rows.
 Graph names come from metadata (URL, version, key), never from data.
@@ -48,7 +48,7 @@ class LazyWeight:
 
 
 def _chunks(spec: WeightSpec, block_bytes: int) -> tuple[int, ...] | str:
-    if spec.layout in ("chunked", "h5py") and spec.chunk_shape:
+    if spec.layout in ("chunked", "h5py", "zarr") and spec.chunk_shape:
         return spec.chunk_shape
     if not spec.shape:
         return ()

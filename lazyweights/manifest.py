@@ -22,7 +22,7 @@ from .errors import FormatError, MissingKeyError
 
 __all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "resolve_dtype"]
 
-Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py"]
+Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr"]
 
 
 def resolve_dtype(name: str) -> np.dtype:
@@ -76,7 +76,9 @@ class WeightSpec:
     - ``chunked``: ``chunks`` of ``chunk_shape`` each, decoded with ``filters``;
     - ``compact``: the raw bytes are in ``inline`` (they live in the metadata);
     - ``empty``: never written, every element is ``fill``;
-    - ``h5py``: a filter with no codec here; decoded by h5py from ``path``.
+    - ``h5py``: a filter with no codec here; decoded by h5py from ``path``;
+    - ``zarr``: an array of a zarr store at ``path``, read and decoded by zarr
+      in blocks of ``chunk_shape`` (its chunks are objects, not byte ranges).
     """
 
     key: str

@@ -2,7 +2,7 @@
 
 The one place that knows how each storage layout turns into array values:
 contiguous byte ranges, decoded chunks, inline (compact) bytes, fill values,
-and the h5py fallback for filters without a codec.  Used by ``Weight.read``,
+the h5py fallback for filters without a codec, and zarr arrays (read by zarr).  Used by ``Weight.read``,
 the dask getters (``lazy.py``) and the streaming executor (``stream.py``).
 """
 
@@ -20,7 +20,17 @@ from .errors import FormatError
 from .manifest import Chunk, Extent, WeightSpec
 from .storage import Source
 
-__all__ = ["chunk_overlaps", "contiguous_parts", "normalize_index", "read", "read_chunk"]
+__all__ = [
+    "box_runs",
+    "box_shape",
+    "chunk_overlaps",
+    "coalesce_runs",
+    "contiguous_parts",
+    "full_box",
+    "normalize_index",
+    "read",
+    "read_chunk",
+]
 
 Index = tuple[slice, ...]
 
@@ -62,12 +72,62 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple[Index, tuple[An
     return tuple(box), tuple(rest)
 
 
-def contiguous_parts(spec: WeightSpec, part_bytes: int) -> Iterator[tuple[int, int]]:
-    """Element ranges ``[e0, e1)`` of at most ``part_bytes`` each, covering the weight."""
+def contiguous_parts(
+    spec: WeightSpec, part_bytes: int, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """Element ranges ``[e0, e1)`` of at most ``part_bytes`` each, covering ``[start, stop)`` (default: the weight)."""
     itemsize = spec.np_dtype.itemsize
+    stop = spec.size if stop is None else stop
     step = max(1, part_bytes // itemsize)
-    for e0 in range(0, spec.size, step):
-        yield e0, min(spec.size, e0 + step)
+    for e0 in range(start, stop, step):
+        yield e0, min(stop, e0 + step)
+
+
+def coalesce_runs(starts: np.ndarray, run: int, max_span: int, max_gap: int) -> Iterator[tuple[int, int]]:
+    """Group ascending runs of ``run`` elements into index ranges ``[i, j)`` read as one span.
+
+    Pure planning, no I/O: a group grows while the next run starts at most
+    ``max_gap`` elements after the previous one ends and the whole span stays
+    within ``max_span`` elements (one run always fits, however long).
+    """
+    i, n = 0, len(starts)
+    while i < n:
+        j = i + 1
+        while j < n and starts[j] - starts[j - 1] - run <= max_gap and starts[j] + run - starts[i] <= max_span:
+            j += 1
+        yield i, j
+        i = j
+
+
+def full_box(shape: tuple[int, ...]) -> Index:
+    """The box covering a whole array of ``shape``."""
+    return tuple(slice(0, n) for n in shape)
+
+
+def box_shape(box: Index) -> tuple[int, ...]:
+    """The shape of the block a box of unit-step slices selects."""
+    return tuple(max(0, s.stop - s.start) for s in box)
+
+
+def box_runs(shape: tuple[int, ...], box: Index) -> tuple[np.ndarray, int]:
+    """The C-order runs a box covers: element offsets of each run (ascending) and the run length.
+
+    Trailing axes the box spans fully merge into its runs, so a leading-axis
+    slice (a row shard) is one run, i.e. one byte range of a contiguous
+    weight; a slice along axis ``k`` is one run per index of the axes before it.
+    """
+    if not shape:
+        return np.zeros(1, dtype=np.int64), 1
+    lens = box_shape(box)
+    if 0 in lens:
+        return np.zeros(0, dtype=np.int64), 0
+    partial = [i for i, (s, n) in enumerate(zip(box, shape, strict=True)) if (s.start, s.stop) != (0, n)]
+    d = partial[-1] if partial else 0
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    starts = np.array([box[d].start * strides[d]], dtype=np.int64)
+    for i in range(d - 1, -1, -1):  # outer axes, innermost first, so the result is ascending
+        starts = (np.arange(box[i].start, box[i].stop, dtype=np.int64)[:, None] * strides[i] + starts).reshape(-1)
+    return starts, lens[d] * strides[d]
 
 
 def byte_view(array: np.ndarray) -> memoryview:
@@ -90,6 +150,10 @@ def read(source: Source, spec: WeightSpec, index: Any = ()) -> np.ndarray:
         block = _read_chunked_box(source, spec, box)
     elif spec.layout == "h5py":
         block = _read_h5py_box(source, spec, box)
+    elif spec.layout == "zarr":
+        from . import zarrstore
+
+        block = zarrstore.read_box(source, spec, box)
     else:
         block = constant_values(spec)[box]
     return block[rest]

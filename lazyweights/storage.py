@@ -38,11 +38,11 @@ import fsspec.caching
 import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import FormatError, ObjectChangedError, StorageError
+from .errors import ObjectChangedError, StorageError
 from .pinning import Pin, pin_of, pinned_fetch
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
 
-__all__ = ["HEAD_BYTES", "Source", "WindowFile", "get_source", "release_source"]
+__all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "WindowFile", "get_source", "release_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ MERGE_GAP_BYTES = 64 << 10  # batched ranges closer than this are fetched as one
 MAX_MERGED_BYTES = 16 << 20  # ... unless the merged range would exceed this
 
 _CACHE_SIZE = 64
+
+# Object stores have no directories, and HTTP servers rarely list them: a URL with no object
+# of its own is a store (a prefix of objects) when one of these root metadata objects exists.
+STORE_MARKERS = ("zarr.json", ".zmetadata", ".zgroup")
 _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -113,6 +117,9 @@ def release_source(source: Source) -> None:
 class Source:
     """One object on one fsspec filesystem, read by byte range, pinned to the version seen at open.
 
+    A URL naming a directory or a store prefix (a zarr mirror) gives a Source
+    with ``is_dir`` true and size 0: formats read it by object key, not by range.
+
     ``requests`` counts the storage requests this source issued (stat, reads,
     retries included); local ``preadv`` calls are not requests.
     """
@@ -131,12 +138,12 @@ class Source:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
         self.is_local = isinstance(self.fs, LocalFileSystem)
         info = self.stat()
-        if info.get("type") == "directory":
-            raise FormatError(f"{url}: is a directory, not a checkpoint file")
-        self.pin = pin_of(info)
+        self.is_dir = info.get("type") == "directory"
+        self.pin = Pin(size=0) if self.is_dir else pin_of(info)
         self.size = self.pin.size
         self.etag = self.pin.etag
-        self._afetch, self.pinned = (None, False) if self.is_local else pinned_fetch(self.fs, self.path, self.pin)
+        remote_file = not (self.is_local or self.is_dir)
+        self._afetch, self.pinned = pinned_fetch(self.fs, self.path, self.pin) if remote_file else (None, False)
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
         self._head: bytes | None = None
@@ -151,18 +158,28 @@ class Source:
     # -- stat ----------------------------------------------------------------
 
     def stat(self) -> dict[str, Any]:
-        """A fresh ``info()`` of the object (retried when transient; never from a listing cache)."""
-        if self.is_local:
-            try:
-                return self.fs.info(self.path)
-            except OSError as exc:
-                raise self._error(exc, "cannot stat") from exc
+        """A fresh ``info()`` of the object (retried when transient; never from a listing cache).
+
+        A URL with no object of its own but a zarr root marker under it is a
+        store prefix: ``{"type": "directory", "size": 0}``.
+        """
 
         def info() -> dict[str, Any]:
-            self.fs.invalidate_cache(self.path)
-            self._count()
-            return self.fs.info(self.path)
+            if not self.is_local:
+                self.fs.invalidate_cache(self.path)
+                self._count()
+            try:
+                return self.fs.info(self.path)
+            except FileNotFoundError as exc:
+                if chain_status(exc) in (None, 404) and self._is_store_prefix():
+                    return {"type": "directory", "size": 0}
+                raise
 
+        if self.is_local:
+            try:
+                return info()
+            except OSError as exc:
+                raise self._error(exc, "cannot stat") from exc
         return self._retrying_sync(info, "cannot stat")
 
     def verify(self) -> None:
@@ -171,7 +188,7 @@ class Source:
         Needed only where reads are not pinned by the store itself (local files,
         memory, chained filesystems); pinned sources return at once.
         """
-        if self.pinned:
+        if self.pinned or self.is_dir:
             return
         if self.is_local and self._fd is not None:
             st = os.fstat(self._fd)
@@ -184,6 +201,18 @@ class Source:
                 f"(at open: {self.pin.describe()}; now: {now.describe()})"
             )
 
+    def _is_store_prefix(self) -> bool:
+        """Whether a zarr root metadata object lives under this URL (object stores have no directories)."""
+        for marker in STORE_MARKERS:
+            try:
+                self.fs.info(f"{self.path.rstrip('/')}/{marker}")  # a HEAD over HTTP, not a download
+                return True
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return False
+
     # -- reads -------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
@@ -194,8 +223,6 @@ class Source:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
             return bytes(buf)
-        if offset + length <= min(self.size, HEAD_BYTES):
-            return self._head_bytes()[offset : offset + length]
         return self._fetch(offset, offset + length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
@@ -214,31 +241,40 @@ class Source:
             done += n
         self._check_length(offset, length, done)
 
+    def merged_spans(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+        """The byte spans :meth:`readinto_many` fetches for ``items``: sorted, near ones merged (pure)."""
+        live = [(off, buf.nbytes) for off, buf in items if buf.nbytes]
+        if not live:
+            return []
+        _, starts, ends = fsspec.utils.merge_offset_ranges(
+            [self.path] * len(live),
+            [off for off, _ in live],
+            [off + n for off, n in live],
+            max_gap=MERGE_GAP_BYTES,
+            max_block=MAX_MERGED_BYTES,
+            sort=True,
+        )
+        return list(zip(starts, ends, strict=True))
+
     def readinto_many(self, items: Sequence[tuple[int, memoryview]]) -> int:
         """Fill each ``(offset, buffer)``; nearby ranges merge into one request, requests run concurrently.
 
         Returns the number of requests made (0 for local files, which are read
         one ``preadv`` per item).
         """
-        if self.is_local or len(items) == 1:
+        if self.is_local:
             for offset, buf in items:
                 self.readinto(offset, buf)
-            return 0 if self.is_local else 1
-        live = [(off, buf.cast("B")) for off, buf in items if buf.nbytes]
-        _, starts, ends = fsspec.utils.merge_offset_ranges(
-            [self.path] * len(live),
-            [off for off, _ in live],
-            [off + buf.nbytes for off, buf in live],
-            max_gap=MERGE_GAP_BYTES,
-            max_block=MAX_MERGED_BYTES,
-            sort=True,
-        )
-        blocks = self._fetch_many(list(zip(starts, ends, strict=True)))
-        for offset, buf in live:
-            i = bisect.bisect_right(starts, offset) - 1
-            rel = offset - starts[i]
-            buf[:] = memoryview(blocks[i])[rel : rel + buf.nbytes]
-        return len(starts)
+            return 0
+        spans = self.merged_spans(items)
+        blocks = self._fetch_many(spans)
+        starts = [s for s, _ in spans]
+        for offset, buf in items:
+            if buf.nbytes:
+                i = bisect.bisect_right(starts, offset) - 1
+                rel = offset - starts[i]
+                buf.cast("B")[:] = memoryview(blocks[i])[rel : rel + buf.nbytes]
+        return len(spans)
 
     def _fetch(self, start: int, end: int) -> bytes:
         """One pinned, retried, length-checked ranged GET."""
@@ -323,11 +359,12 @@ class Source:
                 f"{self.url}: asked for {wanted} bytes at offset {offset}, got {got} (file size at open: {self.size})"
             )
 
-    def _head_bytes(self) -> bytes:
+    def head(self) -> bytes:
+        """The object's first :data:`HEAD_BYTES`, fetched once in one request and kept (metadata lives there)."""
         if self._head is None:
             with self._head_lock:
                 if self._head is None:
-                    self._head = self._fetch(0, min(self.size, HEAD_BYTES))
+                    self._head = self.read(0, min(self.size, HEAD_BYTES))
         return self._head
 
     def sibling_path(self, suffix: str) -> str | None:
@@ -415,7 +452,7 @@ class MetadataFile(io.RawIOBase):
         if end <= self._pos:
             return 0
         if end <= min(self._source.size, HEAD_BYTES):
-            data = self._source.read(self._pos, end - self._pos)
+            data = self._source.head()[self._pos : end]
         else:
             data = self._blocks._fetch(self._pos, end)
         view[: len(data)] = data

@@ -18,6 +18,7 @@ layer and a layer's values are gone before the next needs the memory.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -40,6 +41,9 @@ __all__ = ["Group", "LoadReport", "Target", "execute"]
 # reads, dtype casts) are sized to the budget.
 DIRECT_PART_BYTES = 32 << 20
 STAGED_PART_BYTES = 8 << 20
+# Runs of a region (e.g. a column shard) closer than this are read as one span, gap included,
+# rather than as separate requests: zarr's default coalescing gap.
+MAX_GAP_BYTES = 1 << 20
 # Remote parts: large enough to amortise a request's round trip (20 ms is 2 MB at 100 MB/s), small
 # enough that each connection gets about four, within these bounds.
 REMOTE_PART_BYTES = (1 << 20, 32 << 20)
@@ -50,10 +54,29 @@ BATCH_READ_BYTES = 256 << 10
 
 @dataclass
 class Target:
-    """One weight and its destination (None: allocate one under the budget)."""
+    """One weight, or the region ``box`` of it, and its destination (None: allocate one under the budget).
+
+    ``box`` is a tuple of unit-step slices in the weight's own coordinates
+    (``None``: the whole weight); only the bytes it covers are read, so a
+    leading-axis slice of a contiguous weight is one byte range.  The
+    destination has the box's shape.
+    """
 
     spec: WeightSpec
     dest: np.ndarray | None = None
+    box: tuple[slice, ...] | None = None
+
+    @property
+    def region(self) -> tuple[slice, ...]:
+        return self.box if self.box is not None else reader.full_box(self.spec.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return reader.box_shape(self.box) if self.box is not None else self.spec.shape
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.spec.np_dtype.itemsize
 
 
 @dataclass
@@ -72,6 +95,7 @@ class LoadReport:
     format: str
     loaded: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    replicated: list[str] = field(default_factory=list)  # sharded loads: weights read whole by every rank
     bytes_loaded: int = 0
     bytes_read: int = 0
     requests: int = 0
@@ -104,12 +128,13 @@ class _Unit:
     run: Callable[[], None]
     reads: tuple[tuple[int, memoryview], ...] = ()  # (offset, destination) of a plain remote read, batchable
     members: tuple[_Unit, ...] = ()  # the units a batch stands for
+    requests: int = 1  # storage reads the unit makes
 
 
 def _destination(target: Target) -> np.ndarray:
     if target.dest is not None:
         return target.dest
-    return np.empty(target.spec.shape, dtype=target.spec.np_dtype.newbyteorder("="))
+    return np.empty(target.shape, dtype=target.spec.np_dtype.newbyteorder("="))
 
 
 def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None:
@@ -119,45 +144,94 @@ def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None
         dest.flat[e0:e1] = values
 
 
-def _contiguous_units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes) -> Iterator[_Unit]:
+def _contiguous_units(
+    source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes, box: tuple[slice, ...]
+) -> Iterator[_Unit]:
+    """Units for the runs ``box`` covers: long runs split into parts, short ones coalesced into spans."""
     direct = dest.dtype == spec.np_dtype and dest.flags.c_contiguous and dest.flags.writeable
     flat = dest.reshape(-1) if direct else None
     part_bytes = parts.direct if direct and source.is_local else parts.staged
-    for e0, e1 in reader.contiguous_parts(spec, part_bytes):
-        ext = reader.element_extent(spec, e0, e1)
-        if direct:
-            view = reader.byte_view(flat[e0:e1])
+    itemsize = spec.np_dtype.itemsize
+    starts, run = reader.box_runs(spec.shape, box)
+    if len(starts) > 1 and 2 * run * itemsize <= part_bytes:
+        yield from _span_units(source, spec, dest, starts, run, parts.staged)
+        return
+    for i, s in enumerate(starts.tolist()):
+        for e0, e1 in reader.contiguous_parts(spec, part_bytes, s, s + run):
+            ext = reader.element_extent(spec, e0, e1)
+            d0, d1 = i * run + e0 - s, i * run + e1 - s  # where the part lands in the destination, flat
+            if direct:
+                view = reader.byte_view(flat[d0:d1])
 
-            def run(ext=ext, view=view) -> None:
-                source.readinto(ext.offset, view)
+                def run_unit(ext=ext, view=view) -> None:
+                    source.readinto(ext.offset, view)
 
-            if not source.is_local:
-                yield _Unit(spec.key, ext.length, ext.length, ext.length, run, reads=((ext.offset, view),))
-                continue
-            cost = 0
-        else:
+                if not source.is_local:  # a plain remote read: batchable with its neighbours
+                    yield _Unit(spec.key, ext.length, ext.length, ext.length, run_unit, reads=((ext.offset, view),))
+                    continue
+                cost = 0
+            else:
 
-            def run(ext=ext, e0=e0, e1=e1) -> None:
-                stage = np.empty(e1 - e0, dtype=spec.np_dtype)
-                source.readinto(ext.offset, reader.byte_view(stage))
-                _assign_flat(dest, e0, e1, stage)
+                def run_unit(ext=ext, d0=d0, d1=d1) -> None:
+                    stage = np.empty(d1 - d0, dtype=spec.np_dtype)
+                    source.readinto(ext.offset, reader.byte_view(stage))
+                    _assign_flat(dest, d0, d1, stage)
 
-            cost = ext.length * (1 if source.is_local else 2)
-        yield _Unit(spec.key, cost, ext.length, ext.length, run)
+                cost = ext.length * (1 if source.is_local else 2)
+            yield _Unit(spec.key, cost, ext.length, ext.length, run_unit)
 
 
-def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray) -> Iterator[_Unit]:
-    full = tuple(slice(0, n) for n in spec.shape)
+def _span_units(
+    source: Source, spec: WeightSpec, dest: np.ndarray, starts: np.ndarray, run: int, part_bytes: int
+) -> Iterator[_Unit]:
+    """Short runs (a slice along a trailing axis): read neighbouring runs as one span, then pick them out."""
+    itemsize = spec.np_dtype.itemsize
+    max_span, max_gap = max(run, part_bytes // itemsize), MAX_GAP_BYTES // itemsize
+    for i, j in reader.coalesce_runs(starts, run, max_span, max_gap):
+        first, last = int(starts[i]), int(starts[j - 1]) + run
+        ext = reader.element_extent(spec, first, last)
+        offsets = (starts[i:j] - first).tolist()
+
+        def run_unit(ext=ext, i=i, offsets=offsets, first=first, last=last) -> None:
+            stage = np.empty(last - first, dtype=spec.np_dtype)
+            source.readinto(ext.offset, reader.byte_view(stage))
+            for n, o in enumerate(offsets):
+                _assign_flat(dest, (i + n) * run, (i + n + 1) * run, stage[o : o + run])
+
+        yield _Unit(
+            spec.key, ext.length * (1 if source.is_local else 2), ext.length, (j - i) * run * itemsize, run_unit
+        )
+
+
+def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[slice, ...]) -> Iterator[_Unit]:
+    """One unit per stored chunk that meets ``box``; chunks outside it are never fetched."""
     chunk_nbytes = int(np.prod(spec.chunk_shape)) * spec.np_dtype.itemsize
     if len(spec.chunks) < _chunk_count(spec):
         dest[...] = reader.fill_value(spec)  # unwritten chunks hold the fill value
-    for chunk, src, dst in reader.chunk_overlaps(spec, full):
+    for chunk, src, dst in reader.chunk_overlaps(spec, box):
 
         def run(chunk=chunk, src=src, dst=dst) -> None:
             dest[dst] = reader.read_chunk(source, spec, chunk)[src]
 
         nbytes = int(np.prod([s.stop - s.start for s in dst])) * spec.np_dtype.itemsize
         yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
+
+
+def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray, region: tuple[slice, ...]) -> Iterator[_Unit]:
+    """One unit per zarr chunk meeting ``region``: zarr fetches and decodes it, the unit copies it into place."""
+    from .zarrstore import grid_boxes
+
+    for box in grid_boxes(spec.shape, spec.chunk_shape):
+        part = tuple(slice(max(b.start, r.start), min(b.stop, r.stop)) for b, r in zip(box, region, strict=True))
+        if any(s.start >= s.stop for s in part):
+            continue
+        dst = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(part, region, strict=True))
+
+        def run(part=part, dst=dst) -> None:
+            dest[dst] = reader.read(source, spec, part)
+
+        nbytes = int(np.prod([s.stop - s.start for s in part])) * spec.np_dtype.itemsize
+        yield _Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)
 
 
 def _chunk_count(spec: WeightSpec) -> int:
@@ -183,19 +257,23 @@ class _PartSizes:
         return cls(direct=part_bytes or DIRECT_PART_BYTES, staged=staged)
 
 
-def _units(source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes) -> list[_Unit]:
-    """The work units that fill ``dest`` with ``spec``'s values; constants are written at once."""
+def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) -> list[_Unit]:
+    """The work units that fill ``dest`` with the target's region; constants are written at once."""
+    spec, box = target.spec, target.region
     if spec.layout == "contiguous":
-        return list(_contiguous_units(source, spec, dest, parts))
+        return list(_contiguous_units(source, spec, dest, parts, box))
     if spec.layout == "chunked":
-        return list(_chunk_units(source, spec, dest))
+        return list(_chunk_units(source, spec, dest, box))
+    if spec.layout == "zarr":
+        return list(_zarr_units(source, spec, dest, box))
     if spec.layout == "h5py":
+        nbytes = target.nbytes
 
         def run() -> None:
-            dest[...] = reader.read(source, spec)
+            dest[...] = reader.read(source, spec, box)
 
-        return [_Unit(spec.key, 2 * spec.nbytes, spec.nbytes, spec.nbytes, run)]
-    dest[...] = reader.constant_values(spec)
+        return [_Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)]
+    dest[...] = reader.constant_values(spec)[box]
     return []
 
 
@@ -209,14 +287,16 @@ def _batched(source: Source, units: list[_Unit], limit: int) -> list[_Unit]:
             out.append(run[0])
         elif run:
             reads = tuple(r for u in run for r in u.reads)
+            spans = source.merged_spans(reads)  # what goes over the wire: near ranges merged, gaps included
             out.append(
                 _Unit(
                     run[0].key,
-                    sum(u.cost for u in run),
-                    sum(u.stored for u in run),
+                    sum(e - s for s, e in spans),
+                    sum(e - s for s, e in spans),
                     sum(u.nbytes for u in run),
                     lambda reads=reads: source.readinto_many(reads),
                     members=tuple(run),
+                    requests=len(spans),
                 )
             )
         run.clear()
@@ -252,7 +332,7 @@ def _coalesced(groups: Sequence[Group], limit: int) -> list[Group]:
         run.clear()
 
     for group in groups:
-        nbytes = sum(t.spec.nbytes for t in group.targets)
+        nbytes = sum(t.nbytes for t in group.targets)
         if nbytes > BATCH_READ_BYTES:
             flush()
             out.append(group)
@@ -271,7 +351,7 @@ def _merged(groups: list[Group]) -> Group:
         bounds.append(bounds[-1] + len(g.targets))
 
     def on_ready(arrays: list[np.ndarray]) -> None:
-        for g, lo, hi in zip(groups, bounds, bounds[1:], strict=False):
+        for g, lo, hi in zip(groups, bounds, bounds[1:], strict=False):  # bounds has one entry more
             if g.on_ready is not None:
                 g.on_ready(arrays[lo:hi])
 
@@ -300,13 +380,14 @@ class _Progress:
 
     def finish(self, unit: _Unit) -> None:
         with self.lock:
-            self.started.add(unit.key)
             self.stored += unit.stored
             self.loaded += unit.nbytes
-            self.requests += 1
-            self.pending[unit.key] -= 1
-            if self.pending[unit.key] == 0:
-                self.done.append(unit.key)
+            self.requests += unit.requests
+            for part in unit.members or (unit,):
+                self.started.add(part.key)
+                self.pending[part.key] -= 1
+                if self.pending[part.key] == 0:
+                    self.done.append(part.key)
         if self.callback is not None:
             self.callback(unit.nbytes)
 
@@ -332,7 +413,7 @@ def execute(
     already written, as :class:`PartialLoadError` naming them.
     """
     concurrency = concurrency or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
-    remote_total = None if source.is_local else sum(t.spec.stored_bytes for g in groups for t in g.targets)
+    remote_total = None if source.is_local else sum(t.nbytes for g in groups for t in g.targets)
     parts = _PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
     budget = ByteBudget(max_memory)
     state = _Progress(progress)
@@ -364,12 +445,12 @@ def _submit_group(
     parts: _PartSizes,
 ) -> None:
     owner = object()
-    held = sum(t.spec.nbytes for t in group.targets if t.dest is None)
+    held = sum(t.nbytes for t in group.targets if t.dest is None)
     budget.acquire(held, owner, pin=True)
     arrays = [_destination(t) for t in group.targets]
     units: list[_Unit] = []
     for target, dest in zip(group.targets, arrays, strict=True):
-        mine = _units(source, target.spec, dest, parts)
+        mine = _units(source, target, dest, parts)
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
     if not source.is_local:
@@ -389,8 +470,7 @@ def _submit_group(
         try:
             if state.error is None:
                 unit.run()
-                for done in unit.members or (unit,):
-                    state.finish(done)
+                state.finish(unit)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)
         finally:

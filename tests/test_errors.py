@@ -192,3 +192,8 @@ def test_errors_are_builtin_subclasses() -> None:
     assert issubclass(lw.StorageError, OSError)
     assert issubclass(lw.FormatError, ValueError)
     assert issubclass(lw.TruncatedFileError, lw.FormatError)
+
+
+def test_open_while_h5py_holds_the_file(small_h5) -> None:
+    with h5py.File(small_h5, "r") as held, lw.open(small_h5) as ckpt:  # default locking in the caller's handle
+        np.testing.assert_array_equal(ckpt["dense/bias"].read(), held["dense/bias"][()])

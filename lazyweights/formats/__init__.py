@@ -3,7 +3,9 @@
 Detection looks at the first bytes (one read), never at the file name:
 HDF5 signature → HDF5 (Keras legacy, Keras 3 ``.weights.h5``, or generic);
 zip signature → a ``.keras`` archive whose ``model.weights.h5`` member is read
-in place.  Anything else is refused with a description of what it looks like.
+in place.  A directory or store prefix is a zarr store (a lazyweights mirror
+or a group written by another tool), recognised by its zarr metadata.
+Anything else is refused with a description of what it looks like.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..storage import Source, WindowFile
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
+from .zarr import parse_zarr
 
 __all__ = ["describe_bytes", "parse"]
 
@@ -32,7 +35,9 @@ _KERAS_MEMBER = "model.weights.h5"
 
 def parse(source: Source) -> Manifest:
     """Read ``source``'s metadata and return its manifest."""
-    head = source.read(0, min(source.size, _HEAD))
+    if source.is_dir:
+        return parse_zarr(source)
+    head = source.head()[:_HEAD]  # the metadata parse reads on from the same one request
     if find_superblock(head) is not None:
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag)
         return _parse_hdf5(source, head, ctx, None, length=source.size)
@@ -66,7 +71,7 @@ def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
     """Open HDF5 metadata read-only; h5py/HDF5 errors become FormatError."""
     target = fileobj if fileobj is not None else (source.path if source.is_local else source.open_file())
     try:
-        f = h5py.File(target, "r", locking=False)
+        f = _open_h5(target)
     except OSError as exc:
         raise FormatError(f"{source.url}: HDF5 library cannot parse the file: {exc}") from exc
     try:
@@ -75,6 +80,17 @@ def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
         f.close()
         if fileobj is None and not source.is_local:
             target.close()
+
+
+def _open_h5(target: Any) -> h5py.File:
+    """Read-only, without file locks (we never write); if the caller already holds the file open with
+    locking, libhdf5 insists on the same flags, so fall back to the default."""
+    try:
+        return h5py.File(target, "r", locking=False)
+    except OSError as exc:
+        if "locking" not in str(exc):
+            raise
+        return h5py.File(target, "r")
 
 
 def _parse_hdf5(

@@ -13,6 +13,8 @@ import numpy as np
 
 from ..errors import MismatchError
 from ..manifest import WeightSpec
+from ..reader import box_shape
+from ..shard import ShardArg, shard_region
 from ..stream import Group, Target
 
 __all__ = ["check_destination", "plan_numpy"]
@@ -20,16 +22,18 @@ __all__ = ["check_destination", "plan_numpy"]
 Resolve = Callable[[str], WeightSpec]
 
 
-def check_destination(url: str, spec: WeightSpec, dest: Any, where: str) -> np.ndarray:
-    """``dest`` as a writable ndarray of ``spec``'s shape into which its dtype casts safely."""
+def check_destination(
+    url: str, spec: WeightSpec, dest: Any, where: str, box: tuple[slice, ...] | None = None
+) -> np.ndarray:
+    """``dest`` as a writable ndarray of ``spec``'s shape (or ``box``'s) into which its dtype casts safely."""
     if not isinstance(dest, np.ndarray):
         raise MismatchError(
             f"{url}: destination for weight {spec.key!r} ({where}) is a {type(dest).__name__}, not a numpy array"
         )
-    if tuple(dest.shape) != tuple(spec.shape):
-        raise MismatchError(
-            f"{url}: weight {spec.key!r} has shape {spec.shape} but its destination ({where}) has shape {dest.shape}"
-        )
+    shape = spec.shape if box is None else box_shape(box)
+    if tuple(dest.shape) != tuple(shape):
+        what = f"has shape {spec.shape}" if box is None else f"of shape {spec.shape} has a shard of shape {shape}"
+        raise MismatchError(f"{url}: weight {spec.key!r} {what} but its destination ({where}) has shape {dest.shape}")
     if not np.can_cast(spec.np_dtype, dest.dtype, casting="same_kind"):
         raise MismatchError(
             f"{url}: weight {spec.key!r} has dtype {spec.np_dtype} but its destination ({where}) has dtype "
@@ -41,12 +45,24 @@ def check_destination(url: str, spec: WeightSpec, dest: Any, where: str) -> np.n
 
 
 def plan_numpy(
-    url: str, weights: Sequence[WeightSpec], resolve: Resolve, out: Mapping[str, Any] | Sequence[Any] | None
+    url: str,
+    weights: Sequence[WeightSpec],
+    resolve: Resolve,
+    out: Mapping[str, Any] | Sequence[Any] | None,
+    shard: ShardArg = None,
 ) -> tuple[list[Group], dict[str, np.ndarray] | None, list[tuple[str, str]]]:
-    """Groups to execute, the new-array dict (when ``out`` is None), and the weights not loaded."""
+    """Groups to execute, the new-array dict (when ``out`` is None), and the weights not loaded.
+
+    With ``shard``, each target is the box of its weight this rank owns, and
+    destinations have the box's shape.
+    """
     if out is None:
-        arrays = {w.key: np.empty(w.shape, dtype=w.np_dtype.newbyteorder("=")) for w in weights}
-        return [Group([Target(w, arrays[w.key])]) for w in weights], arrays, []
+        boxes = {w.key: shard_region(shard, w.key, w.shape) for w in weights}
+        arrays = {
+            w.key: np.empty(w.shape if boxes[w.key] is None else box_shape(boxes[w.key]), w.np_dtype.newbyteorder("="))
+            for w in weights
+        }
+        return [Group([Target(w, arrays[w.key], boxes[w.key])]) for w in weights], arrays, []
     if isinstance(out, Mapping):
         pairs = [(resolve(str(k)), v, f"out[{k!r}]") for k, v in out.items()]
         chosen = {spec.key for spec, _, _ in pairs}
@@ -63,5 +79,8 @@ def plan_numpy(
         raise MismatchError(
             f"{url}: `out` must be a dict of arrays, a list of arrays or None, not {type(out).__name__}"
         )
-    groups = [Group([Target(spec, check_destination(url, spec, dest, where))]) for spec, dest, where in pairs]
+    groups = []
+    for spec, dest, where in pairs:
+        box = shard_region(shard, spec.key, spec.shape)
+        groups.append(Group([Target(spec, check_destination(url, spec, dest, where, box), box)]))
     return groups, None, skipped

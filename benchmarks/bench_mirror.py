@@ -1,0 +1,199 @@
+"""Mirror, export, verify and load-from-mirror on one large HDF5 checkpoint, against the by-hand ways, in one run.
+
+    python benchmarks/bench_mirror.py [--size-gb 2] [--dir /tmp/lazyweights-bench-mirror] [--repeat 1]
+
+Builds (once) an HDF5 file of ``--size-gb`` in the Keras 2 layout: many
+medium kernels plus one embedding holding a quarter of the bytes (so a single
+weight is far larger than the budget).  With the page cache warm, each method
+runs in a fresh subprocess; "growth" is the peak RSS over the call minus the
+RSS before it (VmHWM, reset just before the call).
+
+Pairs (ratio = lazyweights time / by-hand time):
+
+- ``mirror``: ``lw.mirror(max_memory=256MiB)`` vs ``h5py ds[()]`` + ``zarr create_array(data=...)`` per weight;
+- ``export``: ``lw.export(format="bin", max_memory=256MiB)`` vs ``h5py ds[()].tofile()`` per weight;
+- ``verify``: ``lw.verify(h5, mirror)`` (hashes both, 2x the bytes) vs ``sha256sum`` of the h5 file twice;
+- ``load``: ``lw.load(mirror)`` vs ``lw.load(h5)`` (both allocate every array).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+BUDGET = "256MiB"
+
+
+def generate(path: Path, size_gb: float) -> Path:
+    if path.exists():
+        return path
+    import h5py
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = int(size_gb * 1e9)
+    embedding_rows = total // 4 // (1024 * 4)
+    layers = max(1, (total - embedding_rows * 1024 * 4) // (2048 * 2048 * 4))
+    rng = np.random.default_rng(0)
+    print(f"generating {path} ({layers} 2048x2048 kernels + a {embedding_rows}x1024 embedding) ...", file=sys.stderr)
+    names = ["embedding", *[f"dense_{i}" for i in range(layers)]]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        f.attrs["keras_version"] = b"2.21.0"
+        g = f.create_group("embedding")
+        g.attrs["weight_names"] = [b"embedding/embeddings:0"]
+        ds = g.create_dataset("embedding/embeddings:0", (embedding_rows, 1024), "f4")
+        for r in range(0, embedding_rows, 16384):
+            ds[r : r + 16384] = rng.standard_normal((min(16384, embedding_rows - r), 1024), dtype="f4")
+        for name in names[1:]:
+            g = f.create_group(name)
+            g.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            g[f"{name}/kernel:0"] = rng.standard_normal((2048, 2048), dtype="f4")
+            g[f"{name}/bias:0"] = rng.standard_normal(2048, dtype="f4")
+    return path
+
+
+def rss_now() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure(method: str, h5: str, work: Path) -> dict[str, float]:
+    # imported before the measurement, for every method alike
+    import h5py
+    import zarr
+
+    import lazyweights as lw
+
+    mirror, out = work / "mirror.zarr", work / f"out-{method}"
+    shutil.rmtree(out, ignore_errors=True)
+    if method == "lw-mirror":
+        shutil.rmtree(mirror, ignore_errors=True)
+
+        def run() -> None:
+            lw.mirror(h5, mirror, max_memory=BUDGET)
+
+    elif method == "hand-mirror":
+
+        def run() -> None:
+            group = zarr.open_group(out, mode="w")
+            with h5py.File(h5, "r") as f:
+
+                def copy(name: str, obj: object) -> None:
+                    if isinstance(obj, h5py.Dataset):
+                        group.create_array(name.replace(":", "_"), data=obj[()], chunks=_chunks(obj), compressors=None)
+
+                f.visititems(copy)
+
+    elif method == "lw-export":
+
+        def run() -> None:
+            lw.export(h5, out, max_memory=BUDGET)
+
+    elif method == "hand-export":
+
+        def run() -> None:
+            out.mkdir()
+            with h5py.File(h5, "r") as f:
+                found: list[str] = []
+                f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+                for i, name in enumerate(found):
+                    f[name][()].tofile(out / f"{i:04d}.bin")
+
+    elif method == "lw-verify":
+
+        def run() -> None:
+            assert lw.verify(h5, mirror, max_memory=BUDGET).ok
+
+    elif method == "sha256sum-x2":
+
+        def run() -> None:
+            subprocess.run(["sha256sum", h5, h5], stdout=subprocess.DEVNULL, check=True)
+
+    elif method in ("load-mirror", "load-h5"):
+        src = mirror if method == "load-mirror" else h5
+
+        def run() -> None:
+            lw.load(src)
+
+    else:
+        raise SystemExit(f"unknown method {method}")
+    before = rss_now()
+    reset_peak_rss()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "growth": max(0, peak_rss() - before)}
+
+
+def _chunks(ds: object) -> tuple[int, ...]:
+    from lazyweights.mirror import DEFAULT_CHUNK_BYTES, chunk_shape
+
+    return chunk_shape(ds.shape, ds.dtype.itemsize, DEFAULT_CHUNK_BYTES)
+
+
+PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify", "sha256sum-x2"),
+         ("load-mirror", "load-h5")]  # fmt: skip
+
+
+def run_child(method: str, h5: Path, work: Path) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", method, "--h5", str(h5), "--dir", str(work)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench-mirror"))
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--child")
+    parser.add_argument("--h5")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.h5, args.dir)))
+        return
+    h5 = generate(args.dir / f"source_{args.size_gb:g}gb.h5", args.size_gb)
+    size = h5.stat().st_size
+    subprocess.run(["cat", str(h5)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    results = {}
+    for pair in PAIRS:
+        for method in pair:
+            runs = [run_child(method, h5, args.dir) for _ in range(args.repeat)]
+            results[method] = min(runs, key=lambda r: r["seconds"])
+            print(f"  {method}: {[round(r['seconds'], 2) for r in runs]}", file=sys.stderr)
+    print(f"\nsource: {size / 1e9:.2f} GB HDF5 (largest weight {size / 4 / MiB:.0f} MiB), warm cache, budget {BUDGET}")
+    header = f"{'lazyweights':<13}{'s':>7}{'MiB growth':>12}  {'by hand':<14}{'s':>7}{'MiB growth':>12}{'time x':>8}"
+    print(header)
+    print("-" * len(header))
+    for ours, theirs in PAIRS:
+        a, b = results[ours], results[theirs]
+        print(
+            f"{ours:<13}{a['seconds']:>7.2f}{a['growth'] / MiB:>12.0f}  {theirs:<14}{b['seconds']:>7.2f}"
+            f"{b['growth'] / MiB:>12.0f}{a['seconds'] / b['seconds']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

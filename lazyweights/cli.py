@@ -1,0 +1,301 @@
+"""The ``lazyweights`` command line: inspect, load, mirror, export and verify checkpoints at any fsspec URL.
+
+Exit status, as diff(1): 0 success (``verify``: identical), 1 ``verify`` found
+differences, 2 trouble of any kind — a usage error, a URL that does not
+resolve, a file that is not a checkpoint.  Errors print one line; ``--debug``
+prints the traceback.  Progress bars (bytes, bytes/s, ETA) go to stderr when
+it is a terminal, unless ``--quiet``.  ``-o key=value`` (repeatable) passes
+fsspec storage options; values are read as JSON when they parse
+(``-o anon=true``), as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import resource
+import sys
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+import lazyweights as lw
+
+from .errors import LazyWeightsError
+from .export import FORMATS
+from .keras_compat import layer_classes
+
+__all__ = ["cli", "main"]
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+MiB = 1 << 20
+
+
+# -- shared options and error handling ------------------------------------------------
+
+
+def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {item!r}", ctx=ctx, param=param)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return lw.parse_bytes(value)
+    except LazyWeightsError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes, and the error boundary: one line and exit 2 unless --debug."""
+
+    @click.option("-o", "--storage-option", "storage_options", multiple=True, callback=_parse_options,
+                  metavar="KEY=VALUE", help="fsspec storage option for the source URL(s); repeatable.")  # fmt: skip
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+        progress = not quiet and sys.stderr.isatty()
+        try:
+            return fn(*args, progress=progress, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("lazyweights: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # the one place errors become a message and an exit status
+            if debug:
+                traceback.print_exc()
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            name = "" if isinstance(exc, LazyWeightsError) else f"{type(exc).__name__}: "
+            click.echo(f"lazyweights: error: {name}{message}", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _budget_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--concurrency", type=click.IntRange(min=1), help="Reads in flight.")(fn)
+    return click.option("--max-memory", callback=_parse_size, metavar="SIZE",
+                        help="Bound on bytes in flight, e.g. 256MiB.")(fn)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(lw.__version__, prog_name="lazyweights")
+def cli() -> None:
+    """Lazy, streaming, memory-bounded access to HDF5/Keras checkpoints and zarr mirrors at any fsspec URL.
+
+    Exit status: 0 ok, 1 verify found differences, 2 error.
+    """
+
+
+# -- inspect --------------------------------------------------------------------------
+
+
+def describe(ckpt: lw.Checkpoint) -> dict[str, Any]:
+    """A JSON-able summary of a checkpoint, like ``model.summary()`` without reading any weights."""
+    classes = layer_classes(ckpt.model_config)
+    layers = []
+    for layer in ckpt.layers:
+        short = layer.alias or layer.name.rsplit("/", 1)[-1]
+        weights = [
+            {"key": w.key, "name": w.name, "shape": list(w.shape), "dtype": w.spec.dtype, "nbytes": w.nbytes}
+            for w in layer.weights
+        ]
+        layers.append({
+            "name": layer.name, "alias": layer.alias, "class_name": classes.get(short) or classes.get(layer.name),
+            "params": sum(w.spec.size for w in layer.weights), "weights": weights,
+        })  # fmt: skip
+    config = ckpt.model_config if isinstance(ckpt.model_config, dict) else {}
+    layouts = {w.spec.layout for w in (*ckpt.weights, *ckpt.optimizer_weights)}
+    return {
+        "url": ckpt.url,
+        "format": ckpt.format,
+        "container": "zarr" if "zarr" in layouts else "file",
+        "size": ckpt.manifest.size,
+        "keras_version": ckpt.attrs.get("keras_version"),
+        "backend": ckpt.attrs.get("backend"),
+        "model_class": config.get("class_name"),
+        "model_name": (config.get("config") or {}).get("name") if isinstance(config.get("config"), dict) else None,
+        "layer_classes": dict(Counter(classes.values()).most_common()),
+        "layers": layers,
+        "total_params": sum(w.spec.size for w in ckpt.weights),
+        "total_bytes": ckpt.nbytes,
+        "optimizer": {"weights": len(ckpt.optimizer_weights), "bytes": sum(w.nbytes for w in ckpt.optimizer_weights)},
+        "skipped": [list(s) for s in ckpt.manifest.skipped],
+    }
+
+
+def _print_summary(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped: wide enough for long weight names rather than 80 columns
+        console = Console(width=160)
+    container = " (zarr mirror)" if info["container"] == "zarr" and info["format"] != "zarr" else ""
+    console.print(f"[bold]{info['url']}[/bold]  format [cyan]{info['format']}[/cyan]{container}")
+    facts = [f"{k} {info[k]}" for k in ("keras_version", "backend", "model_class", "model_name") if info.get(k)]
+    if facts:
+        console.print("  ".join(facts))
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("Layer", "Class", "Weight", "Shape", "Dtype", "Params"):
+        table.add_column(column, justify="right" if column == "Params" else "left")
+    for layer in info["layers"]:
+        rows = layer["weights"] or [None]
+        for i, w in enumerate(rows):
+            table.add_row(
+                layer["name"] if i == 0 else "", (layer["class_name"] or "") if i == 0 else "",
+                w["name"] if w else "", str(tuple(w["shape"])) if w else "", w["dtype"] if w else "",
+                f"{layer['params']:,}" if i == 0 else "",
+            )  # fmt: skip
+    console.print(table)
+    opt = info["optimizer"]
+    console.print(
+        f"Total params: {info['total_params']:,}  ({info['total_bytes'] / MiB:.2f} MiB)   "
+        f"Optimizer weights: {opt['weights']} ({opt['bytes'] / MiB:.2f} MiB)"
+        + (f"   Layer classes: {info['layer_classes']}" if info["layer_classes"] else "")
+    )
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common
+def inspect(url: str, as_json: bool, storage_options: dict, progress: bool) -> None:
+    """Show a checkpoint's format, layers, weights, shapes, dtypes and parameter counts (reads metadata only)."""
+    with lw.open(url, storage_options) as ckpt:
+        info = describe(ckpt)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+    else:
+        _print_summary(info)
+
+
+# -- load -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--part-size", callback=_parse_size, metavar="SIZE", help="Bytes per read request.")
+@_budget_options
+@_common
+def load(url: str, part_size: int | None, max_memory: int | None, concurrency: int | None, storage_options: dict,
+         progress: bool) -> None:  # fmt: skip
+    """Load every weight into memory and report throughput and peak memory (a benchmark of your storage)."""
+    loaded = lw.load(url, storage_options=storage_options, max_memory=max_memory, concurrency=concurrency,
+                     part_size=part_size, progress=progress)  # fmt: skip
+    report = loaded.report
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    click.echo(str(report))
+    click.echo(
+        f"throughput {report.throughput / MiB:.1f} MiB/s; peak in flight {report.peak_in_flight / MiB:.1f} MiB; "
+        f"peak RSS {peak_rss / MiB:.0f} MiB; {report.requests} reads, concurrency {report.concurrency}"
+    )
+
+
+# -- mirror / export / verify -----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--chunk-size", default="8MiB", show_default=True, callback=_parse_size, metavar="SIZE")
+@click.option("--compressor", default="none", show_default=True, help="none, zstd or blosc, optionally :LEVEL.")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace whatever is at DST.")
+@click.option("--dst-storage-option", "dst_options", multiple=True, callback=_parse_options, metavar="KEY=VALUE",
+              help="fsspec storage option for DST; repeatable.")  # fmt: skip
+@_budget_options
+@_common
+def mirror(src: str, dst: str, chunk_size: int, compressor: str, zarr_format: str, overwrite: bool, dst_options: dict,
+           max_memory: int | None, concurrency: int | None, storage_options: dict, progress: bool) -> None:  # fmt: skip
+    """Write a zarr mirror of SRC at DST (resumes an interrupted mirror of the same source)."""
+    report = lw.mirror(src, dst, chunk_bytes=chunk_size, compressor=compressor, storage_options=storage_options,
+                       dst_storage_options=dst_options, max_memory=max_memory, concurrency=concurrency,
+                       overwrite=overwrite, zarr_format=int(zarr_format), progress=progress)  # fmt: skip
+    click.echo(str(report))
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="bin", show_default=True)
+@click.option("--packed", is_flag=True, help="One weights.bin with offsets in manifest.json (bin only).")
+@click.option("--optimizer", is_flag=True, help="Include optimizer weights.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT_DIR.")
+@_budget_options
+@_common
+def export(src: str, out_dir: str, fmt: str, packed: bool, optimizer: bool, overwrite: bool, max_memory: int | None,
+           concurrency: int | None, storage_options: dict, progress: bool) -> None:  # fmt: skip
+    """Export weights as little-endian C-order files plus manifest.json, for C/C++ programs."""
+    manifest = lw.export(src, out_dir, fmt, packed=packed, optimizer=optimizer, storage_options=storage_options,
+                         max_memory=max_memory, concurrency=concurrency, overwrite=overwrite,
+                         progress=progress)  # fmt: skip
+    total = sum(e["nbytes"] for e in manifest["weights"])
+    click.echo(f"exported {len(manifest['weights'])} weights ({total / MiB:.1f} MiB) to {out_dir}/manifest.json")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_budget_options
+@_common
+def verify(a: str, b: str, as_json: bool, max_memory: int | None, concurrency: int | None, storage_options: dict,
+           progress: bool) -> None:  # fmt: skip
+    """Compare two checkpoints weight by weight by SHA-256; exit 1 when they differ."""
+    report = lw.verify(a, b, storage_options=storage_options, max_memory=max_memory, concurrency=concurrency,
+                       progress=progress)  # fmt: skip
+    if as_json:
+        click.echo(json.dumps({
+            "a": report.a, "b": report.b, "ok": report.ok, "checked": report.checked,
+            "differences": [vars(d) for d in report.differences],
+        }, indent=1, default=str))  # fmt: skip
+    else:
+        for difference in report.differences[:50]:
+            click.echo(str(difference))
+        if len(report.differences) > 50:
+            click.echo(f"... and {len(report.differences) - 50} more")
+        click.echo(str(report))
+    sys.exit(EXIT_OK if report.ok else EXIT_DIFFERENT)
+
+
+def _add_index_command() -> None:
+    """``lazyweights index URL``: present only when the library provides ``lazyweights.write_index``."""
+    write_index = getattr(lw, "write_index", None)
+    if write_index is None:
+        return
+
+    @cli.command()
+    @click.argument("url")
+    @_common
+    def index(url: str, storage_options: dict, progress: bool) -> None:
+        """Write the metadata index next to URL, so later opens read one small JSON object."""
+        result = write_index(url, storage_options=storage_options)
+        click.echo(f"wrote the index of {url}" + (f" to {result}" if isinstance(result, str) else ""))
+
+
+_add_index_command()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="lazyweights")
+
+
+if __name__ == "__main__":
+    main()

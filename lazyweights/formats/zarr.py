@@ -1,0 +1,240 @@
+"""Zarr stores (v2 or v3): lazyweights mirrors, and zarr groups written by other tools.
+
+A **mirror** (written by :func:`lazyweights.mirror`) keeps its source's
+manifest in the root group's ``lazyweights`` attribute — format, layer order
+(layers without weights included), weight and optimizer key order, and the
+array path of every key — next to the source's own root attributes
+(``layer_names``, ``model_config``, ...).  Each array's ``lazyweights``
+attribute holds its key, layer, original name, manifest dtype and SHA-256.
+Parsing rebuilds the source's manifest with ``zarr`` layouts, so every loader
+treats a mirror exactly like its source; the mirror reports the source's
+``format``.  A mirror whose writer has not finished is refused.
+
+Names zarr (or portable stores) cannot hold — ``kernel:0``, names with
+spaces, ``__``-prefixed or reserved names — are stored encoded
+(:func:`encode_name`); the original names live in the attributes, so
+decoding never needs to invert the encoding.
+
+A **foreign** zarr group is read like a generic HDF5 file: every numeric
+array is a weight keyed by its path, in path order; when its root (or
+``model_weights``) lists ``layer_names`` and the layer groups list
+``weight_names``, as in a converted Keras ``.h5`` file, that order is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import FormatError, UnsupportedError
+from ..manifest import Layer, Manifest, WeightSpec
+from ..storage import Source
+from ..zarrstore import array, root_group, stored_dtype, zarr_module
+
+__all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
+
+ATTR = "lazyweights"  # the attribute holding lazyweights' own metadata, on the root and on every array
+MIRROR_VERSION = 1
+
+_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+_RESERVED = frozenset({".", "..", "zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+def encode_name(name: str) -> str:
+    """``name`` if it is a portable zarr node name, else a readable, collision-free stand-in.
+
+    Portable names use ``A-Z a-z 0-9 . _ -`` only (the zarr v3 recommendation),
+    are not reserved and do not start with ``__``.  Others become the name with
+    each other character replaced by ``_`` plus a hash of the original:
+    ``kernel:0`` → ``kernel_0-<8 hex digits>``.
+    """
+    if _SAFE.fullmatch(name) and name not in _RESERVED and not name.startswith("__"):
+        return name
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("_.") or "n"
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def encode_key(key: str) -> str:
+    """The zarr path of a weight key: each ``/``-separated segment encoded."""
+    return "/".join(encode_name(part) for part in key.split("/"))
+
+
+def parse_zarr(source: Source) -> Manifest:
+    """The manifest of the zarr store at ``source`` (a directory or store prefix)."""
+    group = _open_group(source)
+    doc = group.attrs.get(ATTR)
+    if isinstance(doc, Mapping) and "paths" in doc:
+        return _parse_mirror(source, group, doc)
+    return _parse_foreign(source, group)
+
+
+def _open_group(source: Source) -> Any:
+    zarr = zarr_module()
+    try:
+        return root_group(source)
+    except zarr.errors.ContainsArrayError as exc:
+        raise FormatError(f"{source.url}: a single zarr array, not a group of weights") from exc
+    except FileNotFoundError as exc:
+        raise FormatError(
+            f"{source.url}: a directory without zarr metadata (zarr.json, .zgroup), not a checkpoint"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:  # zarr rejecting malformed metadata documents
+        raise FormatError(f"{source.url}: malformed zarr metadata: {exc}") from exc
+
+
+# -- lazyweights mirrors ----------------------------------------------------------
+
+
+def _parse_mirror(source: Source, group: Any, doc: Mapping[str, Any]) -> Manifest:
+    url = source.url
+    if doc.get("version") != MIRROR_VERSION:
+        raise UnsupportedError(f"{url}: a lazyweights mirror of version {doc.get('version')}; this reads version 1")
+    if not doc.get("complete"):
+        raise FormatError(
+            f"{url}: an incomplete lazyweights mirror (its writer was interrupted or is still running); "
+            "run lazyweights.mirror again to resume it"
+        )
+    paths: Mapping[str, str] = doc["paths"]
+    try:
+        specs = {key: _mirror_spec(source, key, path) for key, path in paths.items()}
+        weights = tuple(specs[k] for k in doc["weights"])
+        optimizer = tuple(specs[k] for k in doc["optimizer"])
+    except KeyError as exc:
+        raise FormatError(f"{url}: mirror metadata lists {exc} but holds no array for it") from exc
+    return Manifest(
+        url=url,
+        format=doc["format"],
+        size=0,
+        etag=doc.get("id"),
+        weights=weights,
+        layers=tuple(Layer(la["name"], tuple(la["keys"]), la.get("alias")) for la in doc["layers"]),
+        optimizer=optimizer,
+        attrs={k: v for k, v in group.attrs.items() if k != ATTR},
+        skipped=tuple((p, r) for p, r in doc.get("skipped", ())),
+    )
+
+
+def _mirror_spec(source: Source, key: str, path: str) -> WeightSpec:
+    zarr = zarr_module()
+    try:
+        arr = array(source, path)
+    except (zarr.errors.NodeNotFoundError, KeyError) as exc:
+        raise FormatError(f"{source.url}: weight {key!r} should be the array {path!r}, which is missing") from exc
+    meta = arr.attrs.get(ATTR) or {}
+    if meta.get("key") != key:
+        raise FormatError(f"{source.url}: array {path!r} records key {meta.get('key')!r}, the mirror says {key!r}")
+    if stored_dtype(meta["dtype"]) != arr.dtype.newbyteorder("<"):  # zarr reports native order on reading
+        raise FormatError(
+            f"{source.url}: weight {key!r} is recorded as {meta['dtype']} but stored as {arr.dtype} in {path!r}"
+        )
+    return WeightSpec(
+        key=key,
+        layer=meta["layer"],
+        name=meta["name"],
+        path=path,
+        shape=tuple(arr.shape),
+        dtype=meta["dtype"],
+        layout="zarr",
+        chunk_shape=tuple(arr.chunks),
+    )
+
+
+# -- zarr groups written by other tools ---------------------------------------------
+
+
+def _foreign_spec(source: Source, path: str, key: str, layer: str, name: str) -> WeightSpec | None:
+    arr = array(source, path)
+    if arr.dtype.kind not in "biufc" or arr.dtype.fields is not None:
+        return None
+    return WeightSpec(
+        key=key,
+        layer=layer,
+        name=name,
+        path=path,
+        shape=tuple(arr.shape),
+        dtype=arr.dtype.str,
+        layout="zarr",
+        chunk_shape=tuple(arr.chunks),
+    )
+
+
+def _keras_root(group: Any) -> tuple[str, Any] | None:
+    """``(prefix, group)`` of the group listing ``layer_names`` (the root or ``model_weights``), if any."""
+    if "layer_names" in group.attrs:
+        return "", group
+    inner = group.get("model_weights")
+    if inner is not None and "layer_names" in inner.attrs:
+        return "model_weights/", inner
+    return None
+
+
+def _parse_foreign(source: Source, group: Any) -> Manifest:
+    keras = _keras_root(group)
+    if keras is not None:
+        return _parse_foreign_keras(source, group, *keras)
+    weights: list[WeightSpec] = []
+    skipped: list[tuple[str, str]] = []
+    paths = sorted(path for path, node in group.members(max_depth=None) if hasattr(node, "dtype"))
+    for path in paths:
+        layer, _, name = path.rpartition("/")
+        spec = _foreign_spec(source, path, path, layer, name)
+        if spec is None:
+            skipped.append((path, f"dtype {array(source, path).dtype} is not numeric"))
+        else:
+            weights.append(spec)
+    layers: dict[str, list[str]] = {}
+    for w in weights:
+        layers.setdefault(w.layer, []).append(w.key)
+    return Manifest(
+        url=source.url,
+        format="zarr",
+        size=0,
+        etag=source.etag,
+        weights=tuple(weights),
+        layers=tuple(Layer(k, tuple(v)) for k, v in layers.items()),
+        attrs=_json_configs(source, group.attrs),
+        skipped=tuple(skipped),
+    )
+
+
+def _parse_foreign_keras(source: Source, root: Any, prefix: str, wroot: Any) -> Manifest:
+    """A Keras ``.h5`` layout copied into zarr: ``layer_names`` → groups with ``weight_names``."""
+    layers: list[Layer] = []
+    weights: list[WeightSpec] = []
+    for lname in wroot.attrs["layer_names"]:
+        wnames = wroot[lname].attrs.get("weight_names", []) if lname in wroot else []
+        keys = []
+        for wname in wnames:
+            key = f"{lname}/{wname}"
+            spec = _foreign_spec(source, prefix + key, key, lname, wname)
+            if spec is None:
+                raise FormatError(f"{source.url}: weight {key!r} is not a numeric array")
+            weights.append(spec)
+            keys.append(key)
+        layers.append(Layer(lname, tuple(keys)))
+    attrs = _json_configs(source, wroot.attrs)
+    attrs.update(_json_configs(source, root.attrs) if prefix else {})
+    return Manifest(
+        url=source.url,
+        format="keras-h5",
+        size=0,
+        etag=source.etag,
+        weights=tuple(weights),
+        layers=tuple(layers),
+        attrs=attrs,
+    )
+
+
+def _json_configs(source: Source, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes as a dict, ``*_config`` strings parsed as JSON (as the HDF5 formats do)."""
+    out = dict(attrs)
+    for key, value in out.items():
+        if key.endswith("_config") and isinstance(value, str):
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise FormatError(f"{source.url}: attribute {key!r} is not valid JSON: {exc}") from exc
+    return out

@@ -1,0 +1,347 @@
+"""Keras 3 integration: ``load_weights`` and ``load_model`` with Keras's semantics, streamed.
+
+>>> from lazyweights import keras as lwk
+>>> lwk.load_weights(model, "gs://bucket/resnet50_weights.h5", by_name=True)     # doctest: +SKIP
+>>> model = lwk.load_model("s3://bucket/model.keras")                            # doctest: +SKIP
+
+Unlike ``keras.models.load_model`` / ``Model.load_weights``, nothing is copied
+to local disk or read whole into memory: values stream from any fsspec URL,
+one layer at a time, under ``max_memory``.  Keras 2 (tf-keras) full-model
+files whose configs Keras 3 rejects are translated (``keras_compat``), and
+their optimizer slots are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from . import checkpoint as _checkpoint
+from .budget import parse_bytes
+from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError
+from .keras_compat import is_keras2_config, optimizer_slot_key, translate_config
+from .progress import ProgressArg, progress_callback
+from .stream import Group, LoadReport, Target
+from .targets.keras import KerasLoader, assign, import_keras, legacy_groups, v3_store
+
+__all__ = ["load_model", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+Url = str | os.PathLike[str]
+_V3 = ("keras-v3", "keras-zip")
+
+
+def load_weights(
+    model: Any,
+    src: Url | _checkpoint.Checkpoint,
+    *,
+    by_name: bool = False,
+    skip_mismatch: bool = False,
+    reshape: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
+    concurrency: int | None = None,
+    progress: ProgressArg = False,
+) -> LoadReport:
+    """Load a checkpoint's weights into a built Keras 3 model, as ``model.load_weights`` would.
+
+    Legacy ``.h5`` files match layers by position (``by_name=False``) or by
+    name; ``skip_mismatch`` skips (with a warning, and in the report) layers
+    whose weight count or shapes disagree; ``reshape`` accepts a saved array
+    of another shape but the same size.  Keras 3 ``.weights.h5``/``.keras``
+    files match by object path, as Keras 3 does.  Values are cast to each
+    variable's dtype.  Returns the :class:`~lazyweights.LoadReport`.
+    """
+    with _opened(src, storage_options) as ckpt:
+        if not model.built:
+            raise LazyWeightsError(
+                f"{ckpt.url}: the model has not been built; build it (call it on data or use build()) before "
+                "loading weights into it"
+            )
+        with _loader(ckpt, max_memory, concurrency, progress) as loader:
+            if ckpt.format in _V3:
+                if by_name:
+                    raise LazyWeightsError(
+                        f"{ckpt.url}: `by_name` only supports legacy '.h5' files; this is a {ckpt.format} file, "
+                        "matched by object path"
+                    )
+                _load_v3(model, ckpt, loader, skip_mismatch)
+            else:
+                _load_legacy(model, ckpt, loader, by_name=by_name, skip_mismatch=skip_mismatch, reshape=reshape)
+        return loader.report
+
+
+def load_model(
+    src: Url | _checkpoint.Checkpoint,
+    *,
+    custom_objects: Mapping[str, Any] | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
+    concurrency: int | None = None,
+    progress: ProgressArg = False,
+) -> Any:
+    """Build a model from the checkpoint's config and stream its weights (and optimizer state) in.
+
+    ``.keras`` archives use their ``config.json``; full-model ``.h5`` files
+    their ``model_config`` (Keras 2 configs are translated for Keras 3).
+    ``safe_mode=True`` refuses configs that would run arbitrary code (Lambda
+    layers); ``compile=True`` compiles from the saved training config and
+    restores the optimizer state, warning and keeping a fresh optimizer when
+    it does not fit, like Keras.
+    """
+    with _opened(src, storage_options) as ckpt, _loader(ckpt, max_memory, concurrency, progress) as loader:
+        if ckpt.model_config is None:
+            raise FormatError(
+                f"{ckpt.url}: No model config found in the file ({ckpt.format}); load_model needs a .keras archive "
+                "or a full-model .h5 (model.save); use load_weights into a model you build"
+            )
+        if ckpt.format in _V3:
+            model = _build(ckpt, lambda: _v3_model(ckpt, custom_objects, compile, safe_mode))
+            _load_v3(model, ckpt, loader, skip_mismatch=False)
+            return model
+        model = _build(ckpt, lambda: _legacy_model(ckpt, custom_objects, safe_mode))
+        matched = _load_legacy(model, ckpt, loader, by_name=False, skip_mismatch=False, reshape=False)
+        if compile:
+            _compile_legacy(model, ckpt, loader, custom_objects, matched)
+        return model
+
+
+# -- shared plumbing -------------------------------------------------------------------------
+
+
+class _opened:
+    """Open ``src`` unless it is already an open Checkpoint (then leave it open)."""
+
+    def __init__(self, src: Url | _checkpoint.Checkpoint, storage_options: Mapping[str, Any] | None):
+        self._own = not isinstance(src, _checkpoint.Checkpoint)
+        self._ckpt = _checkpoint.open(src, storage_options) if self._own else src
+
+    def __enter__(self) -> _checkpoint.Checkpoint:
+        return self._ckpt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own:
+            self._ckpt.close()
+
+
+class _loader:
+    """A KerasLoader with a progress bar over the checkpoint's bytes."""
+
+    def __init__(self, ckpt: _checkpoint.Checkpoint, max_memory: Any, concurrency: int | None, progress: ProgressArg):
+        self._ckpt, self._args = ckpt, (parse_bytes(max_memory), concurrency)
+        self._bar = progress_callback(progress, ckpt.nbytes, f"loading {os.path.basename(str(ckpt.url))}")
+
+    def __enter__(self) -> KerasLoader:
+        callback = self._bar.__enter__()
+        report = LoadReport(url=self._ckpt.url, format=self._ckpt.format)
+        return KerasLoader(self._ckpt.source, report, *self._args, progress=callback)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.__exit__(*exc)
+
+
+def _file_layers(ckpt: _checkpoint.Checkpoint) -> list[tuple[str, list[Any]]]:
+    return [(layer.name, [w.spec for w in layer.weights]) for layer in ckpt.layers]
+
+
+def _load_legacy(
+    model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, *, by_name: bool, skip_mismatch: bool, reshape: bool
+) -> dict[str, Any]:
+    """Load a legacy .h5 file's weights; return saved weight name → the model variable it filled."""
+    if ckpt.format not in ("keras-h5",):
+        raise FormatError(
+            f"{ckpt.url}: a {ckpt.format} file has no Keras layer structure (no layer_names); "
+            "read its weights with lw.load or lw.open instead"
+        )
+    matched: dict[str, Any] = {}
+    groups = legacy_groups(
+        ckpt.url,
+        _file_layers(ckpt),
+        model,
+        by_name=by_name,
+        skip_mismatch=skip_mismatch,
+        reshape=reshape,
+        report=loader.report,
+        matched=matched,
+    )
+    loader.run(groups)
+    return matched
+
+
+def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
+    from keras.src.saving import saving_lib
+
+    store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
+    failed: set[int] = set()
+    errors: dict[int, Any] = {}
+    saving_lib._load_state(
+        model,
+        weights_store=store,
+        assets_store=None,
+        inner_path="",
+        skip_mismatch=skip_mismatch,
+        visited_saveables=set(),
+        failed_saveables=failed,
+        error_msgs=errors,
+    )
+    if not failed:
+        return
+    for saveable, exc in errors.values():
+        loader.report.skipped.append((getattr(saveable, "path", None) or str(saveable), str(exc)))
+    try:
+        saving_lib._raise_loading_failure(errors, warn_only=skip_mismatch)
+    except ValueError as exc:
+        raise MismatchError(f"{ckpt.url}: {exc}") from exc
+
+
+# -- building models ------------------------------------------------------------------------------
+
+
+def _build(ckpt: _checkpoint.Checkpoint, make: Any) -> Any:
+    """Run Keras's deserialisation; its errors become ours, with the hint Keras users need."""
+    try:
+        return make()
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        text = str(exc)
+        if "safe_mode" in text or "unsafe" in text.lower():
+            raise UnsafeCheckpointError(
+                f"{ckpt.url}: the model config would run arbitrary code ({text.splitlines()[0]}); pass "
+                "safe_mode=False only if you trust this file"
+            ) from exc
+        raise FormatError(
+            f"{ckpt.url}: Keras cannot build the model from its config: {text}. If the model uses custom layers "
+            "or functions, pass them as custom_objects={'Name': Class}"
+        ) from exc
+
+
+def _legacy_model(ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any] | None, safe_mode: bool) -> Any:
+    from keras.src.legacy.saving import json_utils, saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    config = ckpt.model_config
+    if is_keras2_config(ckpt.attrs):
+        config = translate_config(config)
+    config = json_utils.decode(json.dumps(config))  # Keras's own decoding of tuples, shapes, ...
+    with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(safe_mode):
+        return saving_utils.model_from_config(config, custom_objects=dict(custom_objects or {}))
+
+
+def _v3_model(
+    ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any] | None, compile: bool, safe_mode: bool
+) -> Any:
+    from keras.src.saving import saving_lib
+
+    return saving_lib._model_from_config(json.dumps(ckpt.model_config), dict(custom_objects or {}), compile, safe_mode)
+
+
+# -- compiling and optimizer state (legacy .h5) -------------------------------------------------------
+
+
+def _compile_legacy(
+    model: Any,
+    ckpt: _checkpoint.Checkpoint,
+    loader: KerasLoader,
+    custom_objects: Mapping[str, Any] | None,
+    matched: dict[str, Any],
+) -> None:
+    from keras.src.legacy.saving import saving_utils
+
+    if ckpt.training_config is None:
+        warnings.warn(
+            f"{ckpt.url}: No training configuration found in the save file, so the model was *not* compiled. "
+            "Compile it manually.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    model.compile(**_compile_args(ckpt, custom_objects))
+    saving_utils.try_build_compiled_arguments(model)
+    if ckpt.optimizer_weights:
+        _restore_optimizer(model, ckpt, loader, matched)
+
+
+def _compile_args(ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keras's compile arguments from ``training_config``.
+
+    Keras 3 cannot deserialise the plain-function losses its own legacy writer
+    records (``'keras.metrics.mse' ... is not a KerasSaveable subclass``, so
+    ``keras.models.load_model`` fails on them); such losses and metrics are
+    passed to ``compile`` by name instead, which Keras resolves itself.
+    """
+    from keras.src.legacy.saving import saving_utils
+
+    config, objects = ckpt.training_config, dict(custom_objects or {})
+    try:
+        return saving_utils.compile_args_from_training_config(config, objects)
+    except (ValueError, TypeError) as exc:
+        if not isinstance(config.get("loss"), (str, dict, list)):
+            raise FormatError(f"{ckpt.url}: cannot compile from the saved training config: {exc}") from exc
+        logger.info("%s: compiling with the saved loss/metric names (%s)", ckpt.url, exc)
+    keras = import_keras()
+    return {
+        "optimizer": keras.optimizers.deserialize(config["optimizer_config"], custom_objects=objects),
+        "loss": config["loss"],
+        "metrics": config.get("metrics"),
+        "loss_weights": config.get("loss_weights"),
+        "weighted_metrics": config.get("weighted_metrics"),
+    }
+
+
+def _restore_optimizer(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, matched: dict[str, Any]) -> None:
+    """Match saved optimizer weights to the built optimizer's variables by name; all or nothing.
+
+    Keras 3's own legacy loader calls ``optimizer.set_weights`` by position,
+    which fails for every tf-keras file (Keras 3 adds a learning-rate
+    variable) and leaves the slots fresh; here slots are matched through the
+    model variable they belong to, whatever the variable was called in Keras 2.
+    """
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    pairs, problem = _optimizer_pairs(optimizer, ckpt, matched)
+    if problem:
+        warnings.warn(
+            f"{ckpt.url}: Error in loading the saved optimizer state ({problem}). As a result, your model is "
+            "starting with a freshly initialized optimizer.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    variables = [v for _, v in pairs]
+
+    def on_ready(values: list[Any]) -> None:
+        for var, value in zip(variables, values, strict=True):
+            assign(var, value)
+
+    loader.run([Group([Target(w.spec) for w, _ in pairs], on_ready=on_ready)])
+
+
+def _optimizer_pairs(
+    optimizer: Any, ckpt: _checkpoint.Checkpoint, matched: dict[str, Any]
+) -> tuple[list[tuple[Any, Any]], str | None]:
+    by_path = {v.path: v for v in optimizer.variables}
+    prefix = f"{optimizer.name}/"
+    by_slot = {v.path[len(prefix) :]: v for v in optimizer.variables if v.path.startswith(prefix)}
+    model_var_path = {name.split(":")[0]: var.path for name, var in matched.items()}
+    pairs = []
+    for weight in ckpt.optimizer_weights:
+        name = weight.name
+        var = by_path.get(name)
+        if var is None and name.split(":")[0].rsplit("/", 1)[-1] in ("iteration", "iterations"):
+            var = optimizer.iterations
+        if var is None and (key := optimizer_slot_key(name)) is not None:
+            saved_var, slot = key
+            path = model_var_path.get(saved_var, saved_var)  # the Keras 3 variable the slot belongs to
+            var = by_slot.get(f"{path.replace('/', '_')}_{slot}")
+        if var is None:
+            return [], f"no variable of optimizer {optimizer.name!r} matches saved weight {name!r}"
+        if tuple(var.shape) != tuple(weight.shape):
+            return [], f"saved {name!r} has shape {weight.shape}, variable {var.path} has {tuple(var.shape)}"
+        pairs.append((weight, var))
+    return pairs, None

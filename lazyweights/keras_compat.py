@@ -1,0 +1,94 @@
+"""Keras 2 → Keras 3 translation: layer configs and optimizer slot names.
+
+Keras 3 refuses many configs tf-keras 2.x wrote (every MobileNet fails with
+"Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}").
+The differences are known and few; they are listed here as data, applied to
+a copy of the config, and each change is logged, so nothing is dropped
+silently.  Pure functions, no Keras import.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["is_keras2_config", "layer_classes", "layer_configs", "optimizer_slot_key", "translate_config"]
+
+logger = logging.getLogger(__name__)
+
+# Constructor arguments tf-keras 2.x wrote that Keras 3 no longer accepts, by class.
+REMOVED_ARGS: dict[str, tuple[str, ...]] = {
+    "DepthwiseConv2D": ("groups",),
+    "DepthwiseConv1D": ("groups",),
+    "BatchNormalization": ("fused", "virtual_batch_size", "adjustment"),
+    "LSTM": ("time_major",),
+    "GRU": ("time_major",),
+    "SimpleRNN": ("time_major",),
+    "RNN": ("time_major",),
+    "InputLayer": ("ragged",),
+}
+# Arguments renamed between the two.
+RENAMED_ARGS: dict[str, dict[str, str]] = {
+    "InputLayer": {"batch_input_shape": "batch_shape"},
+}
+
+
+def is_keras2_config(attrs: dict[str, Any]) -> bool:
+    """True for files written by Keras 1/2 (tf-keras), judged by the writer's version attribute."""
+    version = str(attrs.get("keras_version", "1"))
+    return not version.startswith("3")
+
+
+def layer_configs(config: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"class_name": ..., "config": {...}}`` node, nested models included, depth first."""
+    if isinstance(config, dict):
+        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
+            yield config
+        for value in config.values():
+            yield from layer_configs(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from layer_configs(value)
+
+
+def layer_classes(config: Any) -> dict[str, str]:
+    """Layer name → class name for every named node of a Keras model config (first occurrence wins)."""
+    found: dict[str, str] = {}
+    for node in layer_configs(config):
+        name = node["config"].get("name")
+        if isinstance(name, str):
+            found.setdefault(name, node["class_name"])
+    return found
+
+
+def translate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Keras 2 model config that Keras 3 deserialises; logs each change."""
+    config = copy.deepcopy(config)
+    for node in layer_configs(config):
+        cls, args = node["class_name"], node["config"]
+        name = args.get("name", "?")
+        for arg in REMOVED_ARGS.get(cls, ()):
+            if arg in args:
+                logger.info("Keras 2 config: dropped %s=%r from %s %r", arg, args.pop(arg), cls, name)
+        for old, new in RENAMED_ARGS.get(cls, {}).items():
+            if old in args:
+                args.setdefault(new, args.pop(old))
+                logger.info("Keras 2 config: renamed %s to %s in %s %r", old, new, cls, name)
+    return config
+
+
+# tf-keras 2.11+ optimizers name slots "<Optimizer>/<slot>/<variable name>:0";
+# Keras 3 names them "<optimizer>/<variable path with _>_<slot name>".
+SLOT_NAMES = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat"}
+_TF_SLOT = re.compile(r"^(?P<opt>[^/]+)/(?P<slot>[^/]+)/(?P<var>.+?)(?::\d+)?$")
+
+
+def optimizer_slot_key(name: str) -> tuple[str, str] | None:
+    """``("conv1/kernel", "momentum")`` for ``"Adam/m/conv1/kernel:0"``; None if not a slot name."""
+    match = _TF_SLOT.match(name)
+    if not match:
+        return None
+    return match["var"], SLOT_NAMES.get(match["slot"], match["slot"])

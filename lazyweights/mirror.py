@@ -1,0 +1,427 @@
+"""Zarr mirrors: a checkpoint copied into a zarr group that loads exactly like its source.
+
+:func:`mirror` streams the source's values under ``max_memory`` (half for
+reads in flight, half for values waiting to be written) into one zarr array
+per weight, chunked along the first axis for parallel ranged reads, and
+records the source's manifest and a SHA-256 per weight (layout in
+``lazyweights.formats.zarr``).  Writes run on local threads or on a
+``dask.distributed`` Client.
+
+Crash safety: the root starts marked incomplete; a weight's checksum is
+recorded only after all its chunks are stored; the root is marked complete
+and its metadata consolidated last.  Re-running on an interrupted mirror of
+the same source with the same settings resumes it (weights with a checksum
+are kept); anything else already at the destination is refused unless
+``overwrite=True``, which deletes it and starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from .blocks import Block, Digests, for_each_block
+from .budget import parse_bytes
+from .checkpoint import Checkpoint, Url
+from .checkpoint import open as open_checkpoint
+from .errors import DestinationExistsError, LazyWeightsError
+from .formats.zarr import ATTR, MIRROR_VERSION, encode_key, encode_name
+from .manifest import Manifest, WeightSpec
+from .progress import ProgressArg, progress_callback
+from .stream import LoadReport
+from .writepool import WritePool
+from .zarrstore import open_store, stored_dtype, to_stored, zarr_module
+
+__all__ = ["MirrorReport", "chunk_shape", "mirror"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 8 << 20
+_METADATA_CONCURRENCY = 32
+
+
+@dataclass
+class MirrorReport:
+    """What a mirror run did."""
+
+    src: str
+    dst: str
+    weights: int = 0
+    written: list[str] = dataclasses.field(default_factory=list)
+    resumed: list[str] = dataclasses.field(default_factory=list)
+    bytes_written: int = 0
+    seconds: float = 0.0
+    peak_in_flight: int = 0
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        rate = self.bytes_written / mib / self.seconds if self.seconds > 0 else float("inf")
+        kept = f", {len(self.resumed)} kept from an interrupted run" if self.resumed else ""
+        return (
+            f"mirrored {self.weights} weights of {self.src} to {self.dst}: wrote {len(self.written)} "
+            f"({self.bytes_written / mib:.1f} MiB) in {self.seconds:.2f} s ({rate:.0f} MiB/s){kept}"
+        )
+
+
+def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunks of at most about ``chunk_bytes``, splitting leading axes only (C order): each chunk is one byte run."""
+    dims = [max(1, n) for n in shape]
+    for axis in range(len(dims)):
+        inner = math.prod(dims[axis + 1 :]) * itemsize
+        if inner <= chunk_bytes:
+            return (1,) * axis + (max(1, min(dims[axis], chunk_bytes // inner)),) + tuple(dims[axis + 1 :])
+    return tuple(dims)
+
+
+def _compressors(compressor: Any, zarr_format: int) -> Any:
+    """None, ``"zstd"``/``"blosc"`` (optionally ``":<level>"``), or a codec object passed through."""
+    if compressor is None or compressor == "none":
+        return None
+    if not isinstance(compressor, str):
+        return compressor
+    name, _, level = compressor.partition(":")
+    if name not in ("zstd", "blosc") or (level and not level.isdigit()):
+        raise LazyWeightsError(
+            f"unknown compressor {compressor!r}; expected None, 'zstd', 'blosc' (optionally ':<level>', "
+            "e.g. 'zstd:5') or a zarr/numcodecs codec object"
+        )
+    if zarr_format == 2:
+        import numcodecs
+
+        if name == "zstd":
+            return numcodecs.Zstd(level=int(level or 3))
+        return numcodecs.Blosc(cname="zstd", clevel=int(level or 5), shuffle=numcodecs.Blosc.SHUFFLE)
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "zstd":
+        return ZstdCodec(level=int(level or 3))
+    return BloscCodec(cname="zstd", clevel=int(level or 5), shuffle="shuffle")
+
+
+def _codec_token(compressor: Any) -> Any:
+    if compressor is None or isinstance(compressor, str):
+        return compressor
+    for method in ("to_dict", "get_config"):
+        if hasattr(compressor, method):
+            return json.loads(json.dumps(getattr(compressor, method)(), default=str))
+    return repr(compressor)
+
+
+def _fingerprint(manifest: Manifest) -> str:
+    """Identifies the source's content and layout, whatever URL it was opened from."""
+    return hashlib.sha256(dataclasses.replace(manifest, url="").to_json().encode()).hexdigest()
+
+
+# -- writing chunks (runs on threads or on dask workers) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """A picklable handle on one destination array: opened once per process."""
+
+    url: str
+    options: str  # storage options as JSON, so the handle is hashable
+    path: str
+
+    def open(self) -> Any:
+        return _open_array(self.url, self.options, self.path)
+
+
+@functools.lru_cache(maxsize=256)
+def _open_array(url: str, options: str, path: str) -> Any:
+    zarr = zarr_module()
+    store = open_store(url, json.loads(options), read_only=False)
+    return zarr.open_array(store, path=path, mode="r+").with_config({"write_empty_chunks": True})
+
+
+def write_rows(ref: ArrayRef, start: int, dtype: str, digest: str | None, values: Any) -> int:
+    """Store ``values`` as rows ``start...`` of the array ``ref`` (whole chunks when aligned).
+
+    With ``digest`` (the values are the whole weight), record it afterwards: the weight is done.
+    """
+    arr = ref.open()
+    stored = to_stored(values, dtype)
+    if arr.ndim == 0:
+        arr[...] = stored
+    elif arr.size:
+        arr[start : start + stored.shape[0]] = stored
+    if digest is not None:
+        record_digest(arr, digest)
+    return int(stored.nbytes)
+
+
+def record_digest(arr: Any, digest: str) -> None:
+    """Mark an array stored whole by recording its SHA-256 (always after its chunks)."""
+    arr.update_attributes({ATTR: {**arr.attrs[ATTR], "sha256": digest}})
+
+
+# -- the destination ------------------------------------------------------------------
+
+
+@dataclass
+class _Destination:
+    url: str
+    options: dict[str, Any]
+    group: Any
+    done: set[str]
+
+
+def _root_doc(manifest: Manifest, paths: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": MIRROR_VERSION,
+        "complete": False,
+        "format": manifest.format,
+        "source": {"url": manifest.url, "size": manifest.size, "etag": manifest.etag},
+        "fingerprint": _fingerprint(manifest),
+        "settings": settings,
+        "layers": [{"name": la.name, "keys": list(la.keys), "alias": la.alias} for la in manifest.layers],
+        "weights": [w.key for w in manifest.weights],
+        "optimizer": [w.key for w in manifest.optimizer],
+        "paths": paths,
+        "skipped": [list(s) for s in manifest.skipped],
+    }
+
+
+def _prepare(
+    url: str, options: dict[str, Any], doc: dict[str, Any], attrs: Mapping[str, Any], overwrite: bool, zarr_format: int
+) -> _Destination:
+    """Open (resume), create, or refuse the destination; see the module docstring."""
+    zarr = zarr_module()
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    existing = fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path, detail=False)))
+    if existing and overwrite:
+        logger.info("removing %s before mirroring (overwrite=True)", url)
+        fs.rm(path, recursive=True)
+    elif existing:
+        old = _existing_doc(url, options)
+        if old is None:
+            raise DestinationExistsError(f"{url}: the destination exists and is not a lazyweights mirror; "
+                                         "pass overwrite=True to replace it")  # fmt: skip
+        if old.get("complete"):
+            raise DestinationExistsError(f"{url}: already holds a complete mirror of {old['source']['url']}; "
+                                         "pass overwrite=True to write it again")  # fmt: skip
+        if old.get("fingerprint") != doc["fingerprint"] or old.get("settings") != doc["settings"]:
+            raise DestinationExistsError(
+                f"{url}: holds an interrupted mirror of another checkpoint or with other settings "
+                f"(was {old.get('source', {}).get('url')} with {old.get('settings')}, now {doc['source']['url']} "
+                f"with {doc['settings']}); pass overwrite=True to start over"
+            )
+        group = zarr.open_group(open_store(url, options, read_only=False), mode="r+", use_consolidated=False)
+        return _Destination(url, options, group, _done_keys(group, doc))
+    store = open_store(url, options, read_only=False)
+    group = zarr.open_group(store, mode="w", zarr_format=zarr_format, attributes={**attrs, ATTR: doc})
+    return _Destination(url, options, group, set())
+
+
+def _existing_doc(url: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    zarr = zarr_module()
+    try:
+        group = zarr.open_group(open_store(url, options, read_only=True), mode="r", use_consolidated=False)
+    except (FileNotFoundError, ValueError):
+        return None
+    doc = group.attrs.get(ATTR)
+    return doc if isinstance(doc, dict) and "paths" in doc else None
+
+
+def _done_keys(group: Any, doc: dict[str, Any]) -> set[str]:
+    """Keys whose array is stored whole by an earlier run (its checksum recorded last)."""
+    done = set()
+    for key, path in doc["paths"].items():
+        try:
+            arr = group[path]
+        except KeyError:
+            continue
+        if (arr.attrs.get(ATTR) or {}).get("sha256"):
+            done.add(key)
+    return done
+
+
+def _concurrently(dest: _Destination, work: Callable[[Any], list[Awaitable[Any]]]) -> None:
+    """Run ``work(async root group)``'s metadata writes concurrently (dozens of small objects)."""
+    from zarr.api import asynchronous as zasync
+    from zarr.core.sync import sync
+
+    async def run() -> None:
+        group = await zasync.open_group(open_store(dest.url, dest.options, read_only=False), mode="r+",
+                                        use_consolidated=False)  # fmt: skip
+        limit = asyncio.Semaphore(_METADATA_CONCURRENCY)
+
+        async def bounded(aw: Awaitable[Any]) -> None:
+            async with limit:
+                await aw
+
+        await asyncio.gather(*(bounded(aw) for aw in work(group)))
+
+    sync(run())
+
+
+def _create_arrays(
+    dest: _Destination, specs: list[WeightSpec], paths: dict[str, str], settings: dict, codecs: Any
+) -> None:
+    def work(group: Any) -> list[Awaitable[Any]]:
+        return [
+            group.create_array(
+                paths[spec.key],
+                shape=spec.shape,
+                dtype=stored_dtype(spec.dtype),
+                chunks=chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, settings["chunk_bytes"]),
+                compressors=codecs,
+                fill_value=0,
+                attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
+                overwrite=True,
+            )
+            for spec in specs
+        ]
+
+    _concurrently(dest, work)
+
+
+def _label_groups(dest: _Destination, manifest: Manifest, paths: dict[str, str]) -> None:
+    """Keep original names on encoded groups, and each layer's ``weight_names`` on its group."""
+    labels: dict[str, dict[str, Any]] = {}
+    for key in paths:
+        parts = key.split("/")[:-1]
+        for i, part in enumerate(parts):
+            if encode_name(part) != part:
+                labels.setdefault(encode_key("/".join(parts[: i + 1])), {})[ATTR] = {"name": part}
+    for layer in manifest.layers:
+        prefix = layer.name + "/"
+        if layer.keys and all(k.startswith(prefix) for k in layer.keys):
+            labels.setdefault(encode_key(layer.name), {})["weight_names"] = [k[len(prefix) :] for k in layer.keys]
+
+    async def label(group: Any, path: str, attrs: dict[str, Any]) -> None:
+        await (await group.getitem(path)).update_attributes(attrs)
+
+    _concurrently(dest, lambda group: [label(group, path, attrs) for path, attrs in labels.items()])
+
+
+def _complete(dest: _Destination, doc: dict[str, Any]) -> None:
+    """Mark the mirror whole, then consolidate: the root document written last holds both."""
+    zarr = zarr_module()
+    dest.group.update_attributes({ATTR: {**doc, "complete": True, "id": uuid.uuid4().hex}})
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": we know
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(open_store(dest.url, dest.options, read_only=False))
+
+
+# -- the public function --------------------------------------------------------------
+
+
+def mirror(
+    src: Url | Checkpoint,
+    dst: Url,
+    *,
+    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    compressor: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    dst_storage_options: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
+    concurrency: int | None = None,
+    overwrite: bool = False,
+    zarr_format: int = 3,
+    client: Any = None,
+    progress: ProgressArg = False,
+) -> MirrorReport:
+    """Write a zarr mirror of the checkpoint ``src`` at ``dst`` (any fsspec URL); return a :class:`MirrorReport`.
+
+    ``chunk_bytes`` sizes the chunks (default 8 MiB); ``compressor`` is None,
+    ``"zstd"``, ``"blosc"`` (optionally ``":<level>"``) or a codec object;
+    ``max_memory`` bounds the bytes in flight (reads and pending writes);
+    ``client`` (a ``dask.distributed.Client``) runs the chunk writes on its
+    workers; ``zarr_format=2`` writes a zarr v2 mirror.  ``lazyweights.open(dst)``
+    then gives the source's manifest and load semantics.
+    """
+    if zarr_format not in (2, 3):
+        raise LazyWeightsError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    if isinstance(src, Checkpoint):
+        return _mirror(src, dst, locals())
+    with open_checkpoint(src, storage_options) as ckpt:
+        return _mirror(ckpt, dst, locals())
+
+
+def _mirror(ckpt: Checkpoint, dst: Url, args: dict[str, Any]) -> MirrorReport:
+    start = time.perf_counter()
+    dst = os.fspath(dst)
+    manifest = ckpt.manifest
+    if ATTR in manifest.attrs:
+        raise LazyWeightsError(f"{ckpt.url}: has a root attribute {ATTR!r}, which a mirror needs for itself")
+    specs = [*manifest.weights, *manifest.optimizer]
+    paths = {s.key: encode_key(s.key) for s in specs}
+    if len(set(paths.values())) != len(paths):
+        raise LazyWeightsError(f"{ckpt.url}: two weight keys encode to the same zarr path; cannot mirror")
+    codecs = _compressors(args["compressor"], args["zarr_format"])
+    chunk_bytes = parse_bytes(args["chunk_bytes"])
+    settings = {"chunk_bytes": chunk_bytes, "compressor": _codec_token(codecs), "zarr_format": args["zarr_format"]}
+    doc = _root_doc(manifest, paths, settings)
+    options = dict(args["dst_storage_options"] or {})
+    dest = _prepare(dst, options, doc, manifest.attrs, args["overwrite"], args["zarr_format"])
+    todo = [s for s in specs if s.key not in dest.done]
+    _create_arrays(dest, todo, paths, settings, codecs)
+    _label_groups(dest, manifest, paths)
+    report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
+    max_memory = parse_bytes(args["max_memory"])
+    half = None if max_memory is None else max(1, max_memory // 2)
+    pool = WritePool(max_bytes=half, threads=args["concurrency"] or 4, client=args["client"])
+    load = _write_all(ckpt, dest, todo, paths, chunk_bytes, pool, half, args)
+    _complete(dest, doc)
+    report.written = [s.key for s in todo]
+    report.bytes_written = pool.bytes_written
+    report.peak_in_flight = load.peak_in_flight + pool.budget.peak
+    report.seconds = time.perf_counter() - start
+    logger.info("%s", report)
+    return report
+
+
+def _write_all(
+    ckpt: Checkpoint,
+    dest: _Destination,
+    todo: list[WeightSpec],
+    paths: dict[str, str],
+    chunk_bytes: int,
+    pool: WritePool,
+    read_budget: int | None,
+    args: dict[str, Any],
+) -> LoadReport:
+    """Stream ``todo`` from the source into their arrays; record each checksum once its chunks are stored."""
+    options = json.dumps(dest.options, sort_keys=True)
+    digests = Digests()
+
+    def consume(block: Block) -> None:
+        spec = block.spec
+        ref = ArrayRef(dest.url, options, paths[spec.key])
+        digest = digests.update(block)
+        whole = block.start == 0 and block.last
+        pool.submit(spec.key, write_rows, ref, block.start, spec.dtype, digest if whole else None, values=block.values)
+        if digest is not None and not whole:  # blocks of one weight may be stored in any order
+            pool.after(spec.key, functools.partial(record_digest, dest.group[paths[spec.key]], digest))
+
+    def rows(spec: WeightSpec) -> int:  # blocks of whole chunks: no chunk is written twice
+        return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, chunk_bytes)[0] if spec.shape else 1
+
+    total = sum(s.nbytes for s in todo)
+    report = LoadReport(url=ckpt.url, format=ckpt.format)
+    with progress_callback(args["progress"], total, f"mirroring {os.path.basename(ckpt.url) or ckpt.url}") as cb:
+        try:
+            for_each_block(
+                ckpt.source, todo, consume, max_memory=read_budget, concurrency=args["concurrency"],
+                align=rows, progress=cb, report=report,
+            )  # fmt: skip
+        except BaseException:
+            pool.cancel()
+            raise
+        pool.close()
+    return report

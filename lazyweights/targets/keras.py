@@ -1,0 +1,347 @@
+"""Keras 3 models as destinations: match checkpoint layers to model layers, then stream values in.
+
+Two matching schemes, as Keras defines them:
+
+- legacy ``.h5`` (Keras 1/2 and Keras 3's legacy writer): layers paired by
+  position (``by_name=False``) or by name (``by_name=True``); implemented here,
+  validated in full before a byte is read, then executed one layer per group.
+  On the torch backend a CPU variable's own storage is the destination, so
+  values go from the file into the model with no intermediate copy.
+- Keras 3 ``.weights.h5`` / ``.keras``: object paths (``layers/dense_1/vars/0``),
+  matched by Keras's own traversal (``saving_lib._load_state``) over a store
+  that reads each object's variables through the streaming executor when
+  Keras asks for them, so the rules (and error texts) are Keras's own.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import MismatchError
+from ..manifest import WeightSpec, resolve_dtype
+from ..stream import Group, LoadReport, Target, execute
+
+__all__ = ["KerasLoader", "legacy_groups", "v3_store"]
+
+
+def import_keras() -> Any:
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - keras is a declared extra
+        raise ImportError("lazyweights.keras needs Keras 3: pip install 'lazyweights[keras]'") from exc
+    return keras
+
+
+@dataclass
+class KerasLoader:
+    """Runs groups against one checkpoint under one budget and adds up one report."""
+
+    source: Any
+    report: LoadReport
+    max_memory: int | None = None
+    concurrency: int | None = None
+    progress: Callable[[int], None] | None = None
+
+    def run(self, groups: Sequence[Group]) -> None:
+        part = LoadReport(url=self.report.url, format=self.report.format)
+        execute(
+            self.source,
+            groups,
+            max_memory=self.max_memory,
+            concurrency=self.concurrency,
+            progress=self.progress,
+            report=part,
+        )
+        r = self.report
+        r.loaded += part.loaded
+        r.bytes_loaded += part.bytes_loaded
+        r.bytes_read += part.bytes_read
+        r.requests += part.requests
+        r.seconds += part.seconds
+        r.peak_in_flight = max(r.peak_in_flight, part.peak_in_flight)
+        r.max_memory, r.concurrency = part.max_memory, part.concurrency
+
+    def read(self, specs: Sequence[WeightSpec]) -> list[np.ndarray]:
+        """The values of ``specs`` (read concurrently, under the budget)."""
+        values: list[np.ndarray] = []
+        self.run([Group([Target(s) for s in specs], on_ready=values.extend)])
+        return values
+
+
+# -- legacy .h5: matching ---------------------------------------------------------
+
+
+def legacy_weights(layer: Any) -> list[Any]:
+    """A layer's variables in the order legacy .h5 files store them (trainable first)."""
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+@dataclass
+class _Pair:
+    """A file layer matched to a model layer, with the name Keras's messages use."""
+
+    file_name: str
+    specs: list[WeightSpec]
+    layer: Any
+    label: str
+    variables: list[Any] = field(default_factory=list)
+
+
+def _pairs_topological(url: str, file_layers: list[tuple[str, list[WeightSpec]]], model: Any) -> list[_Pair]:
+    layers = [layer for layer in model.layers if legacy_weights(layer)]
+    if len(file_layers) != len(layers):
+        raise MismatchError(
+            f"{url}: You are trying to load a weight file containing {len(file_layers)} layers into a model with "
+            f"{len(layers)} layers (counting layers with weights; Keras: 'Layer count mismatch when loading weights "
+            f"from file. Model expected {len(layers)} layers, found {len(file_layers)} saved layers.')"
+        )
+    pairs = []
+    for k, ((name, specs), layer) in enumerate(zip(file_layers, layers, strict=True)):
+        pair = _Pair(name, specs, layer, f"layer #{k} (named {layer.name})", legacy_weights(layer))
+        if len(specs) != len(pair.variables):
+            raise MismatchError(
+                f"{url}: Weight count mismatch for layer #{k} (named {layer.name} in the current model, {name} in "
+                f"the save file). Layer expects {len(pair.variables)} weight(s). Received {len(specs)} saved weight(s)"
+            )
+        pairs.append(pair)
+    return pairs
+
+
+def _pairs_by_name(
+    url: str, file_layers: list[tuple[str, list[WeightSpec]]], model: Any, skip_mismatch: bool, report: LoadReport
+) -> list[_Pair]:
+    index: dict[str, list[Any]] = {}
+    for layer in model.layers:
+        index.setdefault(layer.name, []).append(layer)
+    pairs = []
+    for k, (name, specs) in enumerate(file_layers):
+        for layer in index.get(name, []):
+            pair = _Pair(name, specs, layer, f"layer #{k} (named {layer.name})", legacy_weights(layer))
+            if len(specs) == len(pair.variables):
+                pairs.append(pair)
+                continue
+            message = (
+                f"{url}: Weight count mismatch for layer #{k} (named {layer.name}). Layer expects "
+                f"{len(pair.variables)} weight(s). Received {len(specs)} saved weight(s)"
+            )
+            if not skip_mismatch:
+                raise MismatchError(message)
+            _skip(report, specs, message)
+    return pairs
+
+
+def _skip(report: LoadReport, specs: list[WeightSpec], message: str) -> None:
+    keys = [s.key for s in specs]
+    warnings.warn(f"Skipping loading of weights {keys}: {message}", UserWarning, stacklevel=4)
+    report.skipped.extend((key, message) for key in keys)
+
+
+def _check_pair(url: str, pair: _Pair, reshape: bool) -> str | None:
+    """None if every weight of the pair fits its variable, else the mismatch message."""
+    for spec, var in zip(pair.specs, pair.variables, strict=True):
+        expected, received = tuple(var.shape), tuple(spec.shape)
+        if expected != received and not (reshape and int(np.prod(expected)) == spec.size):
+            return (
+                f"{url}: Shape mismatch in {pair.label} for weight {var.path} (saved as {spec.key!r}). "
+                f"Weight expects shape {expected}. Received saved weight with shape {received}"
+            )
+        target = resolve_dtype(var.dtype)
+        if not np.can_cast(spec.np_dtype, target, casting="same_kind"):
+            return (
+                f"{url}: dtype mismatch in {pair.label} for weight {var.path} (saved as {spec.key!r}): the variable "
+                f"is {target}, the saved weight is {spec.np_dtype}, which does not cast to it"
+            )
+    return None
+
+
+# -- legacy .h5: execution ----------------------------------------------------------
+
+
+def direct_buffer(variable: Any) -> np.ndarray | None:
+    """The variable's own memory as a writable ndarray, where the backend allows it (torch, CPU)."""
+    keras = import_keras()
+    if keras.backend.backend() != "torch":
+        return None
+    value = variable.value
+    if value.device.type != "cpu" or not value.is_contiguous():
+        return None
+    try:
+        return value.detach().numpy()
+    except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16)
+        return None
+
+
+def assign(variable: Any, value: np.ndarray) -> None:
+    """``variable.assign`` with Keras's casting; bfloat16 goes through float32 (backends disagree on it)."""
+    if value.dtype.kind == "V" or value.dtype.name == "bfloat16":
+        value = value.astype(np.float32)
+    variable.assign(value.reshape(tuple(variable.shape)))
+
+
+def _group(pair: _Pair) -> Group:
+    targets: list[Target] = []
+    staged: list[Any] = []  # variables whose values arrive through on_ready
+    for spec, var in zip(pair.specs, pair.variables, strict=True):
+        buffer = direct_buffer(var)
+        if buffer is not None:
+            targets.append(Target(spec, buffer.reshape(spec.shape)))
+        else:
+            targets.append(Target(spec))
+            staged.append(var)
+
+    def on_ready(arrays: list[np.ndarray]) -> None:
+        staged_values = [a for t, a in zip(targets, arrays, strict=True) if t.dest is None]
+        for var, value in zip(staged, staged_values, strict=True):
+            assign(var, value)
+        if hasattr(pair.layer, "finalize_state"):
+            pair.layer.finalize_state()
+
+    return Group(targets, on_ready=on_ready)
+
+
+def legacy_groups(
+    url: str,
+    file_layers: list[tuple[str, list[WeightSpec]]],
+    model: Any,
+    *,
+    by_name: bool,
+    skip_mismatch: bool,
+    reshape: bool,
+    report: LoadReport,
+    matched: dict[str, Any] | None = None,
+) -> list[Group]:
+    """Match, validate everything, and return one group per matched layer (in file order).
+
+    ``matched``, when given, receives saved weight name → model variable for
+    every weight that will be loaded (optimizer slots are named after them).
+    """
+    file_layers = [(name, specs) for name, specs in file_layers if specs]
+    if by_name:
+        pairs = _pairs_by_name(url, file_layers, model, skip_mismatch, report)
+    else:
+        pairs = _pairs_topological(url, file_layers, model)
+    groups = []
+    for pair in pairs:
+        problem = _check_pair(url, pair, reshape)
+        if problem is None:
+            groups.append(_group(pair))
+            if matched is not None:
+                matched.update((s.name, v) for s, v in zip(pair.specs, pair.variables, strict=True))
+        elif skip_mismatch:
+            _skip(report, pair.specs, problem)
+        else:
+            raise MismatchError(problem)
+    return groups
+
+
+# -- Keras 3 object-path files ---------------------------------------------------------------
+
+
+def record_variables(model: Any) -> dict[str, dict[str, Any]]:
+    """Object path → {"0": variable, ...} exactly as Keras would save this model.
+
+    Runs Keras's own save traversal (``saving_lib._save_state``) into a store
+    that keeps the variables instead of writing them: the paths are Keras's by
+    construction, and load uses the same traversal and names.
+    """
+    from keras.src.saving.saving_lib import H5IOStore, _save_state
+
+    recorded: dict[str, dict[str, Any]] = {}
+
+    class RecordingStore(H5IOStore):
+        def __init__(self) -> None:  # the parent would open a file
+            self.mode = "w"
+            self._path = ""
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: Any = None) -> RecordingStore:
+            self._path = path
+            recorded.setdefault(path, {})
+            return self
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            recorded[self._path][key] = value
+
+    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=set())
+    return recorded
+
+
+def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader, model: Any) -> Any:
+    """A Keras weights store over a manifest: Keras walks the model, the store streams each object's values.
+
+    Where the object's variables are known (``record_variables``) and match
+    the file in count, shape and dtype, and the backend exposes their memory,
+    the file's bytes are read straight into the variables and the store hands
+    Keras the variables themselves, so Keras's ``assign`` is a no-op copy.
+    Everything else gets fresh arrays that Keras assigns as usual.  Keras
+    still performs every check and raises every error it would.
+    """
+    from keras.src.saving.saving_lib import H5IOStore
+
+    groups: dict[str, dict[str, WeightSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.layer, {})[spec.name] = spec
+    paths = {p.rsplit("/", i)[0] for p in groups for i in range(p.count("/") + 1)} | set(groups)
+    recorded = record_variables(model)
+
+    def fetch(path: str, wanted: dict[str, WeightSpec]) -> dict[str, Any]:
+        known = recorded.get(path, {})
+        targets, direct = [], {}
+        for name, spec in wanted.items():
+            var = known.get(name) if len(known) == len(wanted) else None
+            buffer = direct_buffer(var) if hasattr(var, "assign") and tuple(var.shape) == spec.shape else None
+            if buffer is not None and buffer.dtype == spec.np_dtype:
+                direct[name] = var
+                targets.append(Target(spec, buffer))
+            else:
+                targets.append(Target(spec))
+        arrays: list[np.ndarray] = []
+        loader.run([Group(targets, on_ready=arrays.extend)])
+        return {name: direct.get(name, array) for name, array in zip(wanted, arrays, strict=True)}
+
+    class LazyStore(H5IOStore):
+        """Keras's H5IOStore interface (``get``, ``keys``, ``[]``, ``has_path``) without h5py.
+
+        Subclassed only so ``_load_state``'s isinstance check accepts it; no
+        parent state is used.  Values of one object are read when Keras asks
+        for that object and dropped when it asks for the next.
+        """
+
+        def __init__(self) -> None:  # the parent would open a file
+            self.mode = "r"
+            self._values: dict[str, Any] = {}
+
+        def get(self, path: str) -> LazyStore:
+            wanted = groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
+            self._values = fetch(path, wanted) if wanted else {}
+            return self
+
+        def __bool__(self) -> bool:  # the parent delegates to its h5 file; an open store is truthy
+            return True
+
+        def keys(self) -> Any:
+            return self._values.keys()
+
+        def __len__(self) -> int:
+            return len(self._values)
+
+        def __getitem__(self, key: str) -> Any:
+            return self._values[key]
+
+        def __contains__(self, key: object) -> bool:
+            return key in self._values
+
+        def has_path(self, path: str) -> bool:
+            return path in paths
+
+        def close(self) -> None:
+            self._values = {}
+
+    return LazyStore()

@@ -1,0 +1,235 @@
+"""Compare two checkpoints weight by weight: structure, then a SHA-256 of every weight's values.
+
+Works across containers (an ``.h5`` against its zarr mirror, a mirror against
+a mirror): both sides are read through their manifests and hashed over
+little-endian C-order bytes (:func:`lazyweights.blocks.le_bytes`), streamed
+under ``max_memory``.  A mirror's recorded checksums are checked against its
+data too, so a corrupted or missing chunk is reported even when both sides
+agree on everything else.  A weight that cannot be read is reported, not
+raised, and the rest are still compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blocks import Digests, for_each_block
+from .budget import parse_bytes
+from .checkpoint import Checkpoint, Url
+from .checkpoint import open as open_checkpoint
+from .errors import MismatchError
+from .formats.zarr import ATTR
+from .manifest import Manifest, WeightSpec
+from .progress import ProgressArg, progress_callback
+from .stream import LoadReport
+
+__all__ = ["Difference", "VerifyReport", "verify"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the two checkpoints differ: ``what`` differs for ``key``, with each side's value."""
+
+    key: str
+    what: str  # "missing", "shape", "dtype", "values", "unreadable", "order", "layers", "attribute", "corrupt"
+    a: Any
+    b: Any
+    side: str | None = None  # for "corrupt": the side whose data disagrees with its recorded checksum
+
+    def __str__(self) -> str:
+        if self.what == "corrupt":
+            return f"{self.key}: corrupt in {self.side}: recorded sha256 {self.a}, its data hashes to {self.b}"
+        return f"{self.key}: {self.what} differs: a={self.a!r} b={self.b!r}"
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify`; ``ok`` when nothing differs."""
+
+    a: str
+    b: str
+    checked: int = 0
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+    differences: list[Difference] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of the weights found identical
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def raise_if_different(self) -> None:
+        """Raise :class:`~lazyweights.errors.MismatchError` listing the first differences."""
+        if not self.ok:
+            shown = "; ".join(str(d) for d in self.differences[:5])
+            more = f" (and {len(self.differences) - 5} more)" if len(self.differences) > 5 else ""
+            raise MismatchError(f"{self.a} and {self.b} differ in {len(self.differences)} ways: {shown}{more}")
+
+    def __str__(self) -> str:
+        head = "identical" if self.ok else f"{len(self.differences)} differences"
+        return (
+            f"{self.a} vs {self.b}: {head}; {self.checked} weights compared, "
+            f"{self.bytes_hashed / (1 << 20):.1f} MiB hashed in {self.seconds:.2f} s"
+        )
+
+
+def verify(
+    a: Url | Checkpoint,
+    b: Url | Checkpoint,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    max_memory: int | str | None = None,
+    concurrency: int | None = None,
+    progress: ProgressArg = False,
+) -> VerifyReport:
+    """Compare checkpoints ``a`` and ``b`` (URLs or open checkpoints); never raises on a difference.
+
+    Checks the layer order, weight keys and order, shapes, dtypes and root
+    attributes, then hashes every weight present in both (optimizer weights
+    included).  Use ``report.ok`` or ``report.raise_if_different()``.
+    """
+    start = time.perf_counter()
+    with _opened(a, storage_options) as ca, _opened(b, storage_options) as cb:
+        report = VerifyReport(a=ca.url, b=cb.url)
+        report.differences.extend(_structure(ca.manifest, cb.manifest))
+        common = _comparable(ca.manifest, cb.manifest)
+        total = 2 * sum(s.nbytes for s in common)
+        budget = parse_bytes(max_memory)
+        with progress_callback(progress, total, "verifying") as tick:
+            da, na = _digests(ca, common, budget, concurrency, tick)
+            db, nb = _digests(cb, [cb.manifest[s.key] for s in common], budget, concurrency, tick)
+        report.bytes_hashed = na + nb
+        for spec in common:
+            report.differences.extend(_compare_values(spec.key, da[spec.key], db[spec.key]))
+        for ckpt, digests, side in ((ca, da, "a"), (cb, db, "b")):
+            report.differences.extend(_recorded(ckpt, digests, side))
+        bad = {d.key for d in report.differences}
+        report.digests = {s.key: da[s.key] for s in common if s.key not in bad}
+        report.checked = len(common)
+    report.seconds = time.perf_counter() - start
+    logger.info("%s", report)
+    return report
+
+
+@contextlib.contextmanager
+def _opened(src: Url | Checkpoint, storage_options: Mapping[str, Any] | None) -> Iterator[Checkpoint]:
+    if isinstance(src, Checkpoint):
+        yield src
+    else:
+        with open_checkpoint(src, storage_options) as ckpt:
+            yield ckpt
+
+
+def _structure(ma: Manifest, mb: Manifest) -> list[Difference]:
+    out: list[Difference] = []
+    for label, ka, kb in (
+        ("weights", [w.key for w in ma.weights], [w.key for w in mb.weights]),
+        ("optimizer", [w.key for w in ma.optimizer], [w.key for w in mb.optimizer]),
+    ):
+        for key in ka:
+            if key not in mb:
+                out.append(Difference(key, "missing", "present", "absent"))
+        for key in kb:
+            if key not in ma:
+                out.append(Difference(key, "missing", "absent", "present"))
+        shared_a = [k for k in ka if k in set(kb)]
+        shared_b = [k for k in kb if k in set(ka)]
+        if shared_a != shared_b:
+            out.append(Difference(f"<{label}>", "order", shared_a[:5], shared_b[:5]))
+    la = [(x.name, x.keys) for x in ma.layers]
+    lb = [(x.name, x.keys) for x in mb.layers]
+    if la != lb:
+        out.append(Difference("<layers>", "layers", [n for n, _ in la][:8], [n for n, _ in lb][:8]))
+    for name in sorted(set(ma.attrs) | set(mb.attrs)):
+        va, vb = ma.attrs.get(name), mb.attrs.get(name)
+        if va != vb:
+            out.append(Difference(f"<attrs.{name}>", "attribute", _short(va), _short(vb)))
+    return out
+
+
+def _short(value: Any) -> Any:
+    text = repr(value)
+    return value if len(text) <= 80 else text[:77] + "..."
+
+
+def _comparable(ma: Manifest, mb: Manifest) -> list[WeightSpec]:
+    """Weights in both, with the same shape and dtype; the others become differences in _structure."""
+    out = []
+    for spec in (*ma.weights, *ma.optimizer):
+        if spec.key in mb:
+            other = mb[spec.key]
+            if other.shape == spec.shape and _same_dtype(other.np_dtype, spec.np_dtype):
+                out.append(spec)
+    return out
+
+
+def _same_dtype(x: Any, y: Any) -> bool:
+    """Equal up to byte order: values are compared in little-endian form."""
+    return x == y or (x.itemsize == y.itemsize and x.newbyteorder("<") == y.newbyteorder("<"))
+
+
+def _compare_values(key: str, a: str, b: str) -> list[Difference]:
+    if a == b:
+        return []
+    if a.startswith("error:") or b.startswith("error:"):
+        return [Difference(key, "unreadable", a, b)]
+    return [Difference(key, "values", f"sha256:{a}", f"sha256:{b}")]
+
+
+def _digests(
+    ckpt: Checkpoint, specs: list[WeightSpec], max_memory: int | None, concurrency: int | None, tick: Any
+) -> tuple[dict[str, str], int]:
+    """SHA-256 of each weight, or ``"error: ..."`` for weights that cannot be read."""
+    digests = Digests()
+    out: dict[str, str] = {}
+    nbytes = [0]
+
+    def consume(block: Any) -> None:
+        nbytes[0] += block.values.nbytes
+        digest = digests.update(block)
+        if digest is not None:
+            out[block.spec.key] = digest
+
+    def run(todo: list[WeightSpec]) -> None:
+        report = LoadReport(url=ckpt.url, format=ckpt.format)
+        for_each_block(ckpt.source, todo, consume, max_memory=max_memory, concurrency=concurrency,
+                       progress=tick, report=report)  # fmt: skip
+
+    try:
+        run(specs)
+    except Exception:  # find which weights fail, one at a time, and report each
+        for spec in specs:
+            if spec.key in out:
+                continue
+            digests.discard(spec.key)  # a partial digest from the failed run
+            try:
+                run([spec])
+            except Exception as exc:
+                out[spec.key] = f"error: {type(exc).__name__}: {exc}"
+    return out, nbytes[0]
+
+
+def _recorded(ckpt: Checkpoint, digests: dict[str, str], side: str) -> list[Difference]:
+    """A mirror's recorded checksums against its data: catches corrupted or missing chunks."""
+    out = []
+    for spec in (*ckpt.manifest.weights, *ckpt.manifest.optimizer):
+        if spec.layout != "zarr" or spec.key not in digests:
+            continue
+        recorded = _recorded_digest(ckpt, spec)
+        actual = digests[spec.key]
+        if recorded is not None and recorded != actual:
+            out.append(Difference(spec.key, "corrupt", recorded, actual, side))
+    return out
+
+
+def _recorded_digest(ckpt: Checkpoint, spec: WeightSpec) -> str | None:
+    from .zarrstore import array
+
+    return (array(ckpt.source, spec.path).attrs.get(ATTR) or {}).get("sha256")
