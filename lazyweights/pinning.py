@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Pin", "pin_of", "pinned_fetch"]
+__all__ = ["Pin", "pin_of", "pinned_fetch", "pinned_readinto"]
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
+ReadInto = Callable[[int, memoryview], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def pinned_fetch(fs: Any, path: str, pin: Pin) -> tuple[Fetch | None, bool]:
 
         return gcs, True
     if protocols & {"http", "https"} and pin.etag and not pin.etag.startswith("W/"):
-        headers = {**dict(getattr(fs, "kwargs", {}).get("headers") or {}), "If-Match": pin.etag}
+        headers = _http_headers(fs, pin)
 
         async def http(start: int, end: int) -> bytes:
             return await fs._cat_file(path, start=start, end=end, headers=headers)
@@ -117,3 +118,48 @@ def _s3_fetch(fs: Any, path: str, pin: Pin) -> tuple[Fetch, bool]:
             resp["Body"].close()
 
     return if_match, bool(condition)
+
+
+def _http_headers(fs: Any, pin: Pin) -> dict[str, str]:
+    """The caller's own headers (``storage_options``) plus the version condition."""
+    headers = dict(getattr(fs, "kwargs", {}).get("headers") or {})
+    if pin.etag and not pin.etag.startswith("W/"):
+        headers["If-Match"] = pin.etag
+    return headers
+
+
+def pinned_readinto(fs: Any, path: str, pin: Pin) -> ReadInto | None:
+    """For HTTP(S): a coroutine ``readinto(start, view)`` streaming a pinned ranged GET into ``view``.
+
+    fsspec's ``cat_file`` returns one ``bytes`` object, which the caller then
+    copies into its array: two full copies, each holding the GIL for
+    milliseconds while other responses wait.  This streams the body into the
+    destination chunk by chunk on fsspec's own session and event loop, with
+    the same request options.  Returns the bytes received (at most
+    ``len(view)``; fewer means the body was cut short).  None for other stores.
+    """
+    if not (getattr(fs, "async_impl", False) and _protocols(fs) & {"http", "https"}):
+        return None
+    headers = _http_headers(fs, pin)
+
+    async def readinto(start: int, view: memoryview) -> int:
+        n = view.nbytes
+        kw = dict(getattr(fs, "kwargs", {}))
+        kw["headers"] = {**headers, "Range": f"bytes={start}-{start + n - 1}"}
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(path), **kw) as response:
+            if response.status == 404:
+                raise FileNotFoundError(path)
+            response.raise_for_status()
+            if response.status != 206 and not (start == 0 and n == pin.size):
+                raise ValueError(f"the server ignored the Range header (HTTP {response.status})")
+            pos = 0
+            async for chunk in response.content.iter_any():
+                end = pos + len(chunk)
+                if end > n:
+                    raise ValueError(f"the server sent more than the {n} bytes asked for")
+                view[pos:end] = chunk
+                pos = end
+            return pos
+
+    return readinto

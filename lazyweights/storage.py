@@ -34,12 +34,12 @@ from typing import Any
 
 import fsspec
 import fsspec.asyn
-import fsspec.caching
 import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ObjectChangedError, StorageError
-from .pinning import Pin, pin_of, pinned_fetch
+from .files import MetadataFile, WindowFile
+from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
 
 __all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "WindowFile", "get_source", "release_source"]
@@ -47,7 +47,6 @@ __all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "WindowFile", "get_source", 
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 20  # fetched in one request at open: the superblock and, for most files, much of the metadata
-METADATA_BLOCK_BYTES = 256 << 10  # block size of the cache metadata parsing reads through
 MERGE_GAP_BYTES = 64 << 10  # batched ranges closer than this are fetched as one
 MAX_MERGED_BYTES = 16 << 20  # ... unless the merged range would exceed this
 
@@ -144,6 +143,7 @@ class Source:
         self.etag = self.pin.etag
         remote_file = not (self.is_local or self.is_dir)
         self._afetch, self.pinned = pinned_fetch(self.fs, self.path, self.pin) if remote_file else (None, False)
+        self._areadinto = pinned_readinto(self.fs, self.path, self.pin) if remote_file else None
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
         self._head: bytes | None = None
@@ -229,7 +229,10 @@ class Source:
         """Fill ``buf`` with the bytes at ``offset`` (local files: no intermediate copy)."""
         length = buf.nbytes
         if not self.is_local:
-            buf.cast("B")[:] = self.read(offset, length)
+            if self._areadinto is None:
+                buf.cast("B")[:] = self.read(offset, length)
+            elif length:  # streamed into ``buf`` as the body arrives: no whole-body bytes object, no second copy
+                fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, buf.cast("B"))
             return
         view = buf.cast("B")
         fd = self._local_fd()
@@ -298,20 +301,39 @@ class Source:
 
     async def _afetch_checked(self, start: int, end: int) -> bytes:
         assert self._afetch is not None
+        fetch = self._afetch
+
+        async def attempt() -> bytes:
+            data = await fetch(start, end)
+            if len(data) < end - start:
+                raise ShortReadError(f"got {len(data)} of {end - start} bytes")
+            self._check_length(start, end - start, len(data))
+            return data
+
+        return await self._aretrying(attempt, f"read of bytes [{start}, {end})")
+
+    async def _areadinto_checked(self, offset: int, view: memoryview) -> None:
+        assert self._areadinto is not None
+        readinto = self._areadinto
+
+        async def attempt() -> None:
+            got = await readinto(offset, view)
+            if got < view.nbytes:
+                raise ShortReadError(f"got {got} of {view.nbytes} bytes")
+
+        await self._aretrying(attempt, f"read of bytes [{offset}, {offset + view.nbytes})")
+
+    async def _aretrying(self, attempt: Callable[[], Any], what: str) -> Any:
+        """Run ``attempt()`` until it succeeds, retrying transient failures with backoff."""
         delays = self.retry.delays()
         while True:
             try:
                 self._count()
-                data = await self._afetch(start, end)
-                if len(data) < end - start:
-                    raise ShortReadError(f"got {len(data)} of {end - start} bytes")
-                self._check_length(start, end - start, len(data))
-                return data
+                return await attempt()
             except StorageError:
                 raise
             except Exception as exc:
-                delay = self._next_delay(exc, delays, f"read of bytes [{start}, {end})")
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._next_delay(exc, delays, what))
 
     def _retrying_sync(self, fn: Callable[[], Any], what: str) -> Any:
         delays = self.retry.delays()
@@ -412,91 +434,3 @@ class Source:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-class MetadataFile(io.RawIOBase):
-    """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
-
-    Reads inside the source's head (its first :data:`HEAD_BYTES`, one request)
-    cost nothing more; others go through fsspec's ``BlockCache`` of
-    :data:`METADATA_BLOCK_BYTES` blocks, so nearby reads share a request.
-    Every fetch is the source's own pinned, retried, length-checked read.
-    """
-
-    def __init__(self, source: Source):
-        super().__init__()
-        self._source, self._pos = source, 0
-
-        def fetch(start: int, end: int) -> bytes:
-            return source.read(start, min(end, source.size) - start)
-
-        self._blocks = fsspec.caching.BlockCache(METADATA_BLOCK_BYTES, fetch, source.size, maxblocks=256)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._source.size}[whence]
-        self._pos = max(0, start + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        end = min(self._pos + view.nbytes, self._source.size)
-        if end <= self._pos:
-            return 0
-        if end <= min(self._source.size, HEAD_BYTES):
-            data = self._source.head()[self._pos : end]
-        else:
-            data = self._blocks._fetch(self._pos, end)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-class WindowFile(io.RawIOBase):
-    """A read-only view of ``[base, base + length)`` of another seekable file.
-
-    Used to parse an HDF5 file stored uncompressed inside a zip archive in
-    place, without extracting it (Python's zipfile seeks in a stored member by
-    re-reading from its start, which over a remote file is a full re-download).
-    """
-
-    def __init__(self, raw: Any, base: int, length: int):
-        super().__init__()
-        self._raw, self._base, self._length, self._pos = raw, base, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, start + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(view.nbytes, self._length - self._pos))
-        if n == 0:
-            return 0
-        self._raw.seek(self._base + self._pos)
-        data = self._raw.read(n)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
