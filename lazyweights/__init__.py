@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedError,
 )
 from .export import export
+from .index import write_index
 from .manifest import Manifest
 from .mirror import MirrorReport, mirror
 from .shard import Shard
@@ -63,4 +64,5 @@ __all__ = [
     "open",
     "parse_bytes",
     "verify",
+    "write_index",
 ]

@@ -13,6 +13,7 @@ import numpy as np
 from . import formats, lazy, reader
 from .budget import parse_bytes
 from .errors import MissingKeyError
+from .index import load_manifest
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
 from .shard import ShardArg
@@ -184,7 +185,7 @@ class Checkpoint:
         """
         total = sum(t.nbytes for g in groups for t in g.targets)
         with progress_callback(progress, total, f"loading {os.path.basename(str(self.url)) or self.url}") as cb:
-            return execute(
+            execute(
                 self._source,
                 groups,
                 max_memory=parse_bytes(max_memory),
@@ -193,6 +194,8 @@ class Checkpoint:
                 progress=cb,
                 report=report,
             )
+        self._source.verify()  # stores without per-request pinning: refuse bytes from a changed object
+        return report
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -215,7 +218,13 @@ class LoadedWeights(dict):
         self.report = report
 
 
-def open(url: Url, storage_options: Mapping[str, Any] | None = None) -> Checkpoint:
+def open(
+    url: Url,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    index: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Checkpoint:
     """Open a checkpoint at any fsspec URL or local path; reads metadata only.
 
     Parameters
@@ -224,11 +233,20 @@ def open(url: Url, storage_options: Mapping[str, Any] | None = None) -> Checkpoi
         A local path, ``file://``, ``memory://``, ``http(s)://``, ``s3://``,
         ``gs://`` or chained (``simplecache::s3://...``) URL.
     storage_options
-        Passed to fsspec unchanged (endpoint, credentials, ...).
+        Passed to fsspec unchanged (endpoint, credentials, ``anon``,
+        ``requester_pays``, ...).
+    index
+        For remote checkpoints, use a metadata index when a valid one exists
+        (the local cache, or ``<file>.lwindex.json`` next to the file, see
+        :func:`lazyweights.write_index`) and cache the manifest after parsing.
+        An index whose size/ETag/version differ from the object's is ignored.
+    cache_dir
+        Where manifests of remote checkpoints are cached
+        (default ``~/.cache/lazyweights/index``).
     """
-    source = get_source(os.fspath(url), storage_options)
+    source = get_source(os.fspath(url), storage_options, refresh=True)
     try:
-        manifest = formats.parse(source)
+        manifest = load_manifest(source, formats.parse, use_index=index, cache_dir=cache_dir)
     except BaseException:
         release_source(source)
         raise
@@ -245,6 +263,8 @@ def load(
     part_size: int | str | None = None,
     progress: ProgressArg = False,
     shard: ShardArg = None,
+    index: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedWeights | LoadReport:
     """Load a checkpoint's weights into memory.
 
@@ -263,12 +283,13 @@ def load(
     ``shard`` (a :class:`~lazyweights.Shard` or a function ``(key, shape) ->
     Shard | tuple of slices | None``) makes this process read only its part of
     each weight; arrays (and ``out`` destinations) then have the part's shape,
-    and weights read whole are listed in ``report.replicated``.
+    and weights read whole are listed in ``report.replicated``.  ``index`` and
+    ``cache_dir`` are :func:`open`'s.
     """
     kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
     if isinstance(src, Checkpoint):
         return src.load(out, **kwargs)
-    with open(src, storage_options) as ckpt:
+    with open(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:
         return ckpt.load(out, **kwargs)
 
 

@@ -1,35 +1,54 @@
-"""Where bytes come from: fsspec resolution, stat, and exact ranged reads.
+"""Where bytes come from: fsspec resolution, stat and version pinning, exact ranged reads, retries.
 
-A :class:`Source` is one object (file) on one filesystem.  It reads byte
-ranges and checks that it got exactly what it asked for.  Local files use
-``os.preadv`` straight into the caller's buffer (no staging copy, no lock);
-everything else goes through fsspec's ``cat_file``, which for HTTP, S3 and GCS
-is an async ranged GET, so reads from many threads run concurrently.
+A :class:`Source` is one object (file) on one filesystem, and the one place
+lazyweights does I/O.  It reads byte ranges and checks that it got exactly
+what it asked for.  Local files use ``os.preadv`` straight into the caller's
+buffer (no staging copy, no lock).  Remote reads are ranged GETs on the
+filesystem's event loop, pinned to the version seen at open
+(:mod:`~lazyweights.pinning`), retried with backoff on transient failures
+(:mod:`~lazyweights.retry`), and batched: :meth:`Source.readinto_many` merges
+nearby ranges and fetches them concurrently.
 
-Sources are cached per process (:func:`get_source`) and pickle as
-``(url, storage_options)``, so dask tasks carry them to workers without
-carrying open handles.
+Metadata parsing reads through :meth:`Source.open_file`: the first
+:data:`HEAD_BYTES` come in one request, the rest through fsspec's block cache,
+so walking an HDF5 tree costs a handful of round trips, not one per read.
+
+Sources are cached per process (:func:`get_source`) and pickle as their URL,
+storage options and pin, so dask tasks carry them to workers without open
+handles, and a worker that sees a different object refuses to read it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import io
 import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fsspec
+import fsspec.asyn
+import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import StorageError
+from .errors import ObjectChangedError, StorageError
+from .files import MetadataFile, WindowFile
+from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
+from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
 
-__all__ = ["STORE_MARKERS", "Source", "WindowFile", "get_source", "pread_into", "release_source"]
+__all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "WindowFile", "get_source", "pread_into", "release_source"]
 
 logger = logging.getLogger(__name__)
+
+HEAD_BYTES = 1 << 20  # fetched in one request at open: the superblock and, for most files, much of the metadata
+MERGE_GAP_BYTES = 64 << 10  # batched ranges closer than this are fetched as one
+MAX_MERGED_BYTES = 16 << 20  # ... unless the merged range would exceed this
 
 _CACHE_SIZE = 64
 
@@ -44,15 +63,35 @@ def _options_token(storage_options: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(storage_options or {}), sort_keys=True, default=repr)
 
 
-def get_source(url: str, storage_options: Mapping[str, Any] | None = None) -> Source:
-    """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted)."""
+def get_source(
+    url: str, storage_options: Mapping[str, Any] | None = None, pin: Pin | None = None, *, refresh: bool = False
+) -> Source:
+    """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted).
+
+    With ``pin``, the source must be that very object version: else
+    :class:`~lazyweights.errors.ObjectChangedError`.  With ``refresh``, a
+    cached source is re-stated and replaced if the object changed (what a new
+    :func:`lazyweights.open` wants: the object as it is now).
+    """
     key = (str(url), _options_token(storage_options))
     with _cache_lock:
         source = _cache.get(key)
         if source is not None:
             _cache.move_to_end(key)
-            return source
-    source = Source(str(url), storage_options)
+    if source is not None and refresh and not source.pin.same_object(pin_of(source.stat())):
+        release_source(source)
+        source = None
+    if source is None:
+        source = _cached_new(key, str(url), storage_options)
+    if pin is not None and not pin.same_object(source.pin):
+        raise ObjectChangedError(
+            f"{url}: the object changed since it was opened (then: {pin.describe()}; now: {source.pin.describe()})"
+        )
+    return source
+
+
+def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None) -> Source:
+    source = Source(url, storage_options)
     with _cache_lock:
         existing = _cache.get(key)
         if existing is not None:  # another thread won the race
@@ -68,49 +107,102 @@ def get_source(url: str, storage_options: Mapping[str, Any] | None = None) -> So
 def release_source(source: Source) -> None:
     """Drop ``source`` from the cache and close it."""
     with _cache_lock:
-        _cache.pop((source.url, _options_token(source.storage_options)), None)
+        key = (source.url, _options_token(source.storage_options))
+        if _cache.get(key) is source:
+            del _cache[key]
     source.close()
 
 
 class Source:
-    """One object on one fsspec filesystem, read by byte range.
+    """One object on one fsspec filesystem, read by byte range, pinned to the version seen at open.
 
     A URL naming a directory or a store prefix (a zarr mirror) gives a Source
     with ``is_dir`` true and size 0: formats read it by object key, not by range.
+
+    ``requests`` counts the storage requests this source issued (stat, reads,
+    retries included); local ``preadv`` calls are not requests.
     """
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self, url: str, storage_options: Mapping[str, Any] | None = None, *, retry: RetryPolicy = DEFAULT_RETRY
+    ):
         self.url = url
         self.storage_options = dict(storage_options or {})
+        self.retry = retry
+        self.requests = 0
+        self._count_lock = threading.Lock()
         try:
             self.fs, self.path = fsspec.core.url_to_fs(url, **self.storage_options)
         except (ImportError, ValueError) as exc:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
-        info = self._info()
-        self.is_dir = info.get("type") == "directory"
-        self.size = 0 if self.is_dir else int(info["size"])
-        self.etag = _version_of(info)
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        info = self.stat()
+        self.is_dir = info.get("type") == "directory"
+        self.pin = Pin(size=0) if self.is_dir else pin_of(info)
+        self.size = self.pin.size
+        self.etag = self.pin.etag
+        remote_file = not (self.is_local or self.is_dir)
+        self._afetch, self.pinned = pinned_fetch(self.fs, self.path, self.pin) if remote_file else (None, False)
+        self._areadinto = pinned_readinto(self.fs, self.path, self.pin) if remote_file else None
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
+        self._head: bytes | None = None
+        self._head_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (get_source, (self.url, self.storage_options))
+        return (get_source, (self.url, self.storage_options, self.pin))
 
     def __repr__(self) -> str:
         return f"Source({self.url!r}, size={self.size})"
 
-    def _info(self) -> dict[str, Any]:
-        try:
-            return self.fs.info(self.path)
-        except FileNotFoundError as exc:
-            if self._is_store_prefix():
-                return {"type": "directory", "size": 0}
-            raise StorageError(f"{self.url}: no such file") from exc
-        except OSError as exc:
-            raise StorageError(f"{self.url}: cannot stat: {exc}") from exc
+    # -- stat ----------------------------------------------------------------
+
+    def stat(self) -> dict[str, Any]:
+        """A fresh ``info()`` of the object (retried when transient; never from a listing cache).
+
+        A URL with no object of its own but a zarr root marker under it is a
+        store prefix: ``{"type": "directory", "size": 0}``.
+        """
+
+        def info() -> dict[str, Any]:
+            if not self.is_local:
+                self.fs.invalidate_cache(self.path)
+                self._count()
+            try:
+                return self.fs.info(self.path)
+            except FileNotFoundError as exc:
+                if chain_status(exc) in (None, 404) and self._is_store_prefix():
+                    return {"type": "directory", "size": 0}
+                raise
+
+        if self.is_local:
+            try:
+                return info()
+            except OSError as exc:
+                raise self._error(exc, "cannot stat") from exc
+        return self._retrying_sync(info, "cannot stat")
+
+    def verify(self) -> None:
+        """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
+
+        Needed only where reads are not pinned by the store itself (local files,
+        memory, chained filesystems); pinned sources return at once.
+        """
+        if self.pinned or self.is_dir:
+            return
+        if self.is_local and self._fd is not None:
+            st = os.fstat(self._fd)
+            now = Pin(size=st.st_size, etag=str(st.st_mtime) if self.pin.etag is not None else None)
+        else:
+            now = pin_of(self.stat())
+        if not self.pin.same_object(now):
+            raise ObjectChangedError(
+                f"{self.url}: the object changed while it was being read "
+                f"(at open: {self.pin.describe()}; now: {now.describe()})"
+            )
 
     def _is_store_prefix(self) -> bool:
+        """Whether a zarr root metadata object lives under this URL (object stores have no directories)."""
         for marker in STORE_MARKERS:
             try:
                 self.fs.info(f"{self.path.rstrip('/')}/{marker}")  # a HEAD over HTTP, not a download
@@ -131,28 +223,190 @@ class Source:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
             return bytes(buf)
-        try:
-            data = self.fs.cat_file(self.path, start=offset, end=offset + length)
-        except FileNotFoundError as exc:
-            raise StorageError(f"{self.url}: object disappeared while reading") from exc
-        except OSError as exc:
-            raise StorageError(f"{self.url}: read of bytes [{offset}, {offset + length}) failed: {exc}") from exc
-        self._check_length(offset, length, len(data))
-        return data
+        return self._fetch(offset, offset + length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset`` (local files: no intermediate copy)."""
         length = buf.nbytes
         if not self.is_local:
-            buf.cast("B")[:] = self.read(offset, length)
+            if self._areadinto is None:
+                buf.cast("B")[:] = self.read(offset, length)
+            elif length:  # streamed into ``buf`` as the body arrives: no whole-body bytes object, no second copy
+                fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, buf.cast("B"))
             return
         self._check_length(offset, length, pread_into(self._local_fd(), offset, buf.cast("B")))
+
+    def merged_spans(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+        """The byte spans :meth:`readinto_many` fetches for ``items``: sorted, near ones merged (pure)."""
+        live = [(off, buf.nbytes) for off, buf in items if buf.nbytes]
+        if not live:
+            return []
+        _, starts, ends = fsspec.utils.merge_offset_ranges(
+            [self.path] * len(live),
+            [off for off, _ in live],
+            [off + n for off, n in live],
+            max_gap=MERGE_GAP_BYTES,
+            max_block=MAX_MERGED_BYTES,
+            sort=True,
+        )
+        return list(zip(starts, ends, strict=True))
+
+    def readinto_many(self, items: Sequence[tuple[int, memoryview]]) -> int:
+        """Fill each ``(offset, buffer)``; nearby ranges merge into one request, requests run concurrently.
+
+        Returns the number of requests made (0 for local files, which are read
+        one ``preadv`` per item).
+        """
+        if self.is_local:
+            for offset, buf in items:
+                self.readinto(offset, buf)
+            return 0
+        spans = self.merged_spans(items)
+        blocks = self._fetch_many(spans)
+        starts = [s for s, _ in spans]
+        for offset, buf in items:
+            if buf.nbytes:
+                i = bisect.bisect_right(starts, offset) - 1
+                rel = offset - starts[i]
+                buf.cast("B")[:] = memoryview(blocks[i])[rel : rel + buf.nbytes]
+        return len(spans)
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        """One pinned, retried, length-checked ranged GET."""
+        if self._afetch is not None:
+            return fsspec.asyn.sync(self.fs.loop, self._afetch_checked, start, end)
+        return self._retrying_sync(lambda: self._cat_sync(start, end), f"read of bytes [{start}, {end}) failed")
+
+    def _fetch_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        if self._afetch is None or len(spans) == 1:
+            return [self._fetch(s, e) for s, e in spans]
+        coros = [self._afetch_checked(s, e) for s, e in spans]
+        return fsspec.asyn.sync(self.fs.loop, fsspec.asyn._run_coros_in_chunks, coros, batch_size=len(coros))
+
+    def _cat_sync(self, start: int, end: int) -> bytes:
+        self._count()
+        data = self.fs.cat_file(self.path, start=start, end=end)
+        if len(data) < end - start:
+            raise ShortReadError(f"got {len(data)} of {end - start} bytes")
+        self._check_length(start, end - start, len(data))
+        return data
+
+    async def _afetch_checked(self, start: int, end: int) -> bytes:
+        assert self._afetch is not None
+        fetch = self._afetch
+
+        async def attempt() -> bytes:
+            data = await fetch(start, end)
+            if len(data) < end - start:
+                raise ShortReadError(f"got {len(data)} of {end - start} bytes")
+            self._check_length(start, end - start, len(data))
+            return data
+
+        return await self._aretrying(attempt, f"read of bytes [{start}, {end})")
+
+    async def _areadinto_checked(self, offset: int, view: memoryview) -> None:
+        assert self._areadinto is not None
+        readinto = self._areadinto
+
+        async def attempt() -> None:
+            got = await readinto(offset, view)
+            if got < view.nbytes:
+                raise ShortReadError(f"got {got} of {view.nbytes} bytes")
+
+        await self._aretrying(attempt, f"read of bytes [{offset}, {offset + view.nbytes})")
+
+    async def _aretrying(self, attempt: Callable[[], Any], what: str) -> Any:
+        """Run ``attempt()`` until it succeeds, retrying transient failures with backoff."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                self._count()
+                return await attempt()
+            except StorageError:
+                raise
+            except Exception as exc:
+                await asyncio.sleep(self._next_delay(exc, delays, what))
+
+    def _retrying_sync(self, fn: Callable[[], Any], what: str) -> Any:
+        delays = self.retry.delays()
+        while True:
+            try:
+                return fn()
+            except StorageError:
+                raise
+            except Exception as exc:
+                time.sleep(self._next_delay(exc, delays, what))
+
+    def _next_delay(self, exc: Exception, delays: Any, what: str) -> float:
+        """How long to wait before retrying ``exc``; raises the translated error when not to retry."""
+        kind = classify(exc)
+        if kind == "transient":
+            delay = next(delays, None)
+            if delay is not None:
+                logger.debug("%s: %s: transient %r, retrying in %.2f s", self.url, what, exc, delay)
+                return delay
+            tries = self.retry.attempts
+            raise StorageError(f"{self.url}: {what}: still failing after {tries} attempts: {exc}") from exc
+        raise self._error(exc, what, kind) from exc
+
+    def _error(self, exc: BaseException, what: str, kind: str = "permanent") -> StorageError:
+        if kind == "changed":
+            return ObjectChangedError(
+                f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: {exc}"
+            )
+        status = chain_status(exc)
+        if isinstance(exc, PermissionError) or status in (401, 403):
+            return StorageError(f"{self.url}: access denied{f' (HTTP {status})' if status else ''}: {exc}")
+        if isinstance(exc, FileNotFoundError) or status == 404:
+            if getattr(self, "pin", None) is not None:
+                return ObjectChangedError(f"{self.url}: the object (or the version opened) disappeared; {what}")
+            return StorageError(f"{self.url}: no such file (HTTP 404)" if status else f"{self.url}: no such file")
+        return StorageError(f"{self.url}: {what}: {exc}")
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.requests += 1
 
     def _check_length(self, offset: int, wanted: int, got: int) -> None:
         if got != wanted:
             raise StorageError(
                 f"{self.url}: asked for {wanted} bytes at offset {offset}, got {got} (file size at open: {self.size})"
             )
+
+    def head(self) -> bytes:
+        """The object's first :data:`HEAD_BYTES`, fetched once in one request and kept (metadata lives there)."""
+        if self._head is None:
+            with self._head_lock:
+                if self._head is None:
+                    self._head = self.read(0, min(self.size, HEAD_BYTES))
+        return self._head
+
+    def sibling_path(self, suffix: str) -> str | None:
+        """The filesystem path of the object named like this one plus ``suffix`` (None for URLs with a query)."""
+        return None if "?" in self.path else self.path + suffix
+
+    def sibling_url(self, suffix: str) -> str | None:
+        """The URL of the object named like this one plus ``suffix`` (None for URLs with a query)."""
+        return None if "?" in self.url else self.url + suffix
+
+    def read_sibling(self, suffix: str) -> bytes | None:
+        """The whole small object next to this one (``<file><suffix>``), or None if it is absent or unreadable."""
+        path = self.sibling_path(suffix)
+        if path is None:
+            return None
+
+        def get() -> bytes | None:
+            self._count()
+            try:
+                return self.fs.cat_file(path)
+            except FileNotFoundError:
+                return None
+
+        try:
+            return self._retrying_sync(get, f"read of {path}")
+        except StorageError as exc:
+            logger.info("%s: cannot read %s: %s", self.url, path, exc)
+            return None
 
     def _local_fd(self) -> int:
         if self._fd is None:
@@ -165,7 +419,7 @@ class Source:
         """A seekable binary file for metadata parsing (h5py, zipfile)."""
         if self.is_local:
             return open(self.path, "rb")
-        return self.fs.open(self.path, "rb", block_size=1 << 20, cache_type="readahead")
+        return io.BufferedReader(MetadataFile(self), buffer_size=8 << 10)
 
     def close(self) -> None:
         with self._fd_lock:
@@ -183,54 +437,3 @@ def pread_into(fd: int, offset: int, view: memoryview) -> int:
             break
         done += n
     return done
-
-
-def _version_of(info: Mapping[str, Any]) -> str | None:
-    """The object version fsspec reports (ETag, generation, version id), if any."""
-    for key in ("ETag", "etag", "VersionId", "generation", "md5Hash", "mtime", "created"):
-        value = info.get(key)
-        if value is not None:
-            return str(value)
-    return None
-
-
-class WindowFile(io.RawIOBase):
-    """A read-only view of ``[base, base + length)`` of another seekable file.
-
-    Used to parse an HDF5 file stored uncompressed inside a zip archive in
-    place, without extracting it (Python's zipfile seeks in a stored member by
-    re-reading from its start, which over a remote file is a full re-download).
-    """
-
-    def __init__(self, raw: Any, base: int, length: int):
-        super().__init__()
-        self._raw, self._base, self._length, self._pos = raw, base, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, start + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(view.nbytes, self._length - self._pos))
-        if n == 0:
-            return 0
-        self._raw.seek(self._base + self._pos)
-        data = self._raw.read(n)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()

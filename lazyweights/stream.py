@@ -44,6 +44,12 @@ STAGED_PART_BYTES = 8 << 20
 # Runs of a region (e.g. a column shard) closer than this are read as one span, gap included,
 # rather than as separate requests: zarr's default coalescing gap.
 MAX_GAP_BYTES = 1 << 20
+# Remote parts: large enough to amortise a request's round trip (20 ms is 2 MB at 100 MB/s), small
+# enough that each connection gets about four, within these bounds.
+REMOTE_PART_BYTES = (1 << 20, 32 << 20)
+# Remote reads this small are batched (merged where near, else fetched concurrently) so that
+# the many tiny weights of a layer (biases, norms) do not each cost a round trip.
+BATCH_READ_BYTES = 256 << 10
 
 
 @dataclass
@@ -120,6 +126,9 @@ class _Unit:
     stored: int  # bytes fetched from storage
     nbytes: int  # destination bytes the unit fills
     run: Callable[[], None]
+    reads: tuple[tuple[int, memoryview], ...] = ()  # (offset, destination) of a plain remote read, batchable
+    members: tuple[_Unit, ...] = ()  # the units a batch stands for
+    requests: int = 1  # storage reads the unit makes
 
 
 def _destination(target: Target) -> np.ndarray:
@@ -152,11 +161,15 @@ def _contiguous_units(
             ext = reader.element_extent(spec, e0, e1)
             d0, d1 = i * run + e0 - s, i * run + e1 - s  # where the part lands in the destination, flat
             if direct:
+                view = reader.byte_view(flat[d0:d1])
 
-                def run_unit(ext=ext, d0=d0, d1=d1) -> None:
-                    source.readinto(ext.offset, reader.byte_view(flat[d0:d1]))
+                def run_unit(ext=ext, view=view) -> None:
+                    source.readinto(ext.offset, view)
 
-                cost = 0 if source.is_local else ext.length
+                if not source.is_local:  # a plain remote read: batchable with its neighbours
+                    yield _Unit(spec.key, ext.length, ext.length, ext.length, run_unit, reads=((ext.offset, view),))
+                    continue
+                cost = 0
             else:
 
                 def run_unit(ext=ext, d0=d0, d1=d1) -> None:
@@ -222,8 +235,14 @@ class _PartSizes:
     staged: int  # reads that hold their bytes until copied (remote, casts)
 
     @classmethod
-    def choose(cls, part_bytes: int | None, max_memory: int | None, concurrency: int) -> _PartSizes:
+    def choose(
+        cls, part_bytes: int | None, max_memory: int | None, concurrency: int, remote_total: int | None = None
+    ) -> _PartSizes:
+        """Part sizes; ``remote_total`` (the bytes a remote load will fetch) sizes remote parts to the load."""
         staged = part_bytes or STAGED_PART_BYTES
+        if part_bytes is None and remote_total is not None:
+            low, high = REMOTE_PART_BYTES
+            staged = max(low, min(high, remote_total // (4 * concurrency)))
         if max_memory is not None:  # keep `concurrency` staged parts in flight, twice over, under the budget
             staged = max(64 << 10, min(staged, max_memory // (2 * concurrency)))
         return cls(direct=part_bytes or DIRECT_PART_BYTES, staged=staged)
@@ -249,6 +268,87 @@ def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) 
     return []
 
 
+def _batched(source: Source, units: list[_Unit], limit: int) -> list[_Unit]:
+    """Fold runs of small plain remote reads into batch units of at most ``limit`` stored bytes."""
+    out: list[_Unit] = []
+    run: list[_Unit] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            reads = tuple(r for u in run for r in u.reads)
+            spans = source.merged_spans(reads)  # what goes over the wire: near ranges merged, gaps included
+            out.append(
+                _Unit(
+                    run[0].key,
+                    sum(e - s for s, e in spans),
+                    sum(e - s for s, e in spans),
+                    sum(u.nbytes for u in run),
+                    lambda reads=reads: source.readinto_many(reads),
+                    members=tuple(run),
+                    requests=len(spans),
+                )
+            )
+        run.clear()
+
+    for unit in units:
+        if not unit.reads or unit.stored > BATCH_READ_BYTES:
+            flush()
+            out.append(unit)
+            continue
+        if run and sum(u.stored for u in run) + unit.stored > limit:
+            flush()
+        run.append(unit)
+    flush()
+    return out
+
+
+def _coalesced(groups: Sequence[Group], limit: int) -> list[Group]:
+    """Merge runs of consecutive small groups (each under ``BATCH_READ_BYTES``) up to ``limit`` bytes.
+
+    Remote loads only: a model's many small layers then share batched reads.
+    Each original group's ``on_ready`` still receives exactly its own arrays,
+    in order, once the merged group is read.
+    """
+    out: list[Group] = []
+    run: list[Group] = []
+    size = 0
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(_merged(list(run)))
+        run.clear()
+
+    for group in groups:
+        nbytes = sum(t.nbytes for t in group.targets)
+        if nbytes > BATCH_READ_BYTES:
+            flush()
+            out.append(group)
+            continue
+        if run and size + nbytes > limit:
+            flush()
+        size = nbytes if not run else size + nbytes
+        run.append(group)
+    flush()
+    return out
+
+
+def _merged(groups: list[Group]) -> Group:
+    bounds = [0]
+    for g in groups:
+        bounds.append(bounds[-1] + len(g.targets))
+
+    def on_ready(arrays: list[np.ndarray]) -> None:
+        for g, lo, hi in zip(groups, bounds, bounds[1:], strict=False):  # bounds has one entry more
+            if g.on_ready is not None:
+                g.on_ready(arrays[lo:hi])
+
+    return Group([t for g in groups for t in g.targets], on_ready)
+
+
 class _Progress:
     """Per-key and per-group completion, bytes and the first error, shared by worker threads."""
 
@@ -271,13 +371,14 @@ class _Progress:
 
     def finish(self, unit: _Unit) -> None:
         with self.lock:
-            self.started.add(unit.key)
             self.stored += unit.stored
             self.loaded += unit.nbytes
-            self.requests += 1
-            self.pending[unit.key] -= 1
-            if self.pending[unit.key] == 0:
-                self.done.append(unit.key)
+            self.requests += unit.requests
+            for part in unit.members or (unit,):
+                self.started.add(part.key)
+                self.pending[part.key] -= 1
+                if self.pending[part.key] == 0:
+                    self.done.append(part.key)
         if self.callback is not None:
             self.callback(unit.nbytes)
 
@@ -303,13 +404,15 @@ def execute(
     already written, as :class:`PartialLoadError` naming them.
     """
     concurrency = concurrency or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
-    parts = _PartSizes.choose(part_bytes, max_memory, concurrency)
+    remote_total = None if source.is_local else sum(t.nbytes for g in groups for t in g.targets)
+    parts = _PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
     budget = ByteBudget(max_memory)
     state = _Progress(progress)
     slots = threading.BoundedSemaphore(2 * concurrency)
     start = time.perf_counter()
+    batches = groups if source.is_local else _coalesced(groups, parts.staged)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights") as pool:
-        for group in groups:
+        for group in batches:
             if state.error is not None:
                 break
             _submit_group(source, group, budget, slots, pool, state, parts)
@@ -341,6 +444,8 @@ def _submit_group(
         mine = _units(source, target, dest, parts)
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
+    if not source.is_local:
+        units = _batched(source, units, parts.staged)
     remaining = [len(units)]
     lock = threading.Lock()
 

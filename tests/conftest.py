@@ -76,3 +76,26 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def http_server(http_root: Path):
     with serve(http_root) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_home(tmp_path_factory: pytest.TempPathFactory):
+    """Subprocesses the tests start (CLI, ranks) cache manifests under a temporary XDG cache home."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def index_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test caches remote manifests in its own temporary directory, never in the user's cache."""
+    import lazyweights.index
+
+    path = tmp_path_factory.mktemp("lwindex")
+    monkeypatch.setattr(lazyweights.index, "DEFAULT_CACHE_DIR", path)
+    return path

@@ -1,7 +1,10 @@
 """A real HTTP/1.1 server with Range support, on a loopback port chosen by the OS.
 
 Serves files from a directory and counts what it sends, so tests can assert
-how many requests and bytes a read cost.  Started and stopped by the tests.
+how many requests and bytes a read cost.  Honours ``If-Match`` (412 when the
+file's ETag changed), can require request headers (403 without them), and
+injects faults on demand: an error status, a body cut short, a connection
+closed before any response.  Started and stopped by the tests.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from pathlib import Path
 
 class RangeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # socketserver's default backlog of 5 drops SYNs of concurrent clients: 1 s stalls
+
+    handler_class: type[BaseHTTPRequestHandler]  # RangeHandler, set below; subclasses may swap in their own
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, bytes sent)
-        super().__init__(("127.0.0.1", 0), _Handler)
+        self.faults: list[
+            tuple[str, int]
+        ] = []  # consumed by the next GETs: ("status", code) | ("short", n): last n bytes cut | ("reset", 0)
+        self.required_headers: dict[str, str] = {}  # requests lacking these get 403
+        super().__init__(("127.0.0.1", 0), self.handler_class)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -35,6 +45,20 @@ class RangeHTTPServer(ThreadingHTTPServer):
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.faults.clear()
+
+    def inject(self, *faults: tuple[str, int]) -> None:
+        """Make the next GET requests fail, one fault each, in order."""
+        with self.lock:
+            self.faults.extend(faults)
+
+    def count(self, method: str = "GET") -> int:
+        with self.lock:
+            return sum(1 for m, _, _ in self.requests if m == method)
+
+    def _next_fault(self) -> tuple[str, int] | None:
+        with self.lock:
+            return self.faults.pop(0) if self.faults else None
 
     def __enter__(self) -> RangeHTTPServer:
         self._thread.start()
@@ -45,19 +69,50 @@ class RangeHTTPServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server: RangeHTTPServer
 
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
 
     def _file(self) -> Path | None:
+        for name, value in self.server.required_headers.items():
+            if self.headers.get(name) != value:
+                self._record(0)
+                self.send_error(403)
+                return None
         path = (self.server.root / self.path.split("?")[0].lstrip("/")).resolve()
         if self.server.root.resolve() not in path.parents or not path.is_file():
+            self._record(0)
             self.send_error(404)
             return None
         return path
+
+    def _record(self, nbytes: int) -> None:
+        with self.server.lock:
+            self.server.requests.append((self.command, self.path, nbytes))
+
+    @staticmethod
+    def _etag(path: Path) -> str:
+        return f'"{path.stat().st_mtime_ns:x}"'
+
+    def _fault(self) -> tuple[str, int] | None:
+        """Apply an injected fault; returns it when the response is a short body still to be sent."""
+        fault = self.server._next_fault()
+        if fault is None:
+            return None
+        kind, value = fault
+        if kind == "status":
+            self._record(0)
+            self.send_error(value)
+            return ("handled", 0)
+        if kind == "reset":
+            self._record(0)
+            self.close_connection = True
+            return ("handled", 0)
+        return fault
 
     def do_HEAD(self) -> None:
         path = self._file()
@@ -66,14 +121,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(path.stat().st_size))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{path.stat().st_mtime_ns:x}"')
-        with self.server.lock:
-            self.server.requests.append(("HEAD", self.path, 0))
+        self.send_header("ETag", self._etag(path))
+        self._record(0)
         self.end_headers()
 
     def do_GET(self) -> None:
         path = self._file()
         if path is None:
+            return
+        fault = self._fault()
+        if fault is not None and fault[0] == "handled":
+            return
+        if "If-Match" in self.headers and self.headers["If-Match"] != self._etag(path):
+            self._record(0)
+            self.send_error(412)
             return
         size = path.stat().st_size
         start, end, status = 0, size - 1, 200
@@ -95,12 +156,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{path.stat().st_mtime_ns:x}"')
+        self.send_header("ETag", self._etag(path))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        with self.server.lock:  # recorded before the body goes out, so a client that has it sees the count
-            self.server.requests.append(("GET", self.path, length))
+        self._record(length)  # recorded before the body goes out, so a client that has it sees the count
         self.end_headers()
+        self._send_body(path, start, length if fault is None else max(0, length - fault[1]))
+        if fault is not None:  # a short body: hang up, so the client sees fewer bytes than Content-Length said
+            self.close_connection = True
+
+    def _send_body(self, path: Path, start: int, length: int) -> None:
         with open(path, "rb") as f:
             f.seek(start)
             remaining = length
@@ -110,6 +175,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(data)
                 remaining -= len(data)
+
+
+RangeHTTPServer.handler_class = RangeHandler
 
 
 def serve(root: os.PathLike[str] | str) -> RangeHTTPServer:

@@ -37,7 +37,7 @@ def parse(source: Source) -> Manifest:
     """Read ``source``'s metadata and return its manifest."""
     if source.is_dir:
         return parse_zarr(source)
-    head = source.read(0, min(source.size, _HEAD))
+    head = source.head()[:_HEAD]  # the metadata parse reads on from the same one request
     if find_superblock(head) is not None:
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag)
         return _parse_hdf5(source, head, ctx, None, length=source.size)

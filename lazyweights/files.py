@@ -1,0 +1,106 @@
+"""Read-only file objects over byte sources, for parsers that want a seekable file (h5py, zipfile).
+
+:class:`MetadataFile` serves a remote :class:`~lazyweights.storage.Source`'s
+small reads from its head and a block cache; :class:`WindowFile` shows a byte
+window of another file (an HDF5 file stored inside a zip) as a whole file.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import fsspec.caching
+
+if TYPE_CHECKING:
+    from .storage import Source
+
+__all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile"]
+
+METADATA_BLOCK_BYTES = 256 << 10  # block size of the cache metadata parsing reads through
+
+
+class MetadataFile(io.RawIOBase):
+    """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
+
+    Reads inside the source's head (its first ``HEAD_BYTES``, one request)
+    cost nothing more; others go through fsspec's ``BlockCache`` of
+    :data:`METADATA_BLOCK_BYTES` blocks, so nearby reads share a request.
+    Every fetch is the source's own pinned, retried, length-checked read.
+    """
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self._source, self._pos = source, 0
+
+        def fetch(start: int, end: int) -> bytes:
+            return source.read(start, min(end, source.size) - start)
+
+        self._blocks = fsspec.caching.BlockCache(METADATA_BLOCK_BYTES, fetch, source.size, maxblocks=256)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._source.size}[whence]
+        self._pos = max(0, start + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._pos + view.nbytes, self._source.size)
+        if end <= self._pos:
+            return 0
+        head = self._source.head()  # fetched once; most small files' metadata lives there
+        data = head[self._pos : end] if end <= len(head) else self._blocks._fetch(self._pos, end)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class WindowFile(io.RawIOBase):
+    """A read-only view of ``[base, base + length)`` of another seekable file.
+
+    Used to parse an HDF5 file stored uncompressed inside a zip archive in
+    place, without extracting it (Python's zipfile seeks in a stored member by
+    re-reading from its start, which over a remote file is a full re-download).
+    """
+
+    def __init__(self, raw: Any, base: int, length: int):
+        super().__init__()
+        self._raw, self._base, self._length, self._pos = raw, base, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, start + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(view.nbytes, self._length - self._pos))
+        if n == 0:
+            return 0
+        self._raw.seek(self._base + self._pos)
+        data = self._raw.read(n)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
