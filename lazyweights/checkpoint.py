@@ -12,7 +12,7 @@ import numpy as np
 
 from . import formats, lazy, reader
 from .budget import parse_bytes
-from .errors import MissingKeyError
+from .errors import MissingKeyError, PartialLoadError
 from .index import load_manifest
 from .manifest import Manifest, WeightSpec
 from .progress import ProgressArg, progress_callback
@@ -162,9 +162,14 @@ class Checkpoint:
         report = LoadReport(url=self.url, format=self.format, skipped=skipped)
         if shard is not None:
             report.replicated = [t.spec.key for g in groups for t in g.targets if t.box is None]
-        self.execute(
-            groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress
-        )
+        try:
+            self.execute(
+                groups, report, max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress
+            )
+        except PartialLoadError as exc:
+            if arrays is None:
+                raise
+            raise exc.__cause__ from None  # the arrays were ours and are discarded: nothing of the caller's changed
         if arrays is None:
             return report
         return LoadedWeights(arrays, report)
