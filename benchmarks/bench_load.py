@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from memory import peak_rss, reset_peak_rss, rss_now
+
 MiB = 1 << 20
 WIDTH = 4096
 
@@ -97,26 +99,6 @@ def generate(directory: Path, layers: int) -> dict[str, Path]:
         tensors = {w.key.replace("/", "."): w.read() for w in ckpt.weights}
     save_file(tensors, paths["st"])
     return paths
-
-
-def rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    """This process's RSS high-water mark (VmHWM: unlike ru_maxrss, not inherited across exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak seen is the timed call's."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]:

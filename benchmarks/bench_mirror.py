@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from memory import peak_rss, reset_peak_rss, rss_now
+
 MiB = 1 << 20
 BUDGET = "256MiB"
 
@@ -65,24 +67,6 @@ def generate(path: Path, size_gb: float) -> Path:
             g[f"{name}/kernel:0"] = rng.standard_normal((2048, 2048), dtype="f4")
             g[f"{name}/bias:0"] = rng.standard_normal(2048, dtype="f4")
     return path
-
-
-def rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def measure(method: str, h5: str, work: Path) -> dict[str, float]:

@@ -40,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_load import generate, layer_count, peak_rss, reset_peak_rss, rss_now  # noqa: E402
+from bench_load import generate, layer_count  # noqa: E402
+from memory import peak_rss, reset_peak_rss, rss_now  # noqa: E402
 
 from tests.servers import RangeHandler, RangeHTTPServer  # noqa: E402
 

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from memory import peak_rss
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.servers: the same Range HTTP server the tests use
 
@@ -73,14 +75,6 @@ def generate(directory: Path, layers: int) -> dict[str, Path]:
                 state[f"{i}.{name}"] = torch.from_numpy(values)
     torch.save(state, paths["pt"])
     return paths
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def rank_main(args: argparse.Namespace) -> None:
