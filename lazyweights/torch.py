@@ -6,9 +6,12 @@
 This module only maps names and layouts and converts; reading is the core
 executor's (:mod:`lazyweights.stream`).  A CPU tensor whose layout matches the
 file is filled in place through a numpy view of its memory (local files:
-``preadv`` straight into the parameter); a tensor that needs a layout change
-(Keras kernels), or lives on another device, gets a staging buffer allocated
-under ``max_memory`` and released once copied.  No full state dict is ever
+``preadv`` straight into the parameter).  A tensor on another device (a GPU)
+or without memory numpy can share is filled in row blocks of ``part_size``,
+each staged under ``max_memory`` and copied in (host→device per part, from
+pageable memory: CUDA stages through its own pinned buffers; not exercised on
+this project's GPU-less CI).  A tensor that needs a layout change (Keras
+kernels) is staged whole, converted and copied.  No full state dict is ever
 built.  With a module on the ``meta`` device, each tensor is materialised once
 on ``device`` and assigned to the module (like ``load_state_dict(assign=True)``),
 so peak memory is the model plus the budget.
@@ -36,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .budget import parse_bytes
 from .checkpoint import Checkpoint
 from .checkpoint import open as open_checkpoint
 from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError
@@ -45,7 +49,7 @@ from .progress import ProgressArg
 from .reader import box_shape
 from .shard import Box, ShardArg, shard_region
 from .storage import get_source
-from .stream import Group, LoadReport, Target
+from .stream import STAGED_PART_BYTES, Group, LoadReport, Target
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
 
@@ -182,7 +186,9 @@ def _load(module: torch.nn.Module, ckpt: Checkpoint, options: _Options, run: dic
     broadcast = options.replicated == "broadcast"
     reader_rank = not broadcast or _rank() == 0
     materialised = _materialise(slots, options.device)
-    ckpt.execute([_group(s) for s in slots if reader_rank or s.box is not None], report, **run)
+    part_bytes = parse_bytes(run["part_size"]) or STAGED_PART_BYTES
+    groups = [g for s in slots if reader_rank or s.box is not None for g in _groups(s, part_bytes)]
+    ckpt.execute(groups, report, **run)
     if options.layout == "keras":  # Keras keeps no batch counter: start it at zero, as torch does
         for name, t in state.items():
             if name.endswith("num_batches_tracked") and t.is_meta and id(t) not in materialised:
@@ -302,19 +308,47 @@ def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], made: Ma
             owner._buffers[attr] = new
 
 
-def _group(slot: _Slot) -> Group:
-    """Direct into the tensor's memory when it is CPU, contiguous and in the file's layout; else staged."""
+def _groups(slot: _Slot, part_bytes: int) -> list[Group]:
+    """How one slot is filled.
+
+    - CPU, contiguous, in the file's layout: read straight into the tensor's memory.
+    - In the file's layout but elsewhere (a GPU, a non-contiguous view, a dtype numpy lacks): row
+      blocks of at most ``part_bytes`` are staged under the budget and copied in one by one, so
+      host memory for a large weight is one part, not the whole weight.
+    - A layout conversion (transposes, depthwise): the whole weight is staged, converted, copied.
+    """
     source_box = None if slot.box is None else slot.conversion.source_box(slot.box, slot.spec.shape, slot.spec.key)
     view = _numpy_view(slot.dest) if slot.conversion is IDENTITY else None
     if view is not None:
-        return Group([Target(slot.spec, view, source_box)])
+        return [Group([Target(slot.spec, view, source_box)])]
     dest, conversion = slot.dest, slot.conversion
+    if conversion is IDENTITY and slot.spec.shape:
+        return [_part_group(slot.spec, dest, box, origin) for box, origin in _row_parts(slot, source_box, part_bytes)]
 
     def copy(arrays: list[np.ndarray]) -> None:
         with torch.no_grad():
             dest.copy_(_to_torch(conversion.apply(arrays[0])))
 
-    return Group([Target(slot.spec, None, source_box)], on_ready=copy)
+    return [Group([Target(slot.spec, None, source_box)], on_ready=copy)]
+
+
+def _row_parts(slot: _Slot, source_box: Box | None, part_bytes: int) -> list[tuple[Box, int]]:
+    """Row blocks of the slot's region of at most ``part_bytes`` (one row at least), with their first row."""
+    region = source_box if source_box is not None else tuple(slice(0, n) for n in slot.spec.shape)
+    row_bytes = slot.spec.np_dtype.itemsize * int(np.prod([s.stop - s.start for s in region[1:]]))
+    step = max(1, part_bytes // max(1, row_bytes))
+    first, last = region[0].start, region[0].stop
+    return [((slice(r, min(r + step, last)), *region[1:]), r - first) for r in range(first, last, step)]
+
+
+def _part_group(spec: WeightSpec, dest: torch.Tensor, box: Box, origin: int) -> Group:
+    rows = slice(origin, origin + box[0].stop - box[0].start)
+
+    def copy(arrays: list[np.ndarray]) -> None:
+        with torch.no_grad():
+            dest[rows].copy_(_to_torch(arrays[0]))
+
+    return Group([Target(spec, None, box)], on_ready=copy)
 
 
 def _numpy_view(tensor: torch.Tensor) -> np.ndarray | None:

@@ -201,3 +201,21 @@ def test_broadcast_needs_a_process_group(keras_cnn) -> None:
         lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", replicated="broadcast")
     with pytest.raises(lw.UnsupportedError, match="replicated='all'"):
         lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", replicated="all")
+
+
+@pytest.mark.parametrize("shard", [None, lw.Shard(1, 3)])
+def test_tensors_without_shared_memory_are_filled_part_by_part(tmp_path, shard) -> None:
+    """A destination numpy cannot write into (here a non-contiguous view; on a GPU, device memory) is
+    filled in row blocks staged under the budget, never the whole weight at once."""
+    path = tmp_path / "big.h5"
+    values = np.arange(3000 * 256, dtype="f4").reshape(3000, 256)  # 3 MiB
+    with h5py.File(path, "w") as f:
+        f["w"] = values
+    rows = slice(None) if shard is None else slice(1000, 2000)
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.zeros(256, values[rows].shape[0]).t())  # transposed view: not contiguous
+    assert not module.w.is_contiguous()
+    report = lwt.load_state_dict(module, path, part_size="256KiB", max_memory="512KiB", shard=shard)
+    np.testing.assert_array_equal(module.w.detach().numpy(), values[rows])
+    assert report.peak_in_flight <= 512 << 10 < values[rows].nbytes  # never the whole weight in host memory
+    assert report.requests >= values[rows].nbytes // (256 << 10)
