@@ -9,11 +9,13 @@ export KERAS_BACKEND := torch
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build on this machine's disk; unpinned, pip may pick a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# constraints.txt pins the versions CI last passed with: reproducible, and no resolver backtracking
+	# through the boto3/botocore/aiobotocore pins of moto and s3fs
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 test: $(STAMP)
