@@ -186,19 +186,26 @@ def json_attrs(obj: h5py.HLObject, url: str) -> dict[str, Any]:
 # -- datasets --------------------------------------------------------------------
 
 
-def _dtype_name(ds: h5py.Dataset, keras: bool) -> str | None:
+def _dtype_name(ds: h5py.Dataset, dt: np.dtype, keras: bool) -> str | None:
     """The manifest dtype of a dataset, or None when it holds no numeric data.
 
     Keras 3 writes bfloat16 as 2-byte opaque data, with a ``dtype`` attribute
     in ``.weights.h5`` files and without one in legacy ``.h5`` files, where a
     2-byte opaque type can only be bfloat16 (``keras=True``).
     """
-    opaque2 = ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and ds.dtype.fields is None
+    opaque2 = dt.kind == "V" and dt.itemsize == 2 and dt.fields is None
     if opaque2 and (keras or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")):
         return "bfloat16"
-    if ds.dtype.kind in "biufc" and not ds.dtype.hasobject and ds.dtype.fields is None:
-        return ds.dtype.str
+    if dt.kind in "biufc" and not dt.hasobject and dt.fields is None:
+        return dt.str
     return None
+
+
+def _fill_bytes(dcpl: Any, dt: np.dtype) -> bytes:
+    """The dataset's fill value as raw bytes of its dtype (HDF5 default: zeros)."""
+    value = np.zeros((1,), dtype=dt)
+    dcpl.get_fill_value(value)
+    return value.tobytes()
 
 
 def _filters(dcpl: Any) -> tuple[Filter, ...]:
@@ -236,14 +243,15 @@ def dataset_spec(
             f"{ctx.url}: dataset {ds.name} keeps its data in external files; "
             "lazyweights never reads outside the checkpoint"
         )
-    dtype = _dtype_name(ds, keras)
+    dt = ds.dtype  # each access builds a new numpy dtype from the HDF5 type: read once
+    dtype = _dtype_name(ds, dt, keras)
     if dtype is None:
-        return None, f"dtype {ds.dtype} is not numeric"
-    shape = tuple(int(n) for n in ds.shape) if ds.shape is not None else ()
+        return None, f"dtype {dt} is not numeric"
+    raw_shape = ds.shape
+    shape = tuple(int(n) for n in raw_shape) if raw_shape is not None else ()
     fields: dict[str, Any] = {"key": key, "layer": layer, "name": name, "path": ds.name, "shape": shape, "dtype": dtype}
-    fill = ds.fillvalue
-    fields["fill"] = np.asarray(fill, dtype=ds.dtype).tobytes() if fill is not None and dtype != "bfloat16" else None
-    if ds.shape is None or 0 in shape:
+    fields["fill"] = _fill_bytes(dcpl, dt) if dtype != "bfloat16" else None
+    if raw_shape is None or 0 in shape:
         return WeightSpec(layout="empty", **fields), ""
     if layout == h5py.h5d.COMPACT:
         return WeightSpec(layout="compact", inline=np.ascontiguousarray(ds[()]).tobytes(), **fields), ""
