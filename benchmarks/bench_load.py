@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from memory import peak_rss, reset_peak_rss, rss_now
+from memory import peak_rss, reset_peak_rss, rss_now, run_json
 
 MiB = 1 << 20
 WIDTH = 4096
@@ -164,8 +164,7 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
 def run_child(method: str, paths: dict[str, Path], layers: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", method, "--layers", str(layers)]
     cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"]), "--legacy", str(paths["legacy"])]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from memory import peak_rss, reset_peak_rss, rss_now
+from memory import peak_rss, reset_peak_rss, rss_now, run_json
 
 MiB = 1 << 20
 BUDGET = "256MiB"
@@ -181,8 +181,7 @@ def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
 
 def run_child(method: str, h5: Path, work: Path) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", method, "--h5", str(h5), "--dir", str(work)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd)
 
 
 def main() -> None:

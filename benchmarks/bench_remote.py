@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from bench_load import generate, layer_count  # noqa: E402
-from memory import peak_rss, reset_peak_rss, rss_now  # noqa: E402
+from memory import peak_rss, reset_peak_rss, rss_now, run_json  # noqa: E402
 
 from tests.servers import RangeHandler, RangeHTTPServer  # noqa: E402
 
@@ -174,8 +174,7 @@ def open_requests(url: str, tmp: str) -> dict[str, int]:
 def run_child(method: str, url: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", method, "--url", url, "--tmp", tmp]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return run_json(cmd)
 
 
 # -- driver ----------------------------------------------------------------------------------

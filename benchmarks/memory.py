@@ -24,3 +24,12 @@ def reset_peak_rss() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak seen next is the following call's."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def run_json(cmd: list[str]) -> dict:
+    """Run a measurement in a fresh process and return the JSON object on its last stdout line."""
+    import json
+    import subprocess
+
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

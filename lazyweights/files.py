@@ -20,7 +20,28 @@ __all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile"]
 METADATA_BLOCK_BYTES = 256 << 10  # block size of the cache metadata parsing reads through
 
 
-class MetadataFile(io.RawIOBase):
+class _ReadOnlyFile(io.RawIOBase):
+    """Position bookkeeping for a read-only file of ``_size`` bytes; subclasses implement ``readinto``."""
+
+    _pos = 0
+    _size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, start + offset)
+        return self._pos
+
+
+class MetadataFile(_ReadOnlyFile):
     """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
 
     Reads inside the source's head (its first ``HEAD_BYTES``, one request)
@@ -31,30 +52,16 @@ class MetadataFile(io.RawIOBase):
 
     def __init__(self, source: Source):
         super().__init__()
-        self._source, self._pos = source, 0
+        self._source, self._pos, self._size = source, 0, source.size
 
         def fetch(start: int, end: int) -> bytes:
             return source.read(start, min(end, source.size) - start)
 
         self._blocks = fsspec.caching.BlockCache(METADATA_BLOCK_BYTES, fetch, source.size, maxblocks=256)
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._source.size}[whence]
-        self._pos = max(0, start + offset)
-        return self._pos
-
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        end = min(self._pos + view.nbytes, self._source.size)
+        end = min(self._pos + view.nbytes, self._size)
         if end <= self._pos:
             return 0
         head = self._source.head()  # fetched once; most small files' metadata lives there
@@ -64,7 +71,7 @@ class MetadataFile(io.RawIOBase):
         return len(data)
 
 
-class WindowFile(io.RawIOBase):
+class WindowFile(_ReadOnlyFile):
     """A read-only view of ``[base, base + length)`` of another seekable file.
 
     Used to parse an HDF5 file stored uncompressed inside a zip archive in
@@ -74,25 +81,11 @@ class WindowFile(io.RawIOBase):
 
     def __init__(self, raw: Any, base: int, length: int):
         super().__init__()
-        self._raw, self._base, self._length, self._pos = raw, base, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, start + offset)
-        return self._pos
+        self._raw, self._base, self._size, self._pos = raw, base, length, 0
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = max(0, min(view.nbytes, self._length - self._pos))
+        n = max(0, min(view.nbytes, self._size - self._pos))
         if n == 0:
             return 0
         self._raw.seek(self._base + self._pos)
