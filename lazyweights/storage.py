@@ -327,6 +327,14 @@ class Source:
             except Exception as exc:
                 await asyncio.sleep(self._next_delay(exc, delays, what))
 
+    def with_retries(self, fn: Callable[[], Any], what: str) -> Any:
+        """Call ``fn`` (an operation on this source's filesystem) under this source's retry policy.
+
+        Transient failures are retried with backoff; permanent ones raise a
+        :class:`StorageError` naming the URL and ``what`` was being done.
+        """
+        return self._retrying_sync(fn, what)
+
     def _retrying_sync(self, fn: Callable[[], Any], what: str) -> Any:
         delays = self.retry.delays()
         while True:

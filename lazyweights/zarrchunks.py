@@ -7,7 +7,8 @@ elements a region needs from it are one byte range, read with ``os.preadv``
 straight into the destination when they land in one contiguous span of it —
 the usual case, since the mirror writer splits leading axes only — or staged
 and copied (a column of a chunk, a dtype cast) otherwise.  Remote chunks are
-fetched with fsspec's ``cat_file`` on the chunk's key.  Other chunks are
+fetched with fsspec's ``cat_file`` on the chunk's key, under the source's
+retry policy (transient failures retried, a missing chunk is the fill value).  Other chunks are
 fetched whole the same way and decoded in the calling thread by the array's
 own codecs (:func:`~lazyweights.zarrstore.chunk_decoder`), with no event loop
 per chunk.  Arrays only zarr can read (sharded, F order, codecs without a
@@ -252,17 +253,25 @@ def _fetch(
     (locally with no intermediate copy) and ``into`` is returned.
     """
     path = _object_path(source, spec, index)
-    try:
-        if source.is_local:
+    if source.is_local:
+        try:
             return _pread(path, start, length, whole, into, lambda: _where(source, spec, index))
-        if length is not None and (start, length) != (0, whole):
-            data = source.fs.cat_file(path, start=start, end=start + length)
-        else:
-            data = source.fs.cat_file(path)
-    except FileNotFoundError:
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{_where(source, spec, index)}: read failed: {exc}") from exc
+
+    def cat() -> bytes | None:
+        try:
+            if length is not None and (start, length) != (0, whole):
+                return source.fs.cat_file(path, start=start, end=start + length)
+            return source.fs.cat_file(path)
+        except FileNotFoundError:
+            return None  # a chunk never written: the fill value
+
+    data = source.with_retries(cat, f"read of chunk {_where(source, spec, index)}")
+    if data is None:
         return None
-    except OSError as exc:
-        raise StorageError(f"{_where(source, spec, index)}: read failed: {exc}") from exc
     if whole is not None and (start, length) == (0, whole) and len(data) != whole:
         raise _wrong_size(_where(source, spec, index), len(data), whole)
     if length is not None and len(data) != length:

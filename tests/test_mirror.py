@@ -215,6 +215,11 @@ def test_mirror_to_memory_and_read_over_http(keras3_files: dict, http_server, ht
             loaded = lw.load(remote, max_memory="64KiB")
             for key, value in lw.load(src).items():
                 np.testing.assert_array_equal(value, loaded[key])
+            http_server.inject(("status", 503), ("short", 100), ("reset", 0))  # chunk reads meet transient faults
+            retried = lw.load(remote, concurrency=1)
+            assert not http_server.faults
+            for key, value in loaded.items():
+                np.testing.assert_array_equal(value, retried[key])
 
 
 def test_zarr_v2_mirror(tmp_path: Path) -> None:
