@@ -32,6 +32,7 @@ __all__ = [
     "child",
     "dataset_spec",
     "find_superblock",
+    "group_layers",
     "json_attrs",
     "parse_generic",
     "walk_datasets",
@@ -278,7 +279,7 @@ def parse_generic(root: h5py.File, ctx: ParseContext) -> Manifest:
             skipped.append((path, reason))
         else:
             weights.append(spec)
-    layers = _group_layers(weights)
+    layers = group_layers(weights)
     return Manifest(
         url=ctx.url,
         format="hdf5",
@@ -291,7 +292,8 @@ def parse_generic(root: h5py.File, ctx: ParseContext) -> Manifest:
     )
 
 
-def _group_layers(weights: list[WeightSpec]) -> tuple[Layer, ...]:
+def group_layers(weights: list[WeightSpec]) -> tuple[Layer, ...]:
+    """Layers in order of first appearance, each with its weights' keys (formats without a layer list)."""
     order: dict[str, list[str]] = {}
     for w in weights:
         order.setdefault(w.layer, []).append(w.key)

@@ -33,6 +33,7 @@ from ..errors import FormatError, UnsupportedError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
 from ..zarrstore import array, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
+from .hdf5 import group_layers
 
 __all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
 
@@ -189,16 +190,13 @@ def _parse_foreign(source: Source, group: Any) -> Manifest:
             skipped.append((path, f"dtype {array(source, path).dtype} is not numeric"))
         else:
             weights.append(spec)
-    layers: dict[str, list[str]] = {}
-    for w in weights:
-        layers.setdefault(w.layer, []).append(w.key)
     return Manifest(
         url=source.url,
         format="zarr",
         size=0,
         etag=source.etag,
         weights=tuple(weights),
-        layers=tuple(Layer(k, tuple(v)) for k, v in layers.items()),
+        layers=group_layers(weights),
         attrs=_json_configs(source, group.attrs),
         skipped=tuple(skipped),
     )
