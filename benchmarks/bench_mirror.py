@@ -148,7 +148,7 @@ def measure(method: str, h5: str, work: Path) -> dict[str, float]:
 
 
 def _chunks(ds: object) -> tuple[int, ...]:
-    from lazyweights.mirror import DEFAULT_CHUNK_BYTES, chunk_shape
+    from lazyweights.tools.mirror import DEFAULT_CHUNK_BYTES, chunk_shape
 
     return chunk_shape(ds.shape, ds.dtype.itemsize, DEFAULT_CHUNK_BYTES)
 

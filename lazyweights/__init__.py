@@ -8,7 +8,6 @@
 >>> lw.verify("model.h5", "s3://bucket/model.zarr").ok       # doctest: +SKIP
 """
 
-from .budget import parse_bytes
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
     DestinationExistsError,
@@ -24,13 +23,14 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
-from .export import export
-from .index import write_index
+from .formats.index import write_index
 from .manifest import Manifest
-from .mirror import MirrorReport, mirror
-from .shard import Shard
 from .stream import LoadReport
-from .verify import Difference, VerifyReport, verify
+from .stream.budget import parse_bytes
+from .targets.shard import Shard
+from .tools.export import export
+from .tools.mirror import MirrorReport, mirror
+from .tools.verify import Difference, VerifyReport, verify
 
 __version__ = "0.1.0"
 

@@ -10,16 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from . import formats, lazy, reader
-from .budget import parse_bytes
+from . import formats, geometry
 from .errors import MissingKeyError, PartialLoadError
-from .index import load_manifest
+from .formats.index import load_manifest
 from .manifest import Manifest, WeightSpec
-from .progress import ProgressArg, progress_callback
-from .shard import ShardArg
+from .read import dask as lazy
 from .storage import Source, get_source, release_source
-from .stream import Group, LoadReport, execute
+from .stream import Group, LoadReport, Target, execute
+from .stream.budget import parse_bytes
+from .stream.progress import ProgressArg, progress_callback
 from .targets.numpy import plan_numpy
+from .targets.shard import ShardArg
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
 
@@ -42,8 +43,19 @@ class Weight:
     ndim = property(lambda self: len(self.spec.shape))
 
     def read(self, index: Any = ()) -> np.ndarray:
-        """The values (or those at ``index``, reading only the rows it covers) as a numpy array."""
-        return reader.read(self._source, self.spec, index)
+        """The values (or those at ``index``, reading only the bytes its box covers) as a numpy array.
+
+        Runs through the executor like every other read, so it is length-checked
+        and ends by checking that the object did not change.
+        """
+        box, rest = geometry.normalize_index(index, self.spec.shape)
+        out = np.empty(geometry.box_shape(box), dtype=self.spec.np_dtype)
+        report = LoadReport(url=self._source.url, format="")
+        try:
+            execute(self._source, [Group([Target(self.spec, out, box)])], max_memory=None, report=report)
+        except PartialLoadError as exc:  # ``out`` is ours and discarded: the read's own error is the one to raise
+            raise exc.__cause__ from None
+        return out[rest]
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.read(index)
@@ -52,9 +64,10 @@ class Weight:
         values = self.read()
         return values if dtype is None else values.astype(dtype)
 
-    def to_dask(self, chunks: Any = None) -> Any:
+    def to_dask(self, chunks: Any = None, block_bytes: int = geometry.ROW_BLOCK_BYTES) -> Any:
         """A lazy dask array; computing a slice reads only the bytes it needs."""
-        return lazy.to_dask(self._source, self.spec, chunks=chunks)
+        token = (self._source.url, self._source.size, self._source.etag, self.key)
+        return lazy.to_dask(self, token, chunks=chunks, block_bytes=block_bytes)
 
     def __repr__(self) -> str:
         return f"<Weight {self.key!r} shape={self.shape} dtype={self.spec.dtype}>"
@@ -199,7 +212,6 @@ class Checkpoint:
                 progress=cb,
                 report=report,
             )
-        self._source.verify()  # stores without per-request pinning: refuse bytes from a changed object
         return report
 
     # -- lifetime -----------------------------------------------------------------

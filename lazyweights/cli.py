@@ -26,8 +26,8 @@ import click
 import lazyweights as lw
 
 from .errors import LazyWeightsError
-from .export import FORMATS
-from .keras_compat import layer_classes
+from .targets.keras.config import layer_classes
+from .tools.export import FORMATS
 
 __all__ = ["cli", "main"]
 

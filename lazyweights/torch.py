@@ -39,17 +39,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .budget import parse_bytes
 from .checkpoint import Checkpoint
 from .checkpoint import open as open_checkpoint
 from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError
-from .layouts import IDENTITY, Conversion, describe, keras_names
+from .geometry import Box, box_shape
 from .manifest import Manifest, WeightSpec
-from .progress import ProgressArg
-from .reader import box_shape
-from .shard import Box, ShardArg, shard_region
 from .storage import get_source
-from .stream import STAGED_PART_BYTES, Group, LoadReport, Target
+from .stream import Group, LoadReport, Target
+from .stream.budget import parse_bytes
+from .stream.executor import STAGED_PART_BYTES
+from .stream.progress import ProgressArg
+from .targets.shard import ShardArg, shard_region
+from .targets.torch.layouts import IDENTITY, Conversion, describe, keras_names
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
 

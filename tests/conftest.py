@@ -94,8 +94,8 @@ def user_cache_home(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(autouse=True)
 def index_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test caches remote manifests in its own temporary directory, never in the user's cache."""
-    import lazyweights.index
+    import lazyweights.formats.index
 
     path = tmp_path_factory.mktemp("lwindex")
-    monkeypatch.setattr(lazyweights.index, "DEFAULT_CACHE_DIR", path)
+    monkeypatch.setattr(lazyweights.formats.index, "DEFAULT_CACHE_DIR", path)
     return path

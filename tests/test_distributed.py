@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import lazyweights as lw
-from lazyweights import distributed as lwd
+from lazyweights.tools import distributed as lwd
 
 from .tp_worker import MLP
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lazyweights as lw
-from lazyweights.budget import ByteBudget, parse_bytes
+from lazyweights.stream.budget import ByteBudget, parse_bytes
 
 MiB = 1 << 20
 

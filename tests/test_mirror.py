@@ -16,7 +16,7 @@ import zarr
 import lazyweights as lw
 from lazyweights.formats.zarr import encode_name
 from lazyweights.manifest import ZarrChunks
-from lazyweights.mirror import chunk_shape
+from lazyweights.tools.mirror import chunk_shape
 
 from .conftest import KERAS2
 

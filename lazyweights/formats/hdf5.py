@@ -20,9 +20,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..codecs import has_codecs
 from ..errors import FormatError, TruncatedFileError, UnsafeCheckpointError
 from ..manifest import Chunk, Extent, Filter, Layer, Manifest, WeightSpec
+from .filters import has_codecs
 
 __all__ = [
     "SIGNATURE",

@@ -32,8 +32,8 @@ from typing import Any
 from ..errors import FormatError, UnsupportedError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
-from ..zarrstore import array, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
 from .hdf5 import group_layers
+from .zarr_store import array, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
 
 __all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
 

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import MismatchError
+from ..geometry import box_shape
 from ..manifest import WeightSpec
-from ..reader import box_shape
-from ..shard import ShardArg, shard_region
 from ..stream import Group, Target
+from .shard import ShardArg, shard_region
 
 __all__ = ["check_destination", "plan_numpy"]
 

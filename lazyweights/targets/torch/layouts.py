@@ -38,13 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UnsupportedError
-from .keras_compat import layer_classes as keras_layer_classes
-from .manifest import Manifest, WeightSpec
+from ...errors import UnsupportedError
+from ...geometry import Box
+from ...manifest import Manifest, WeightSpec
+from ..keras.config import layer_classes as keras_layer_classes
 
 __all__ = ["IDENTITY", "Conversion", "KerasName", "describe", "keras_names", "layer_classes", "snake_case"]
-
-Box = tuple[slice, ...]
 
 # Variables of each Keras 3 layer class, in the order its ``vars/<i>`` datasets hold them.
 KERAS_VARIABLES: dict[str, tuple[str, ...]] = {

@@ -24,15 +24,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import reader
+from .. import geometry
+from ..errors import LazyWeightsError, ObjectChangedError, PartialLoadError
+from ..manifest import WeightSpec
+from ..read import hdf5, zarr
+from ..read.constant import constant_values, fill_value
+from ..storage import Source
 from .budget import ByteBudget
-from .errors import LazyWeightsError, PartialLoadError
-from .manifest import WeightSpec
-from .storage import Source
+from .report import LoadReport
 
 __all__ = ["Group", "LoadReport", "Target", "execute"]
 
@@ -68,11 +71,11 @@ class Target:
 
     @property
     def region(self) -> tuple[slice, ...]:
-        return self.box if self.box is not None else reader.full_box(self.spec.shape)
+        return self.box if self.box is not None else geometry.full_box(self.spec.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return reader.box_shape(self.box) if self.box is not None else self.spec.shape
+        return geometry.box_shape(self.box) if self.box is not None else self.spec.shape
 
     @property
     def nbytes(self) -> int:
@@ -85,38 +88,6 @@ class Group:
 
     targets: list[Target]
     on_ready: Callable[[list[np.ndarray]], None] | None = None
-
-
-@dataclass
-class LoadReport:
-    """What a load did: which weights, how many bytes and requests, how long, how much memory in flight."""
-
-    url: str
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    replicated: list[str] = field(default_factory=list)  # sharded loads: weights read whole by every rank
-    bytes_loaded: int = 0
-    bytes_read: int = 0
-    requests: int = 0
-    seconds: float = 0.0
-    peak_in_flight: int = 0
-    max_memory: int | None = None
-    concurrency: int = 0
-
-    @property
-    def throughput(self) -> float:
-        """Bytes loaded per second."""
-        return self.bytes_loaded / self.seconds if self.seconds > 0 else float("inf")
-
-    def __str__(self) -> str:
-        mib = 1 << 20
-        return (
-            f"loaded {len(self.loaded)} weights ({self.bytes_loaded / mib:.1f} MiB) from {self.url} "
-            f"in {self.seconds:.2f} s ({self.throughput / mib:.0f} MiB/s), {self.requests} reads, "
-            f"peak in flight {self.peak_in_flight / mib:.1f} MiB"
-            + (f", {len(self.skipped)} skipped" if self.skipped else "")
-        )
 
 
 @dataclass
@@ -152,16 +123,16 @@ def _contiguous_units(
     flat = dest.reshape(-1) if direct else None
     part_bytes = parts.direct if direct and source.is_local else parts.staged
     itemsize = spec.np_dtype.itemsize
-    starts, run = reader.box_runs(spec.shape, box)
+    starts, run = geometry.box_runs(spec.shape, box)
     if len(starts) > 1 and 2 * run * itemsize <= part_bytes:
         yield from _span_units(source, spec, dest, starts, run, parts.staged)
         return
     for i, s in enumerate(starts.tolist()):
-        for e0, e1 in reader.contiguous_parts(spec, part_bytes, s, s + run):
-            ext = reader.element_extent(spec, e0, e1)
+        for e0, e1 in geometry.contiguous_parts(spec, part_bytes, s, s + run):
+            ext = geometry.element_extent(spec, e0, e1)
             d0, d1 = i * run + e0 - s, i * run + e1 - s  # where the part lands in the destination, flat
             if direct:
-                view = reader.byte_view(flat[d0:d1])
+                view = geometry.byte_view(flat[d0:d1])
 
                 def run_unit(ext=ext, view=view) -> None:
                     source.readinto(ext.offset, view)
@@ -174,7 +145,7 @@ def _contiguous_units(
 
                 def run_unit(ext=ext, d0=d0, d1=d1) -> None:
                     stage = np.empty(d1 - d0, dtype=spec.np_dtype)
-                    source.readinto(ext.offset, reader.byte_view(stage))
+                    source.readinto(ext.offset, geometry.byte_view(stage))
                     _assign_flat(dest, d0, d1, stage)
 
                 cost = ext.length * (1 if source.is_local else 2)
@@ -187,14 +158,14 @@ def _span_units(
     """Short runs (a slice along a trailing axis): read neighbouring runs as one span, then pick them out."""
     itemsize = spec.np_dtype.itemsize
     max_span, max_gap = max(run, part_bytes // itemsize), MAX_GAP_BYTES // itemsize
-    for i, j in reader.coalesce_runs(starts, run, max_span, max_gap):
+    for i, j in geometry.coalesce_runs(starts, run, max_span, max_gap):
         first, last = int(starts[i]), int(starts[j - 1]) + run
-        ext = reader.element_extent(spec, first, last)
+        ext = geometry.element_extent(spec, first, last)
         offsets = (starts[i:j] - first).tolist()
 
         def run_unit(ext=ext, i=i, offsets=offsets, first=first, last=last) -> None:
             stage = np.empty(last - first, dtype=spec.np_dtype)
-            source.readinto(ext.offset, reader.byte_view(stage))
+            source.readinto(ext.offset, geometry.byte_view(stage))
             for n, o in enumerate(offsets):
                 _assign_flat(dest, (i + n) * run, (i + n + 1) * run, stage[o : o + run])
 
@@ -207,11 +178,11 @@ def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[
     """One unit per stored chunk that meets ``box``; chunks outside it are never fetched."""
     chunk_nbytes = int(np.prod(spec.chunk_shape)) * spec.np_dtype.itemsize
     if len(spec.chunks) < _chunk_count(spec):
-        dest[...] = reader.fill_value(spec)  # unwritten chunks hold the fill value
-    for chunk, src, dst in reader.chunk_overlaps(spec, box):
+        dest[...] = fill_value(spec)  # unwritten chunks hold the fill value
+    for chunk, src, dst in hdf5.chunk_overlaps(spec, box):
 
         def run(chunk=chunk, src=src, dst=dst) -> None:
-            dest[dst] = reader.read_chunk(source, spec, chunk)[src]
+            dest[dst] = hdf5.read_chunk(source, spec, chunk)[src]
 
         nbytes = int(np.prod([s.stop - s.start for s in dst])) * spec.np_dtype.itemsize
         yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
@@ -219,9 +190,7 @@ def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[
 
 def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray, region: tuple[slice, ...]) -> Iterator[_Unit]:
     """One unit per zarr chunk meeting ``region`` (raw chunks read straight into ``dest`` when they can be)."""
-    from .zarrchunks import chunk_reads
-
-    for read in chunk_reads(source, spec, dest, region):
+    for read in zarr.chunk_reads(source, spec, dest, region):
         yield _Unit(spec.key, read.cost, read.stored, read.nbytes, read.run)
 
 
@@ -261,10 +230,10 @@ def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) 
         nbytes = target.nbytes
 
         def run() -> None:
-            dest[...] = reader.read(source, spec, box)
+            dest[...] = hdf5.read_h5py_box(source, spec, box)
 
         return [_Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)]
-    dest[...] = reader.constant_values(spec)[box]
+    dest[...] = constant_values(spec)[box]
     return []
 
 
@@ -422,7 +391,9 @@ def execute(
     done = set(state.done)
     report.loaded.extend(t.spec.key for g in groups for t in g.targets if t.spec.key in done)  # plan order
     if state.error is not None:
+        _explain_change(source, state)
         _raise(source, groups, state)
+    source.verify()  # every path ends here: refuse bytes read from an object that changed meanwhile
     return report
 
 
@@ -490,6 +461,15 @@ def _guard(state: _Progress, key: str, fn: Callable[[], None]) -> None:
         fn()
     except BaseException as exc:
         state.fail(key, exc)
+
+
+def _explain_change(source: Source, state: _Progress) -> None:
+    """When the object changed, that is the load's error: it explains whatever failed (a short read...)."""
+    try:
+        source.verify()
+    except ObjectChangedError as changed:
+        changed.__cause__ = state.error
+        state.error = changed
 
 
 def _raise(source: Source, groups: Sequence[Group], state: _Progress) -> None:

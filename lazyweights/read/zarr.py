@@ -10,7 +10,7 @@ and copied (a column of a chunk, a dtype cast) otherwise.  Remote chunks are
 fetched with fsspec's ``cat_file`` on the chunk's key, under the source's
 retry policy (transient failures retried, a missing chunk is the fill value).  Other chunks are
 fetched whole the same way and decoded in the calling thread by the array's
-own codecs (:func:`~lazyweights.zarrstore.chunk_decoder`), with no event loop
+own codecs (:func:`~lazyweights.chunk_decoder`), with no event loop
 per chunk.  Arrays only zarr can read (sharded, F order, codecs without a
 synchronous path) are read through zarr, a chunk at a time.
 
@@ -26,9 +26,10 @@ runs them for one block (``reader.read``).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,14 +37,20 @@ from typing import Any
 
 import numpy as np
 
-from . import reader, zarrstore
-from .errors import FormatError, StorageError
-from .manifest import WeightSpec
-from .storage import Source, pread_into
+from ..errors import FormatError, StorageError
+from ..formats.zarr_store import array, from_stored
+from ..geometry import Box, box_runs, box_shape, byte_view, grid_pieces
+from ..manifest import WeightSpec
+from ..storage import Source, pread_into
+from .constant import fill_value
 
 __all__ = ["ChunkRead", "chunk_reads", "read_box"]
 
-Index = tuple[slice, ...]
+Index = Box
+Decoder = Callable[[Any], np.ndarray]  # an encoded chunk object's bytes -> the chunk's values (chunk shape)
+
+_decoders: weakref.WeakKeyDictionary[Source, dict[str, Decoder | None]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
 
 # read_box over a remote store: chunk objects fetched at once (zarr's default is 10)
 REMOTE_CONCURRENCY = 16
@@ -81,23 +88,13 @@ def _pieces(spec: WeightSpec, region: Index) -> Iterator[_Piece]:
         yield _Piece((), (), (), ())
         return
     grid = tuple(max(1, c) for c in (spec.chunk_shape or spec.shape))
-    axes = [
-        [(i, slice(max(i * c, r.start), min((i + 1) * c, r.stop))) for i in range(r.start // c, -(-r.stop // c))]
-        for r, c in zip(region, grid, strict=True)
-    ]
-    for combo in itertools.product(*axes):
-        index = tuple(i for i, _ in combo)
-        part = tuple(p for _, p in combo)
-        yield _Piece(
-            index,
-            src=tuple(slice(p.start - i * c, p.stop - i * c) for p, i, c in zip(part, index, grid, strict=True)),
-            dst=tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(part, region, strict=True)),
-            part=part,
-        )
+    for index, src, dst in grid_pieces(grid, region):
+        part = tuple(slice(s.start + i * c, s.stop + i * c) for s, i, c in zip(src, index, grid, strict=True))
+        yield _Piece(index, src, dst, part)
 
 
 def _nbytes(spec: WeightSpec, box: Index) -> int:
-    return math.prod(reader.box_shape(box)) * spec.np_dtype.itemsize
+    return math.prod(box_shape(box)) * spec.np_dtype.itemsize
 
 
 def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Index) -> Iterator[ChunkRead]:
@@ -105,7 +102,7 @@ def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Inde
     fmt = spec.zarr
     decoder = None
     if fmt is not None and fmt.byteorder is None:
-        decoder = zarrstore.chunk_decoder(source, spec)
+        decoder = chunk_decoder(source, spec)
     for piece in _pieces(spec, region):
         if fmt is not None and fmt.byteorder is not None:
             yield _raw_read(source, spec, dest, piece)
@@ -122,8 +119,8 @@ def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
     concurrently.
     """
     if spec.zarr is None:
-        return zarrstore.read_box(source, spec, box)
-    out = np.empty(reader.box_shape(box), dtype=spec.np_dtype)
+        return _zarr_box(source, spec, box)
+    out = np.empty(box_shape(box), dtype=spec.np_dtype)
     reads = list(chunk_reads(source, spec, out, box))
     if source.is_local or len(reads) == 1:
         for read in reads:
@@ -149,7 +146,7 @@ def _raw_dtype(spec: WeightSpec) -> np.dtype:
 
 def _flat_span(shape: tuple[int, ...], box: Index) -> tuple[int, int, int]:
     """``(first, last, runs)``: the C-order elements ``box`` spans in an array of ``shape``, and its run count."""
-    starts, run = reader.box_runs(shape, box)
+    starts, run = box_runs(shape, box)
     return int(starts[0]), int(starts[-1]) + run, len(starts)
 
 
@@ -166,9 +163,9 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
     if direct:
 
         def run() -> None:
-            into = reader.byte_view(dest.reshape(-1)[d0:d1])
+            into = byte_view(dest.reshape(-1)[d0:d1])
             if _fetch(source, spec, piece.index, start, length, whole, into) is None:
-                dest[piece.dst] = reader.fill_value(spec)
+                dest[piece.dst] = fill_value(spec)
 
         return ChunkRead(0 if source.is_local else length, length, nbytes, run)
     strides = _c_strides(chunk_shape, dtype.itemsize)
@@ -176,10 +173,10 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
     def run_staged() -> None:
         data = _fetch(source, spec, piece.index, start, length, whole, None)
         if data is None:
-            dest[piece.dst] = reader.fill_value(spec)
+            dest[piece.dst] = fill_value(spec)
             return
         span = np.frombuffer(data, dtype=dtype)  # the piece's elements, at the chunk's strides from the first
-        dest[piece.dst] = np.lib.stride_tricks.as_strided(span, reader.box_shape(piece.src), strides, writeable=False)
+        dest[piece.dst] = np.lib.stride_tricks.as_strided(span, box_shape(piece.src), strides, writeable=False)
 
     return ChunkRead(length, length, nbytes, run_staged)
 
@@ -196,7 +193,7 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 
 
 def _decoded_read(
-    source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, decoder: zarrstore.Decoder
+    source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, decoder: Decoder
 ) -> ChunkRead:
     """Fetch an encoded chunk whole, decode it in this thread, copy the piece into place."""
     chunk_nbytes = math.prod(spec.chunk_shape or ()) * spec.np_dtype.itemsize
@@ -204,14 +201,14 @@ def _decoded_read(
     def run() -> None:
         data = _fetch(source, spec, piece.index, 0, None, None, None)
         if data is None:
-            dest[piece.dst] = reader.fill_value(spec)
+            dest[piece.dst] = fill_value(spec)
             return
         try:
             values = decoder(data)
         except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
             where = _where(source, spec, piece.index)
             raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
-        dest[piece.dst] = zarrstore.from_stored(values, spec.dtype)[piece.src]
+        dest[piece.dst] = from_stored(values, spec.dtype)[piece.src]
 
     return ChunkRead(2 * chunk_nbytes, chunk_nbytes, _nbytes(spec, piece.dst), run)
 
@@ -220,7 +217,7 @@ def _zarr_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece
     """A chunk of an array only zarr can read: zarr fetches and decodes it, then it is copied into place."""
 
     def run() -> None:
-        dest[piece.dst] = zarrstore.read_box(source, spec, piece.part)
+        dest[piece.dst] = _zarr_box(source, spec, piece.part)
 
     nbytes = _nbytes(spec, piece.dst)
     return ChunkRead(2 * nbytes, nbytes, nbytes, run)
@@ -307,3 +304,73 @@ def _pread(
 
 def _wrong_size(where: str, got: int, wanted: int) -> FormatError:
     return FormatError(f"{where}: the chunk object holds {got} bytes; an uncompressed chunk holds {wanted}")
+
+
+def _zarr_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
+    """The values of ``spec`` inside ``box`` (unit-step slices), in the spec's dtype, read by zarr."""
+    values = np.asarray(array(source, spec.path)[box] if box else array(source, spec.path)[...])
+    return from_stored(values, spec.dtype)
+
+
+def chunk_decoder(source: Source, spec: WeightSpec) -> Decoder | None:
+    """A synchronous decoder for ``spec``'s encoded chunks, built from the array's own codecs (cached).
+
+    Runs in the calling thread: no event loop per chunk.  Zarr v2 arrays
+    decode with their numcodecs compressor and filters; v3 arrays with their
+    codec chain when every codec has a synchronous path.  None otherwise
+    (then zarr reads the chunks).
+    """
+    with _lock:
+        cache = _decoders.setdefault(source, {})
+        if spec.path in cache:
+            return cache[spec.path]
+    arr = array(source, spec.path)
+    decoder = _v2_decoder(arr) if arr.metadata.zarr_format == 2 else _v3_decoder(arr)
+    with _lock:
+        cache[spec.path] = decoder
+    return decoder
+
+
+def _v2_decoder(arr: Any) -> Decoder | None:
+    from numcodecs.compat import ensure_ndarray
+
+    meta = arr.metadata
+    if meta.order != "C":
+        return None
+    dtype, shape = np.dtype(meta.dtype.to_native_dtype()), tuple(arr.chunks)
+    if dtype.hasobject:
+        return None
+    steps = [f.decode for f in reversed(meta.filters or ())]
+    if meta.compressor:
+        steps.insert(0, meta.compressor.decode)
+
+    def decode(data: Any) -> np.ndarray:
+        for step in steps:
+            data = step(data)
+        return ensure_ndarray(data).view(dtype).reshape(shape)
+
+    return decode
+
+
+def _v3_decoder(arr: Any) -> Decoder | None:
+    from zarr.abc.codec import SupportsSyncCodec
+    from zarr.core.array_spec import ArrayConfig
+    from zarr.core.buffer import default_buffer_prototype
+
+    meta = arr.metadata
+    if not all(isinstance(codec, SupportsSyncCodec) for codec in meta.codecs):
+        return None
+    prototype = default_buffer_prototype()
+    chunk_spec = meta.get_chunk_spec((0,) * arr.ndim, ArrayConfig.from_dict({}), prototype)
+    stages = []  # each codec with the spec of what it decodes into, last codec first
+    for codec in meta.codecs:
+        stages.insert(0, (codec, chunk_spec))
+        chunk_spec = codec.resolve_metadata(chunk_spec)
+
+    def decode(data: Any) -> np.ndarray:
+        value = prototype.buffer.from_bytes(data)
+        for codec, spec in stages:
+            value = codec._decode_sync(value, spec)  # zarr's SupportsSyncCodec protocol
+        return value.as_numpy_array()
+
+    return decode

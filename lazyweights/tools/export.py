@@ -28,14 +28,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from .blocks import Block, Digests, for_each_block, le_bytes
-from .budget import parse_bytes
-from .checkpoint import Checkpoint, Url
-from .checkpoint import open as open_checkpoint
-from .errors import DestinationExistsError, LazyWeightsError, UnsupportedError
-from .manifest import WeightSpec
-from .progress import ProgressArg, progress_callback
-from .stream import LoadReport
+from ..checkpoint import Checkpoint, Url
+from ..checkpoint import open as open_checkpoint
+from ..errors import DestinationExistsError, LazyWeightsError, UnsupportedError
+from ..manifest import WeightSpec
+from ..stream import LoadReport
+from ..stream.blocks import Block, Digests, for_each_block, le_bytes
+from ..stream.budget import parse_bytes
+from ..stream.progress import ProgressArg, progress_callback
 
 __all__ = ["FORMATS", "export"]
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .errors import FormatError, UnsupportedError
-from .manifest import Filter
+from ..errors import FormatError, UnsupportedError
+from ..manifest import Filter
 
 __all__ = ["decode_chunk", "has_codecs"]
 

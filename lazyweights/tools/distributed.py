@@ -1,6 +1,6 @@
 """Loading a whole checkpoint through a ``dask.distributed`` cluster, in one call.
 
-Every weight becomes a dask array (:func:`lazyweights.lazy.to_dask`: tasks
+Every weight becomes a dask array (:func:`lazyweights.read.dask.to_dask`: tasks
 carry the URL, options and byte extents, never an open file), so each worker
 reads its own blocks straight from storage; the client only gathers results
 (or, with ``persist=True``, keeps them on the workers).  For torch ranks that
@@ -13,9 +13,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .checkpoint import Checkpoint
-from .checkpoint import open as open_checkpoint
-from .shard import ShardArg, shard_region
+from ..checkpoint import Checkpoint
+from ..checkpoint import open as open_checkpoint
+from ..geometry import ROW_BLOCK_BYTES
+from ..targets.shard import ShardArg, shard_region
 
 __all__ = ["load"]
 
@@ -50,12 +51,10 @@ def load(
 def _load(
     ckpt: Checkpoint, client: Any, keys: Sequence[str] | None, shard: ShardArg, persist: bool, block: int | None
 ) -> dict[str, Any]:
-    from .lazy import DEFAULT_BLOCK_BYTES, to_dask
-
     specs = [ckpt.resolve(k) for k in keys] if keys is not None else list(ckpt.manifest.weights)
     arrays = {}
     for spec in specs:
-        array = to_dask(ckpt.source, spec, block_bytes=block or DEFAULT_BLOCK_BYTES)
+        array = ckpt[spec.key].to_dask(block_bytes=block or ROW_BLOCK_BYTES)
         box = shard_region(shard, spec.key, spec.shape)
         arrays[spec.key] = array if box is None else array[box]
     names, values = list(arrays), list(arrays.values())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import io
 import json
 import logging
@@ -29,7 +30,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -37,12 +38,13 @@ import fsspec.asyn
 import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import ObjectChangedError, StorageError
-from .files import MetadataFile, WindowFile
+from ..errors import ObjectChangedError, StorageError
+from .files import MetadataFile
+from .local import pread_into
 from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
 
-__all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "WindowFile", "get_source", "pread_into", "release_source"]
+__all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "get_source", "release_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ class Source:
         self._fd_lock = threading.Lock()
         self._head: bytes | None = None
         self._head_lock = threading.Lock()
+        self._handles: dict[str, Any] = {}
+        self._handle_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (get_source, (self.url, self.storage_options, self.pin))
@@ -429,19 +433,28 @@ class Source:
             return open(self.path, "rb")
         return io.BufferedReader(MetadataFile(self), buffer_size=8 << 10)
 
+    @contextlib.contextmanager
+    def handle(self, name: str, opener: Callable[[Source], Any]) -> Iterator[Any]:
+        """A library handle on this very object version (``opener(self)`` on first use), used under a lock.
+
+        For readers that need a file handle of their own (the h5py fallback):
+        the handle belongs to this source, so a new open of a replaced object
+        gets a new source and a new handle, and :meth:`close` closes it.
+        """
+        with self._handle_lock:
+            found = self._handles.get(name)
+            if found is None:
+                found = self._handles[name] = opener(self)
+            yield found
+
     def close(self) -> None:
+        """Close the local descriptor and every handle opened through :meth:`handle`."""
         with self._fd_lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def pread_into(fd: int, offset: int, view: memoryview) -> int:
-    """Fill the byte view ``view`` from ``fd`` at ``offset`` with ``preadv``; the count read (short only at EOF)."""
-    done = 0
-    while done < view.nbytes:  # preadv may return short counts; loop until filled or EOF
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            break
-        done += n
-    return done
+        with self._handle_lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for found in handles:
+            with contextlib.suppress(Exception):
+                found.close()

@@ -34,17 +34,17 @@ from typing import Any
 
 import fsspec
 
-from .blocks import Block, Digests, for_each_block
-from .budget import parse_bytes
-from .checkpoint import Checkpoint, Url
-from .checkpoint import open as open_checkpoint
-from .errors import DestinationExistsError, LazyWeightsError
-from .formats.zarr import ATTR, MIRROR_VERSION, encode_key, encode_name
-from .manifest import Manifest, WeightSpec
-from .progress import ProgressArg, progress_callback
-from .stream import LoadReport
-from .writepool import WritePool
-from .zarrstore import open_store, stored_dtype, to_stored, zarr_module
+from ..checkpoint import Checkpoint, Url
+from ..checkpoint import open as open_checkpoint
+from ..errors import DestinationExistsError, LazyWeightsError
+from ..formats.zarr import ATTR, MIRROR_VERSION, encode_key, encode_name
+from ..formats.zarr_store import open_store, stored_dtype, to_stored, zarr_module
+from ..manifest import Manifest, WeightSpec
+from ..stream import LoadReport
+from ..stream.blocks import Block, Digests, for_each_block
+from ..stream.budget import parse_bytes
+from ..stream.progress import ProgressArg, progress_callback
+from ..stream.writepool import WritePool
 
 __all__ = ["MirrorReport", "chunk_shape", "mirror"]
 

@@ -19,35 +19,28 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .manifest import WeightSpec, ZarrChunks, resolve_dtype
-from .storage import Source
+from ..manifest import ZarrChunks, resolve_dtype
+from ..storage import Source
 
 __all__ = [
     "array",
-    "chunk_decoder",
     "chunk_format",
     "fill_bytes",
     "from_stored",
     "open_store",
-    "read_box",
     "root_group",
     "stored_dtype",
     "to_stored",
     "zarr_module",
 ]
 
-Decoder = Callable[[Any], np.ndarray]  # an encoded chunk object's bytes -> the chunk's values (chunk shape)
-
-Index = tuple[slice, ...]
-
 _groups: weakref.WeakKeyDictionary[Source, Any] = weakref.WeakKeyDictionary()
 _arrays: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
-_decoders: weakref.WeakKeyDictionary[Source, dict[str, Decoder | None]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -56,7 +49,7 @@ def zarr_module() -> Any:
     try:
         import zarr
     except ImportError as exc:  # pragma: no cover - zarr is in the test extra
-        from .errors import UnsupportedError
+        from ..errors import UnsupportedError
 
         raise UnsupportedError("reading or writing zarr mirrors needs zarr: pip install 'lazyweights[zarr]'") from exc
     return zarr
@@ -120,12 +113,6 @@ def from_stored(values: np.ndarray, dtype: str) -> np.ndarray:
     return values if values.dtype == target else values.astype(target)
 
 
-def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
-    """The values of ``spec`` inside ``box`` (unit-step slices), in the spec's dtype, read by zarr."""
-    values = np.asarray(array(source, spec.path)[box] if box else array(source, spec.path)[...])
-    return from_stored(values, spec.dtype)
-
-
 def chunk_format(arr: Any) -> ZarrChunks | None:
     """How ``arr``'s chunk objects are named, and their byte order when they are raw (no codec, C order).
 
@@ -167,67 +154,3 @@ def fill_bytes(arr: Any, dtype: str) -> bytes | None:
         return None
     data = from_stored(np.asarray(arr.fill_value, dtype=arr.dtype), dtype).tobytes()
     return data if any(data) else None
-
-
-def chunk_decoder(source: Source, spec: WeightSpec) -> Decoder | None:
-    """A synchronous decoder for ``spec``'s encoded chunks, built from the array's own codecs (cached).
-
-    Runs in the calling thread: no event loop per chunk.  Zarr v2 arrays
-    decode with their numcodecs compressor and filters; v3 arrays with their
-    codec chain when every codec has a synchronous path.  None otherwise
-    (then zarr reads the chunks).
-    """
-    with _lock:
-        cache = _decoders.setdefault(source, {})
-        if spec.path in cache:
-            return cache[spec.path]
-    arr = array(source, spec.path)
-    decoder = _v2_decoder(arr) if arr.metadata.zarr_format == 2 else _v3_decoder(arr)
-    with _lock:
-        cache[spec.path] = decoder
-    return decoder
-
-
-def _v2_decoder(arr: Any) -> Decoder | None:
-    from numcodecs.compat import ensure_ndarray
-
-    meta = arr.metadata
-    if meta.order != "C":
-        return None
-    dtype, shape = np.dtype(meta.dtype.to_native_dtype()), tuple(arr.chunks)
-    if dtype.hasobject:
-        return None
-    steps = [f.decode for f in reversed(meta.filters or ())]
-    if meta.compressor:
-        steps.insert(0, meta.compressor.decode)
-
-    def decode(data: Any) -> np.ndarray:
-        for step in steps:
-            data = step(data)
-        return ensure_ndarray(data).view(dtype).reshape(shape)
-
-    return decode
-
-
-def _v3_decoder(arr: Any) -> Decoder | None:
-    from zarr.abc.codec import SupportsSyncCodec
-    from zarr.core.array_spec import ArrayConfig
-    from zarr.core.buffer import default_buffer_prototype
-
-    meta = arr.metadata
-    if not all(isinstance(codec, SupportsSyncCodec) for codec in meta.codecs):
-        return None
-    prototype = default_buffer_prototype()
-    chunk_spec = meta.get_chunk_spec((0,) * arr.ndim, ArrayConfig.from_dict({}), prototype)
-    stages = []  # each codec with the spec of what it decodes into, last codec first
-    for codec in meta.codecs:
-        stages.insert(0, (codec, chunk_spec))
-        chunk_spec = codec.resolve_metadata(chunk_spec)
-
-    def decode(data: Any) -> np.ndarray:
-        value = prototype.buffer.from_bytes(data)
-        for codec, spec in stages:
-            value = codec._decode_sync(value, spec)  # zarr's SupportsSyncCodec protocol
-        return value.as_numpy_array()
-
-    return decode

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import reader
-from .manifest import WeightSpec
-from .storage import Source
-from .stream import Group, LoadReport, Target, execute
+from .. import geometry
+from ..manifest import WeightSpec
+from ..storage import Source
+from .executor import Group, Target, execute
+from .report import LoadReport
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "Block", "Digests", "for_each_block", "le_bytes"]
 
@@ -105,18 +106,13 @@ def _read_rows(
         row = math.prod(spec.shape[1:])
         sub = dataclasses.replace(
             spec, key=f"{spec.key}[{r0}:{r1}]", shape=(r1 - r0, *spec.shape[1:]),
-            extent=reader.element_extent(spec, r0 * row, r1 * row),
+            extent=geometry.element_extent(spec, r0 * row, r1 * row),
         )  # fmt: skip
         ready = lambda arrays: consume(Block(spec, r0, arrays[0], last))  # noqa: E731
         return execute(source, [Group([Target(sub)], on_ready=ready)], **opts, report=report)
-    values = reader.read(source, spec, (slice(r0, r1),))  # chunked/zarr: the reader fetches the chunks it covers
-    if not values.dtype.isnative:
-        values = values.astype(values.dtype.newbyteorder("="))
-    consume(Block(spec, r0, np.ascontiguousarray(values), last))
-    if opts["progress"] is not None:
-        opts["progress"](values.nbytes)
-    report.bytes_loaded += values.nbytes
-    return report
+    box = (slice(r0, r1), *geometry.full_box(spec.shape[1:]))  # chunked/zarr: only the chunks it covers
+    ready = lambda arrays: consume(Block(spec, r0, arrays[0], last))  # noqa: E731
+    return execute(source, [Group([Target(spec, box=box)], on_ready=ready)], **opts, report=report)
 
 
 def _part(report: LoadReport) -> LoadReport:

@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Iterator
 
-from .errors import LazyWeightsError
+from ..errors import LazyWeightsError
 
 __all__ = ["ByteBudget", "parse_bytes"]
 

@@ -28,11 +28,10 @@ from typing import Any
 import fsspec
 import platformdirs
 
-from . import formats
-from .errors import FormatError, LazyWeightsError
-from .manifest import Manifest
-from .pinning import Pin
-from .storage import Source, get_source, release_source
+from ..errors import FormatError, LazyWeightsError
+from ..manifest import Manifest
+from ..storage import Pin, Source, get_source, release_source
+from .detect import parse
 
 __all__ = ["DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
 
@@ -156,7 +155,7 @@ def write_index(
     """
     source = get_source(os.fspath(url), storage_options, refresh=True)
     try:
-        manifest = formats.parse(source)
+        manifest = parse(source)
     finally:
         release_source(source)
     text = index_document(manifest, source.pin)

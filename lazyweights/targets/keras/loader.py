@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MismatchError
-from ..manifest import WeightSpec, resolve_dtype
-from ..stream import Group, LoadReport, Target, execute
+from ...errors import MismatchError
+from ...manifest import WeightSpec, resolve_dtype
+from ...stream import Group, LoadReport, Target, execute
 
 __all__ = ["KerasLoader", "legacy_groups", "v3_store"]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec.caching
 
 if TYPE_CHECKING:
-    from .storage import Source
+    from .source import Source
 
 __all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile"]
 

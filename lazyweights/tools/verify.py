@@ -18,15 +18,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .blocks import Digests, for_each_block
-from .budget import parse_bytes
-from .checkpoint import Checkpoint, Url
-from .checkpoint import open as open_checkpoint
-from .errors import MismatchError
-from .formats.zarr import ATTR
-from .manifest import Manifest, WeightSpec
-from .progress import ProgressArg, progress_callback
-from .stream import LoadReport
+from ..checkpoint import Checkpoint, Url
+from ..checkpoint import open as open_checkpoint
+from ..errors import MismatchError
+from ..formats.zarr import ATTR
+from ..manifest import Manifest, WeightSpec
+from ..stream import LoadReport
+from ..stream.blocks import Digests, for_each_block
+from ..stream.budget import parse_bytes
+from ..stream.progress import ProgressArg, progress_callback
 
 __all__ = ["Difference", "VerifyReport", "verify"]
 
@@ -230,6 +230,6 @@ def _recorded(ckpt: Checkpoint, digests: dict[str, str], side: str) -> list[Diff
 
 
 def _recorded_digest(ckpt: Checkpoint, spec: WeightSpec) -> str | None:
-    from .zarrstore import array
+    from ..formats.zarr_store import array
 
     return (array(ckpt.source, spec.path).attrs.get(ATTR) or {}).get("sha256")

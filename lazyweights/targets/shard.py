@@ -18,12 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
-from .errors import ShardError
-from .reader import normalize_index
+from ..errors import ShardError
+from ..geometry import Box, normalize_index
 
 __all__ = ["Box", "Shard", "ShardArg", "shard_region"]
 
-Box = tuple[slice, ...]
 ShardFn = Callable[[str, tuple[int, ...]], Union["Shard", Box, None]]
 ShardArg = Union["Shard", ShardFn, None]
 

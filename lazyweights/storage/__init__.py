@@ -1,0 +1,24 @@
+"""Storage: where bytes come from.  fsspec resolution, stat and version pinning, exact ranged reads, retries.
+
+The lowest stage: it knows URLs, objects and byte ranges, and no format.
+Everything above reads through a :class:`Source`.
+"""
+
+from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile
+from .local import pread_into
+from .pinning import Pin, pin_of
+from .source import HEAD_BYTES, STORE_MARKERS, Source, get_source, release_source
+
+__all__ = [
+    "HEAD_BYTES",
+    "METADATA_BLOCK_BYTES",
+    "STORE_MARKERS",
+    "MetadataFile",
+    "Pin",
+    "Source",
+    "WindowFile",
+    "get_source",
+    "pin_of",
+    "pread_into",
+    "release_source",
+]
