@@ -47,7 +47,7 @@ from .manifest import Manifest, WeightSpec
 from .storage import get_source
 from .stream import Group, LoadReport, Target
 from .stream.budget import parse_bytes
-from .stream.executor import STAGED_PART_BYTES
+from .stream.plan import STAGED_PART_BYTES
 from .stream.progress import ProgressArg
 from .targets.shard import ShardArg, shard_region
 from .targets.torch.layouts import IDENTITY, Conversion, describe, keras_names
