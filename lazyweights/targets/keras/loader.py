@@ -57,14 +57,8 @@ class KerasLoader:
             progress=self.progress,
             report=part,
         )
-        r = self.report
-        r.loaded += part.loaded
-        r.bytes_loaded += part.bytes_loaded
-        r.bytes_read += part.bytes_read
-        r.requests += part.requests
-        r.seconds += part.seconds
-        r.peak_in_flight = max(r.peak_in_flight, part.peak_in_flight)
-        r.max_memory, r.concurrency = part.max_memory, part.concurrency
+        self.report.loaded += part.loaded
+        self.report.add(part)
 
     def read(self, specs: Sequence[WeightSpec]) -> list[np.ndarray]:
         """The values of ``specs`` (read concurrently, under the budget)."""
