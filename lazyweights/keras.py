@@ -22,11 +22,11 @@ from typing import Any
 
 from . import checkpoint as _checkpoint
 from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError
-from .stream import Group, LoadReport, Target
+from .stream import LoadReport
 from .stream.budget import parse_bytes
 from .stream.progress import ProgressArg, progress_callback
-from .targets.keras import KerasLoader, assign, import_keras, legacy_groups, v3_store
-from .targets.keras.config import is_keras2_config, optimizer_slot_key, translate_config
+from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
+from .targets.keras.config import is_keras2_config, translate_config
 
 __all__ = ["load_model", "load_weights"]
 
@@ -304,7 +304,7 @@ def _restore_optimizer(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLo
     """
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    pairs, problem = _optimizer_pairs(optimizer, ckpt, matched)
+    pairs, problem = optimizer_pairs(optimizer, [w.spec for w in ckpt.optimizer_weights], matched)
     if problem:
         warnings.warn(
             f"{ckpt.url}: Error in loading the saved optimizer state ({problem}). As a result, your model is "
@@ -313,35 +313,4 @@ def _restore_optimizer(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLo
             stacklevel=4,
         )
         return
-    variables = [v for _, v in pairs]
-
-    def on_ready(values: list[Any]) -> None:
-        for var, value in zip(variables, values, strict=True):
-            assign(var, value)
-
-    loader.run([Group([Target(w.spec) for w, _ in pairs], on_ready=on_ready)])
-
-
-def _optimizer_pairs(
-    optimizer: Any, ckpt: _checkpoint.Checkpoint, matched: dict[str, Any]
-) -> tuple[list[tuple[Any, Any]], str | None]:
-    by_path = {v.path: v for v in optimizer.variables}
-    prefix = f"{optimizer.name}/"
-    by_slot = {v.path[len(prefix) :]: v for v in optimizer.variables if v.path.startswith(prefix)}
-    model_var_path = {name.split(":")[0]: var.path for name, var in matched.items()}
-    pairs = []
-    for weight in ckpt.optimizer_weights:
-        name = weight.name
-        var = by_path.get(name)
-        if var is None and name.split(":")[0].rsplit("/", 1)[-1] in ("iteration", "iterations"):
-            var = optimizer.iterations
-        if var is None and (key := optimizer_slot_key(name)) is not None:
-            saved_var, slot = key
-            path = model_var_path.get(saved_var, saved_var)  # the Keras 3 variable the slot belongs to
-            var = by_slot.get(f"{path.replace('/', '_')}_{slot}")
-        if var is None:
-            return [], f"no variable of optimizer {optimizer.name!r} matches saved weight {name!r}"
-        if tuple(var.shape) != tuple(weight.shape):
-            return [], f"saved {name!r} has shape {weight.shape}, variable {var.path} has {tuple(var.shape)}"
-        pairs.append((weight, var))
-    return pairs, None
+    loader.run([optimizer_group(pairs)])

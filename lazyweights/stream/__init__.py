@@ -7,7 +7,8 @@ the object did not change.
 """
 
 from .budget import ByteBudget, parse_bytes
-from .executor import Group, Target, execute
+from .executor import execute
+from .plan import Group, Target
 from .report import LoadReport
 
 __all__ = ["ByteBudget", "Group", "LoadReport", "Target", "execute", "parse_bytes"]

@@ -25,12 +25,13 @@ import numpy as np
 from .. import geometry
 from ..manifest import WeightSpec
 from ..storage import Source
-from .executor import Group, Target, execute
+from .executor import execute
+from .plan import Group, Target
 from .report import LoadReport
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "Block", "Digests", "for_each_block", "le_bytes"]
 
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_BLOCK_BYTES = geometry.ROW_BLOCK_BYTES
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,12 @@ class Block:
 Consume = Callable[[Block], None]
 
 
-def block_rows(spec: WeightSpec, block_bytes: int, align: int = 1) -> int | None:
-    """Rows per block for ``spec`` (a multiple of ``align``), or None when it is read whole."""
+def block_rows(spec: WeightSpec, block_bytes: int, align: int = 1) -> list[tuple[int, int]] | None:
+    """The ``[r0, r1)`` row blocks of ``spec`` (:func:`~lazyweights.geometry.row_blocks`), or None when read whole."""
     if spec.nbytes <= block_bytes or len(spec.shape) == 0 or spec.shape[0] <= 1:
         return None
-    row_bytes = max(1, spec.nbytes // spec.shape[0])
-    rows = max(align, (block_bytes // row_bytes) // align * align)
-    return rows if rows < spec.shape[0] else None
+    blocks = geometry.row_blocks(spec.shape, spec.np_dtype.itemsize, block_bytes, align)
+    return blocks if len(blocks) > 1 else None
 
 
 def for_each_block(
@@ -81,18 +81,17 @@ def for_each_block(
     opts = dict(max_memory=max_memory, concurrency=concurrency, part_bytes=part_bytes, progress=progress)
     whole, split = [], []
     for spec in specs:
-        rows = block_rows(spec, block_bytes, align(spec) if align else 1)
-        (whole if rows is None else split).append((spec, rows))
+        blocks = block_rows(spec, block_bytes, align(spec) if align else 1)
+        (whole if blocks is None else split).append((spec, blocks))
 
     def whole_ready(spec: WeightSpec) -> Callable[[list[np.ndarray]], None]:
         return lambda arrays: consume(Block(spec, 0, arrays[0], True))
 
     groups = [Group([Target(spec)], on_ready=whole_ready(spec)) for spec, _ in whole]
-    _merge(report, execute(source, groups, **opts, report=_part(report)))
-    for spec, rows in split:
-        for r0 in range(0, spec.shape[0], rows):
-            r1 = min(spec.shape[0], r0 + rows)
-            _merge(report, _read_rows(source, spec, r0, r1, consume, opts, _part(report)))
+    report.add(execute(source, groups, **opts, report=_part(report)))
+    for spec, blocks in split:
+        for r0, r1 in blocks:
+            report.add(_read_rows(source, spec, r0, r1, consume, opts, _part(report)))
     report.loaded[:] = [s.key for s in specs]
     return report
 
@@ -117,15 +116,6 @@ def _read_rows(
 
 def _part(report: LoadReport) -> LoadReport:
     return LoadReport(url=report.url, format=report.format)
-
-
-def _merge(total: LoadReport, part: LoadReport) -> None:
-    total.bytes_loaded += part.bytes_loaded
-    total.bytes_read += part.bytes_read
-    total.requests += part.requests
-    total.seconds += part.seconds
-    total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
-    total.max_memory, total.concurrency = part.max_memory, part.concurrency or total.concurrency
 
 
 def le_bytes(values: np.ndarray) -> memoryview:

@@ -14,98 +14,39 @@ without a destination gets one allocated under the budget; the group's
 ``on_ready`` callback receives the arrays when all its units are done, and the
 reservation is released after it returns — so a Keras model is filled layer by
 layer and a layer's values are gone before the next needs the memory.
+
+What to read is planned as plain data by :mod:`lazyweights.stream.plan`
+(frozen units: offsets, chunks, boxes, destination slots); this module only
+runs units, through the one dispatch function :func:`run_unit`, and owns the
+budget, the threads, progress and errors.  Every load ends with
+``source.verify()``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from .. import geometry
 from ..errors import LazyWeightsError, ObjectChangedError, PartialLoadError
-from ..manifest import WeightSpec
 from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value
 from ..storage import Source
+from . import plan
 from .budget import ByteBudget
+from .plan import Group, Target
 from .report import LoadReport
 
-__all__ = ["Group", "LoadReport", "Target", "execute"]
-
-# Parts read with preadv straight into their destination hold no memory, so they can be
-# large (fewer syscalls, measured fastest at 16-64 MiB); parts that stage bytes (remote
-# reads, dtype casts) are sized to the budget.
-DIRECT_PART_BYTES = 32 << 20
-STAGED_PART_BYTES = 8 << 20
-# Runs of a region (e.g. a column shard) closer than this are read as one span, gap included,
-# rather than as separate requests: zarr's default coalescing gap.
-MAX_GAP_BYTES = 1 << 20
-# Remote parts: large enough to amortise a request's round trip (20 ms is 2 MB at 100 MB/s), small
-# enough that each connection gets about four, within these bounds.
-REMOTE_PART_BYTES = (1 << 20, 32 << 20)
-# Remote reads this small are batched (merged where near, else fetched concurrently) so that
-# the many tiny weights of a layer (biases, norms) do not each cost a round trip.
-BATCH_READ_BYTES = 256 << 10
+__all__ = ["Group", "LoadReport", "Target", "execute", "run_unit"]
 
 
-@dataclass
-class Target:
-    """One weight, or the region ``box`` of it, and its destination (None: allocate one under the budget).
-
-    ``box`` is a tuple of unit-step slices in the weight's own coordinates
-    (``None``: the whole weight); only the bytes it covers are read, so a
-    leading-axis slice of a contiguous weight is one byte range.  The
-    destination has the box's shape.
-    """
-
-    spec: WeightSpec
-    dest: np.ndarray | None = None
-    box: tuple[slice, ...] | None = None
-
-    @property
-    def region(self) -> tuple[slice, ...]:
-        return self.box if self.box is not None else geometry.full_box(self.spec.shape)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return geometry.box_shape(self.box) if self.box is not None else self.spec.shape
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.spec.np_dtype.itemsize
-
-
-@dataclass
-class Group:
-    """Targets loaded together; ``on_ready`` gets their arrays once all are read."""
-
-    targets: list[Target]
-    on_ready: Callable[[list[np.ndarray]], None] | None = None
-
-
-@dataclass
-class _Unit:
-    key: str
-    cost: int  # transient bytes held while the unit runs
-    stored: int  # bytes fetched from storage
-    nbytes: int  # destination bytes the unit fills
-    run: Callable[[], None]
-    reads: tuple[tuple[int, memoryview], ...] = ()  # (offset, destination) of a plain remote read, batchable
-    members: tuple[_Unit, ...] = ()  # the units a batch stands for
-    requests: int = 1  # storage reads the unit makes
-
-
-def _destination(target: Target) -> np.ndarray:
-    if target.dest is not None:
-        return target.dest
-    return np.empty(target.shape, dtype=target.spec.np_dtype.newbyteorder("="))
+def _flat(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1)
 
 
 def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None:
@@ -115,207 +56,48 @@ def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None
         dest.flat[e0:e1] = values
 
 
-def _contiguous_units(
-    source: Source, spec: WeightSpec, dest: np.ndarray, parts: _PartSizes, box: tuple[slice, ...]
-) -> Iterator[_Unit]:
-    """Units for the runs ``box`` covers: long runs split into parts, short ones coalesced into spans."""
-    direct = dest.dtype == spec.np_dtype and dest.flags.c_contiguous and dest.flags.writeable
-    flat = dest.reshape(-1) if direct else None
-    part_bytes = parts.direct if direct and source.is_local else parts.staged
-    itemsize = spec.np_dtype.itemsize
-    starts, run = geometry.box_runs(spec.shape, box)
-    if len(starts) > 1 and 2 * run * itemsize <= part_bytes:
-        yield from _span_units(source, spec, dest, starts, run, parts.staged)
-        return
-    for i, s in enumerate(starts.tolist()):
-        for e0, e1 in geometry.contiguous_parts(spec, part_bytes, s, s + run):
-            ext = geometry.element_extent(spec, e0, e1)
-            d0, d1 = i * run + e0 - s, i * run + e1 - s  # where the part lands in the destination, flat
-            if direct:
-                view = geometry.byte_view(flat[d0:d1])
-
-                def run_unit(ext=ext, view=view) -> None:
-                    source.readinto(ext.offset, view)
-
-                if not source.is_local:  # a plain remote read: batchable with its neighbours
-                    yield _Unit(spec.key, ext.length, ext.length, ext.length, run_unit, reads=((ext.offset, view),))
-                    continue
-                cost = 0
-            else:
-
-                def run_unit(ext=ext, d0=d0, d1=d1) -> None:
-                    stage = np.empty(d1 - d0, dtype=spec.np_dtype)
-                    source.readinto(ext.offset, geometry.byte_view(stage))
-                    _assign_flat(dest, d0, d1, stage)
-
-                cost = ext.length * (1 if source.is_local else 2)
-            yield _Unit(spec.key, cost, ext.length, ext.length, run_unit)
+def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> None:
+    """Make the I/O calls ``unit`` describes, filling its destination among ``arrays`` (the group's)."""
+    if isinstance(unit, plan.Direct):
+        source.readinto(unit.offset, geometry.byte_view(_flat(arrays[unit.slot])[unit.d0 : unit.d1]))
+    elif isinstance(unit, plan.Staged):
+        stage = np.empty(unit.d1 - unit.d0, dtype=unit.dtype)
+        source.readinto(unit.offset, geometry.byte_view(stage))
+        _assign_flat(arrays[unit.slot], unit.d0, unit.d1, stage)
+    elif isinstance(unit, plan.Span):
+        stage = np.empty(unit.last - unit.first, dtype=unit.dtype)
+        source.readinto(unit.offset, geometry.byte_view(stage))
+        dest, run = arrays[unit.slot], unit.run
+        for n, o in enumerate(unit.offsets):
+            _assign_flat(dest, (unit.index + n) * run, (unit.index + n + 1) * run, stage[o : o + run])
+    elif isinstance(unit, plan.Batch):
+        source.readinto_many([(r.offset, geometry.byte_view(_flat(arrays[r.slot])[r.d0 : r.d1])) for r in unit.reads])
+    elif isinstance(unit, plan.HDF5Chunk):
+        arrays[unit.slot][unit.dst] = hdf5.read_chunk(source, unit.spec, unit.chunk)[unit.src]
+    elif isinstance(unit, plan.H5py):
+        arrays[unit.slot][...] = hdf5.read_h5py_box(source, unit.spec, unit.box)
+    elif isinstance(unit, plan.Fill):
+        arrays[unit.slot][...] = fill_value(unit.spec)
+    elif isinstance(unit, plan.Constant):
+        arrays[unit.slot][...] = constant_values(unit.spec)[unit.box]
+    elif isinstance(unit, plan.ZarrPiece):
+        unit.run()
+    else:  # pragma: no cover - a unit kind without a runner is a bug
+        raise TypeError(f"no runner for {type(unit).__name__}")
 
 
-def _span_units(
-    source: Source, spec: WeightSpec, dest: np.ndarray, starts: np.ndarray, run: int, part_bytes: int
-) -> Iterator[_Unit]:
-    """Short runs (a slice along a trailing axis): read neighbouring runs as one span, then pick them out."""
-    itemsize = spec.np_dtype.itemsize
-    max_span, max_gap = max(run, part_bytes // itemsize), MAX_GAP_BYTES // itemsize
-    for i, j in geometry.coalesce_runs(starts, run, max_span, max_gap):
-        first, last = int(starts[i]), int(starts[j - 1]) + run
-        ext = geometry.element_extent(spec, first, last)
-        offsets = (starts[i:j] - first).tolist()
-
-        def run_unit(ext=ext, i=i, offsets=offsets, first=first, last=last) -> None:
-            stage = np.empty(last - first, dtype=spec.np_dtype)
-            source.readinto(ext.offset, geometry.byte_view(stage))
-            for n, o in enumerate(offsets):
-                _assign_flat(dest, (i + n) * run, (i + n + 1) * run, stage[o : o + run])
-
-        yield _Unit(
-            spec.key, ext.length * (1 if source.is_local else 2), ext.length, (j - i) * run * itemsize, run_unit
-        )
+def _zarr_units(source: Source, target: Target, dest: np.ndarray) -> list[plan.Unit]:
+    """One piece per zarr chunk meeting the region (raw chunks read straight into ``dest`` when they can be)."""
+    spec = target.spec
+    return [
+        plan.ZarrPiece(key=spec.key, cost=r.cost, stored=r.stored, nbytes=r.nbytes, run=r.run)
+        for r in zarr.chunk_reads(source, spec, dest, target.region)
+    ]
 
 
-def _chunk_units(source: Source, spec: WeightSpec, dest: np.ndarray, box: tuple[slice, ...]) -> Iterator[_Unit]:
-    """One unit per stored chunk that meets ``box``; chunks outside it are never fetched."""
-    chunk_nbytes = int(np.prod(spec.chunk_shape)) * spec.np_dtype.itemsize
-    if len(spec.chunks) < _chunk_count(spec):
-        dest[...] = fill_value(spec)  # unwritten chunks hold the fill value
-    for chunk, src, dst in hdf5.chunk_overlaps(spec, box):
-
-        def run(chunk=chunk, src=src, dst=dst) -> None:
-            dest[dst] = hdf5.read_chunk(source, spec, chunk)[src]
-
-        nbytes = int(np.prod([s.stop - s.start for s in dst])) * spec.np_dtype.itemsize
-        yield _Unit(spec.key, chunk.extent.length + chunk_nbytes, chunk.extent.length, nbytes, run)
-
-
-def _zarr_units(source: Source, spec: WeightSpec, dest: np.ndarray, region: tuple[slice, ...]) -> Iterator[_Unit]:
-    """One unit per zarr chunk meeting ``region`` (raw chunks read straight into ``dest`` when they can be)."""
-    for read in zarr.chunk_reads(source, spec, dest, region):
-        yield _Unit(spec.key, read.cost, read.stored, read.nbytes, read.run)
-
-
-def _chunk_count(spec: WeightSpec) -> int:
-    return int(np.prod([-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True)]))
-
-
-@dataclass(frozen=True)
-class _PartSizes:
-    direct: int  # local reads straight into the destination (no memory held)
-    staged: int  # reads that hold their bytes until copied (remote, casts)
-
-    @classmethod
-    def choose(
-        cls, part_bytes: int | None, max_memory: int | None, concurrency: int, remote_total: int | None = None
-    ) -> _PartSizes:
-        """Part sizes; ``remote_total`` (the bytes a remote load will fetch) sizes remote parts to the load."""
-        staged = part_bytes or STAGED_PART_BYTES
-        if part_bytes is None and remote_total is not None:
-            low, high = REMOTE_PART_BYTES
-            staged = max(low, min(high, remote_total // (4 * concurrency)))
-        if max_memory is not None:  # keep `concurrency` staged parts in flight, twice over, under the budget
-            staged = max(64 << 10, min(staged, max_memory // (2 * concurrency)))
-        return cls(direct=part_bytes or DIRECT_PART_BYTES, staged=staged)
-
-
-def _units(source: Source, target: Target, dest: np.ndarray, parts: _PartSizes) -> list[_Unit]:
-    """The work units that fill ``dest`` with the target's region; constants are written at once."""
-    spec, box = target.spec, target.region
-    if spec.layout == "contiguous":
-        return list(_contiguous_units(source, spec, dest, parts, box))
-    if spec.layout == "chunked":
-        return list(_chunk_units(source, spec, dest, box))
-    if spec.layout == "zarr":
-        return list(_zarr_units(source, spec, dest, box))
-    if spec.layout == "h5py":
-        nbytes = target.nbytes
-
-        def run() -> None:
-            dest[...] = hdf5.read_h5py_box(source, spec, box)
-
-        return [_Unit(spec.key, 2 * nbytes, nbytes, nbytes, run)]
-    dest[...] = constant_values(spec)[box]
-    return []
-
-
-def _batched(source: Source, units: list[_Unit], limit: int) -> list[_Unit]:
-    """Fold runs of small plain remote reads into batch units of at most ``limit`` stored bytes."""
-    out: list[_Unit] = []
-    run: list[_Unit] = []
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            reads = tuple(r for u in run for r in u.reads)
-            spans = source.merged_spans(reads)  # what goes over the wire: near ranges merged, gaps included
-            out.append(
-                _Unit(
-                    run[0].key,
-                    sum(e - s for s, e in spans),
-                    sum(e - s for s, e in spans),
-                    sum(u.nbytes for u in run),
-                    lambda reads=reads: source.readinto_many(reads),
-                    members=tuple(run),
-                    requests=len(spans),
-                )
-            )
-        run.clear()
-
-    for unit in units:
-        if not unit.reads or unit.stored > BATCH_READ_BYTES:
-            flush()
-            out.append(unit)
-            continue
-        if run and sum(u.stored for u in run) + unit.stored > limit:
-            flush()
-        run.append(unit)
-    flush()
-    return out
-
-
-def _coalesced(groups: Sequence[Group], limit: int) -> list[Group]:
-    """Merge runs of consecutive small groups (each under ``BATCH_READ_BYTES``) up to ``limit`` bytes.
-
-    Remote loads only: a model's many small layers then share batched reads.
-    Each original group's ``on_ready`` still receives exactly its own arrays,
-    in order, once the merged group is read.
-    """
-    out: list[Group] = []
-    run: list[Group] = []
-    size = 0
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(_merged(list(run)))
-        run.clear()
-
-    for group in groups:
-        nbytes = sum(t.nbytes for t in group.targets)
-        if nbytes > BATCH_READ_BYTES:
-            flush()
-            out.append(group)
-            continue
-        if run and size + nbytes > limit:
-            flush()
-        size = nbytes if not run else size + nbytes
-        run.append(group)
-    flush()
-    return out
-
-
-def _merged(groups: list[Group]) -> Group:
-    bounds = [0]
-    for g in groups:
-        bounds.append(bounds[-1] + len(g.targets))
-
-    def on_ready(arrays: list[np.ndarray]) -> None:
-        for g, lo, hi in zip(groups, bounds, bounds[1:], strict=False):  # bounds has one entry more
-            if g.on_ready is not None:
-                g.on_ready(arrays[lo:hi])
-
-    return Group([t for g in groups for t in g.targets], on_ready)
+def _inline(unit: plan.Unit) -> bool:
+    """Units run by the submitting thread, before the group's reads: they must precede them (fills)."""
+    return isinstance(unit, (plan.Fill, plan.Constant))
 
 
 class _Progress:
@@ -338,17 +120,17 @@ class _Progress:
             if self.pending[key] == 0:
                 self.done.append(key)
 
-    def finish(self, unit: _Unit) -> None:
+    def finish(self, unit: plan.Unit) -> None:
         with self.lock:
             self.stored += unit.stored
             self.loaded += unit.nbytes
             self.requests += unit.requests
-            for part in unit.members or (unit,):
+            for part in unit.members:
                 self.started.add(part.key)
                 self.pending[part.key] -= 1
                 if self.pending[part.key] == 0:
                     self.done.append(part.key)
-        if self.callback is not None:
+        if self.callback is not None and unit.nbytes:
             self.callback(unit.nbytes)
 
     def fail(self, key: str, exc: BaseException) -> None:
@@ -374,12 +156,12 @@ def execute(
     """
     concurrency = concurrency or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
     remote_total = None if source.is_local else sum(t.nbytes for g in groups for t in g.targets)
-    parts = _PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
+    parts = plan.PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
     budget = ByteBudget(max_memory)
     state = _Progress(progress)
     slots = threading.BoundedSemaphore(2 * concurrency)
     start = time.perf_counter()
-    batches = groups if source.is_local else _coalesced(groups, parts.staged)
+    batches = groups if source.is_local else plan.coalesce_groups(groups, parts.staged)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights") as pool:
         for group in batches:
             if state.error is not None:
@@ -404,19 +186,22 @@ def _submit_group(
     slots: threading.BoundedSemaphore,
     pool: ThreadPoolExecutor,
     state: _Progress,
-    parts: _PartSizes,
+    parts: plan.PartSizes,
 ) -> None:
     owner = object()
     held = sum(t.nbytes for t in group.targets if t.dest is None)
     budget.acquire(held, owner, pin=True)
-    arrays = [_destination(t) for t in group.targets]
-    units: list[_Unit] = []
-    for target, dest in zip(group.targets, arrays, strict=True):
-        mine = _units(source, target, dest, parts)
+    arrays = [plan.destination(t) for t in group.targets]
+    units: list[plan.Unit] = []
+    for slot, (target, dest) in enumerate(zip(group.targets, arrays, strict=True)):
+        if target.spec.layout == "zarr":
+            mine = _zarr_units(source, target, dest)
+        else:
+            mine = plan.target_units(target, slot, dest, parts, source.is_local)
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
     if not source.is_local:
-        units = _batched(source, units, parts.staged)
+        units = plan.batch_units(units, parts.staged)
     remaining = [len(units)]
     lock = threading.Lock()
 
@@ -428,10 +213,10 @@ def _submit_group(
         finally:
             budget.release(held, owner, pin=True)
 
-    def run(unit: _Unit) -> None:
+    def run(unit: plan.Unit) -> None:
         try:
             if state.error is None:
-                unit.run()
+                run_unit(source, unit, arrays)
                 state.finish(unit)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)
@@ -453,7 +238,10 @@ def _submit_group(
             budget.release(unit.cost, owner)
             slots.release()
             break
-        pool.submit(run, unit)
+        if _inline(unit):
+            run(unit)
+        else:
+            pool.submit(run, unit)
 
 
 def _guard(state: _Progress, key: str, fn: Callable[[], None]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint, Url
 from ..checkpoint import open as open_checkpoint
-from ..errors import MismatchError
+from ..errors import MismatchError, ObjectChangedError
 from ..formats.zarr import ATTR
 from ..manifest import Manifest, WeightSpec
 from ..stream import LoadReport
@@ -90,6 +90,8 @@ def verify(
     progress: ProgressArg = False,
 ) -> VerifyReport:
     """Compare checkpoints ``a`` and ``b`` (URLs or open checkpoints); never raises on a difference.
+
+    Raises :class:`~lazyweights.ObjectChangedError` if either object changed while it was read.
 
     Checks the layer order, weight keys and order, shapes, dtypes and root
     attributes, then hashes every weight present in both (optimizer weights
@@ -204,6 +206,8 @@ def _digests(
 
     try:
         run(specs)
+    except ObjectChangedError:  # not a difference between the two: what was read cannot be trusted
+        raise
     except Exception:  # find which weights fail, one at a time, and report each
         for spec in specs:
             if spec.key in out:
@@ -211,6 +215,8 @@ def _digests(
             digests.discard(spec.key)  # a partial digest from the failed run
             try:
                 run([spec])
+            except ObjectChangedError:
+                raise
             except Exception as exc:
                 out[spec.key] = f"error: {type(exc).__name__}: {exc}"
     return out, nbytes[0]

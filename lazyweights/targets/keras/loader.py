@@ -25,8 +25,9 @@ import numpy as np
 from ...errors import MismatchError
 from ...manifest import WeightSpec, resolve_dtype
 from ...stream import Group, LoadReport, Target, execute
+from .config import optimizer_slot_key
 
-__all__ = ["KerasLoader", "legacy_groups", "v3_store"]
+__all__ = ["KerasLoader", "legacy_groups", "optimizer_group", "optimizer_pairs", "v3_store"]
 
 
 def import_keras() -> Any:
@@ -57,14 +58,8 @@ class KerasLoader:
             progress=self.progress,
             report=part,
         )
-        r = self.report
-        r.loaded += part.loaded
-        r.bytes_loaded += part.bytes_loaded
-        r.bytes_read += part.bytes_read
-        r.requests += part.requests
-        r.seconds += part.seconds
-        r.peak_in_flight = max(r.peak_in_flight, part.peak_in_flight)
-        r.max_memory, r.concurrency = part.max_memory, part.concurrency
+        self.report.loaded += part.loaded
+        self.report.add(part)
 
     def read(self, specs: Sequence[WeightSpec]) -> list[np.ndarray]:
         """The values of ``specs`` (read concurrently, under the budget)."""
@@ -237,6 +232,50 @@ def legacy_groups(
         else:
             raise MismatchError(problem)
     return groups
+
+
+# -- optimizer state (legacy full-model files) ----------------------------------------------
+
+
+def optimizer_pairs(
+    optimizer: Any, specs: Sequence[WeightSpec], matched: dict[str, Any]
+) -> tuple[list[tuple[WeightSpec, Any]], str | None]:
+    """Saved optimizer weights paired with the built optimizer's variables by name: all, or none and why.
+
+    Slots are matched through the model variable they belong to (``matched``:
+    saved weight name → model variable), whatever it was called in Keras 2.
+    """
+    by_path = {v.path: v for v in optimizer.variables}
+    prefix = f"{optimizer.name}/"
+    by_slot = {v.path[len(prefix) :]: v for v in optimizer.variables if v.path.startswith(prefix)}
+    model_var_path = {name.split(":")[0]: var.path for name, var in matched.items()}
+    pairs = []
+    for weight in specs:
+        name = weight.name
+        var = by_path.get(name)
+        if var is None and name.split(":")[0].rsplit("/", 1)[-1] in ("iteration", "iterations"):
+            var = optimizer.iterations
+        if var is None and (key := optimizer_slot_key(name)) is not None:
+            saved_var, slot = key
+            path = model_var_path.get(saved_var, saved_var)  # the Keras 3 variable the slot belongs to
+            var = by_slot.get(f"{path.replace('/', '_')}_{slot}")
+        if var is None:
+            return [], f"no variable of optimizer {optimizer.name!r} matches saved weight {name!r}"
+        if tuple(var.shape) != tuple(weight.shape):
+            return [], f"saved {name!r} has shape {weight.shape}, variable {var.path} has {tuple(var.shape)}"
+        pairs.append((weight, var))
+    return pairs, None
+
+
+def optimizer_group(pairs: Sequence[tuple[WeightSpec, Any]]) -> Group:
+    """One group reading the paired optimizer weights and assigning them to their variables."""
+    variables = [v for _, v in pairs]
+
+    def on_ready(values: list[Any]) -> None:
+        for var, value in zip(variables, values, strict=True):
+            assign(var, value)
+
+    return Group([Target(spec) for spec, _ in pairs], on_ready=on_ready)
 
 
 # -- Keras 3 object-path files ---------------------------------------------------------------
