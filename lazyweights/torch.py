@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, opened
 from .checkpoint import open as open_checkpoint
 from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError
 from .geometry import Box, box_shape
@@ -128,10 +128,8 @@ def load_state_dict(
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
     options = _Options(mapping, layout, strict, device, shard, replicated)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    if isinstance(src, Checkpoint):
-        return _load(module, src, options, run)
-    opened = _open_shared(src, storage_options) if replicated == "broadcast" else open_checkpoint(src, storage_options)
-    with opened as ckpt:
+    opener = _open_shared if replicated == "broadcast" else None
+    with opened(src, storage_options, opener=opener) as ckpt:
         return _load(module, ckpt, options, run)
 
 

@@ -13,8 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..checkpoint import Checkpoint
-from ..checkpoint import open as open_checkpoint
+from ..checkpoint import Checkpoint, opened
 from ..geometry import ROW_BLOCK_BYTES
 from ..targets.shard import ShardArg, shard_region
 
@@ -42,9 +41,7 @@ def load(
     from distributed import default_client
 
     client = client or default_client()
-    if isinstance(src, Checkpoint):
-        return _load(src, client, keys, shard, persist, block_size)
-    with open_checkpoint(src, storage_options) as ckpt:
+    with opened(src, storage_options) as ckpt:
         return _load(ckpt, client, keys, shard, persist, block_size)
 
 
