@@ -63,6 +63,10 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.differences
 
+    def __bool__(self) -> bool:
+        """``ok``: ``if not verify(a, b):`` reads as "if they differ"."""
+        return self.ok
+
     def raise_if_different(self) -> None:
         """Raise :class:`~lazyweights.errors.MismatchError` listing the first differences."""
         if not self.ok:
