@@ -21,12 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import checkpoint as _checkpoint
-from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError
+from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError, require
 from .stream import Group, LoadReport, Target
 from .stream.budget import parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, assign, import_keras, legacy_groups, v3_store
 from .targets.keras.config import is_keras2_config, optimizer_slot_key, translate_config
+
+require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
 __all__ = ["load_model", "load_weights"]
 

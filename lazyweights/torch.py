@@ -34,14 +34,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from .checkpoint import Checkpoint, opened
 from .checkpoint import open as open_checkpoint
-from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError
+from .errors import LazyWeightsError, MismatchError, ObjectChangedError, UnsupportedError, require
 from .geometry import Box, box_shape
 from .manifest import Manifest, WeightSpec
 from .storage import get_source
@@ -51,6 +50,11 @@ from .stream.executor import STAGED_PART_BYTES
 from .stream.progress import ProgressArg
 from .targets.shard import ShardArg, shard_region
 from .targets.torch.layouts import IDENTITY, Conversion, describe, keras_names
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = require("torch", "torch")  # fails naming the extra to install
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..checkpoint import Checkpoint, opened
+from ..errors import require
 from ..geometry import ROW_BLOCK_BYTES
 from ..targets.shard import ShardArg, shard_region
 
@@ -38,9 +39,7 @@ def load(
     selects each weight's part as in :func:`lazyweights.load`; ``block_size``
     (bytes) sets the size of the blocks one task reads from contiguous weights.
     """
-    from distributed import default_client
-
-    client = client or default_client()
+    client = client or require("distributed", "distributed").default_client()
     with opened(src, storage_options) as ckpt:
         return _load(ckpt, client, keys, shard, persist, block_size)
 
