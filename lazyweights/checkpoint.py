@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from .stream.progress import ProgressArg, progress_callback
 from .targets.numpy import plan_numpy
 from .targets.shard import ShardArg
 
-__all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open"]
+__all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open", "opened"]
 
 Url = str | os.PathLike[str]
 
@@ -270,6 +271,25 @@ def open(
     return Checkpoint(source, manifest)
 
 
+@contextlib.contextmanager
+def opened(
+    src: Url | Checkpoint,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    opener: Callable[..., Checkpoint] | None = None,
+    **open_kwargs: Any,
+) -> Iterator[Checkpoint]:
+    """Yield ``src`` if it is already a Checkpoint (and leave it open), else open it and close it on exit.
+
+    ``opener`` replaces :func:`open`: ``opener(src, storage_options, **open_kwargs)``.
+    """
+    if isinstance(src, Checkpoint):
+        yield src
+        return
+    with (opener or open)(src, storage_options, **open_kwargs) as ckpt:
+        yield ckpt
+
+
 def load(
     src: Url | Checkpoint,
     out: Mapping[str, Any] | Sequence[Any] | None = None,
@@ -304,9 +324,7 @@ def load(
     ``cache_dir`` are :func:`open`'s.
     """
     kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
-    if isinstance(src, Checkpoint):
-        return src.load(out, **kwargs)
-    with open(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:
+    with opened(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:
         return ckpt.load(out, **kwargs)
 
 

@@ -274,22 +274,13 @@ def verify(a: str, b: str, as_json: bool, max_memory: int | None, concurrency: i
     sys.exit(EXIT_OK if report.ok else EXIT_DIFFERENT)
 
 
-def _add_index_command() -> None:
-    """``lazyweights index URL``: present only when the library provides ``lazyweights.write_index``."""
-    write_index = getattr(lw, "write_index", None)
-    if write_index is None:
-        return
-
-    @cli.command()
-    @click.argument("url")
-    @_common
-    def index(url: str, storage_options: dict, progress: bool) -> None:
-        """Write the metadata index next to URL, so later opens read one small JSON object."""
-        result = write_index(url, storage_options=storage_options)
-        click.echo(f"wrote the index of {url}" + (f" to {result}" if isinstance(result, str) else ""))
-
-
-_add_index_command()
+@cli.command()
+@click.argument("url")
+@_common
+def index(url: str, storage_options: dict, progress: bool) -> None:
+    """Write the metadata index next to URL, so later opens read one small JSON object."""
+    result = lw.write_index(url, storage_options=storage_options)
+    click.echo(f"wrote the index of {url} to {result}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

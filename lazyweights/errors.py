@@ -15,18 +15,24 @@ keeps working::
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
      │    ├── ObjectChangedError             the object changed while it was being read
      │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
-     └── PartialLoadError                    a load failed after writing into ``out``
+     ├── PartialLoadError                    a load failed after writing into ``out``
+     └── MissingDependencyError(ImportError)  an optional dependency is not installed; names the extra
+
+:func:`require` imports an optional dependency or raises :class:`MissingDependencyError`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from types import ModuleType
 
 __all__ = [
     "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
     "MismatchError",
+    "MissingDependencyError",
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
@@ -35,6 +41,7 @@ __all__ = [
     "TruncatedFileError",
     "UnsafeCheckpointError",
     "UnsupportedError",
+    "require",
 ]
 
 
@@ -97,3 +104,17 @@ class PartialLoadError(LazyWeightsError):
         super().__init__(message)
         self.written = list(written)
         self.partial = list(partial)
+
+
+class MissingDependencyError(LazyWeightsError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import the optional dependency ``module``, or raise :class:`MissingDependencyError` naming ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} cannot be imported ({exc}); install it with: pip install 'lazyweights[{extra}]'", name=module
+        ) from exc

@@ -21,12 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import checkpoint as _checkpoint
-from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError
+from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError, require
 from .stream import LoadReport
 from .stream.budget import parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
 from .targets.keras.config import is_keras2_config, translate_config
+
+require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
 __all__ = ["load_model", "load_weights"]
 
@@ -57,7 +59,7 @@ def load_weights(
     files match by object path, as Keras 3 does.  Values are cast to each
     variable's dtype.  Returns the :class:`~lazyweights.LoadReport`.
     """
-    with _opened(src, storage_options) as ckpt:
+    with _checkpoint.opened(src, storage_options) as ckpt:
         if not model.built:
             raise LazyWeightsError(
                 f"{ckpt.url}: the model has not been built; build it (call it on data or use build()) before "
@@ -96,7 +98,7 @@ def load_model(
     restores the optimizer state, warning and keeping a fresh optimizer when
     it does not fit, like Keras.
     """
-    with _opened(src, storage_options) as ckpt, _loader(ckpt, max_memory, concurrency, progress) as loader:
+    with _checkpoint.opened(src, storage_options) as ckpt, _loader(ckpt, max_memory, concurrency, progress) as loader:
         if ckpt.model_config is None:
             raise FormatError(
                 f"{ckpt.url}: No model config found in the file ({ckpt.format}); load_model needs a .keras archive "
@@ -114,21 +116,6 @@ def load_model(
 
 
 # -- shared plumbing -------------------------------------------------------------------------
-
-
-class _opened:
-    """Open ``src`` unless it is already an open Checkpoint (then leave it open)."""
-
-    def __init__(self, src: Url | _checkpoint.Checkpoint, storage_options: Mapping[str, Any] | None):
-        self._own = not isinstance(src, _checkpoint.Checkpoint)
-        self._ckpt = _checkpoint.open(src, storage_options) if self._own else src
-
-    def __enter__(self) -> _checkpoint.Checkpoint:
-        return self._ckpt
-
-    def __exit__(self, *exc: object) -> None:
-        if self._own:
-            self._ckpt.close()
 
 
 class _loader:

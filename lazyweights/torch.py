@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, opened
 from .checkpoint import open as open_checkpoint
-from .errors import LazyWeightsError, ObjectChangedError, UnsupportedError
+from .errors import LazyWeightsError, ObjectChangedError, UnsupportedError, require
 from .manifest import Manifest
 from .storage import get_source
 from .stream.budget import parse_bytes
@@ -50,6 +48,11 @@ from .stream.progress import ProgressArg
 from .targets.shard import ShardArg
 from .targets.torch import target
 from .targets.torch.target import KeyMapping, ModuleLoadReport, Options, Slot
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = require("torch", "torch")  # fails naming the extra to install
 
 __all__ = ["ModuleLoadReport", "load_state_dict"]
 
@@ -99,10 +102,8 @@ def load_state_dict(
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
     options = Options(mapping, layout, strict, device, shard, replicated)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    if isinstance(src, Checkpoint):
-        return _load(module, src, options, run)
-    opened = _open_shared(src, storage_options) if replicated == "broadcast" else open_checkpoint(src, storage_options)
-    with opened as ckpt:
+    opener = _open_shared if replicated == "broadcast" else None
+    with opened(src, storage_options, opener=opener) as ckpt:
         return _load(module, ckpt, options, run)
 
 

@@ -6,13 +6,28 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3's numpy backend would need jax
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from .servers import serve
+
+# hypothesis keeps its example database and caches in a temporary directory, not .hypothesis/ in the working tree
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="lazyweights-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile(
+    "lazyweights", database=DirectoryBasedExampleDatabase(os.path.join(_HYPOTHESIS_HOME, "examples"))
+)
+settings.load_profile("lazyweights")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KERAS2 = FIXTURES / "keras2"
@@ -59,6 +74,7 @@ def keras3_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "values": [np.asarray(v) for v in model.get_weights()],
         "names": [v.path for v in model.weights],
         "optimizer": [np.asarray(v) for v in model.optimizer.variables],
+        "optimizer_names": [v.path for v in model.optimizer.variables],
         "model": model,
     }
 

@@ -1,4 +1,8 @@
-"""The `lazyweights` command, driven as a user would: a subprocess, its output and its exit status."""
+"""The `lazyweights` command, driven as a user would: arguments in, output and exit status out.
+
+The commands run in-process through click's CliRunner; one test runs the
+installed console entry point in a subprocess.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,44 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
+from click.testing import CliRunner
 
 import lazyweights as lw
+from lazyweights.cli import cli
 
 from .conftest import KERAS2
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args: object) -> Result:
+    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="lazyweights")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash outside the command's error boundary
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def test_console_entry_point_runs() -> None:
+    """The `lazyweights` script (``lazyweights.cli:main``) in a real process: output, exit statuses."""
+    script = Path(sys.executable).with_name("lazyweights")
+    command = [str(script)] if script.exists() else [sys.executable, "-c", "from lazyweights.cli import main; main()"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "torch"}
-    return subprocess.run([sys.executable, "-m", "lazyweights.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)  # fmt: skip
+    ok = subprocess.run([*command, "inspect", str(KERAS2 / "cnn_weights.h5"), "--json"], capture_output=True,
+                        text=True, env=env, timeout=120, cwd=ROOT)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["format"] == "keras-h5"
 
 
 def test_inspect_json_describes_the_checkpoint() -> None:
@@ -128,7 +153,16 @@ def test_mirror_verify_export_commands(tmp_path: Path) -> None:
     assert run("export", src, out).returncode == 2  # not empty
 
 
-@pytest.mark.skipif(not hasattr(lw, "write_index"), reason="lw.write_index comes with the cloud issue")
-def test_index_command(tmp_path: Path) -> None:  # pragma: no cover - enabled when the cloud branch lands
-    shutil.copy(KERAS2 / "cnn_weights.h5", tmp_path / "m.h5")
-    assert run("index", tmp_path / "m.h5").returncode == 0
+def test_index_command(tmp_path: Path) -> None:
+    path = tmp_path / "m.h5"
+    shutil.copy(KERAS2 / "cnn_weights.h5", path)
+    result = run("index", path)
+    assert result.returncode == 0, result.stderr
+    index = tmp_path / "m.h5.lwindex.json"
+    assert index.is_file() and str(index) in result.stdout
+    doc = json.loads(index.read_text())
+    with lw.open(path, index=False) as ckpt:
+        assert doc["pin"]["size"] == path.stat().st_size == ckpt.manifest.size
+        assert doc["pin"]["etag"] and doc["pin"]["etag"] == ckpt.manifest.etag
+        assert [w["key"] for w in doc["manifest"]["weights"]] == [w.key for w in ckpt.weights]
+        assert [tuple(w["shape"]) for w in doc["manifest"]["weights"]] == [w.shape for w in ckpt.weights]

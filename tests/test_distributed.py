@@ -125,7 +125,7 @@ def test_dask_distributed_load_in_one_call(checkpoint_url, full_model) -> None:
     url, options, _ = checkpoint_url
     full = {k.replace(".", "/"): v.numpy() for k, v in full_model.state_dict().items()}
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         with get_task_stream(client) as tasks:

@@ -326,7 +326,7 @@ def test_mirror_writes_on_dask_distributed(keras3_files: dict, tmp_path: Path) -
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         report = lw.mirror(keras3_files["h5"], tmp_path / "m.zarr", chunk_bytes="1KiB", client=client)

@@ -109,7 +109,7 @@ def test_dask_distributed_local_cluster(row_file, http_server, http_root) -> Non
     url = _urls(row_file, http_server, http_root)["http"]
     expected = np.arange(4096 * 256, dtype="f4").reshape(4096, 256)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         for target in (str(row_file), url):

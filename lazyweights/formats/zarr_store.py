@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import require
 from ..manifest import ZarrChunks, resolve_dtype
 from ..storage import Source
 
@@ -46,13 +47,7 @@ _lock = threading.Lock()
 
 def zarr_module() -> Any:
     """Import zarr (an optional dependency) with an error naming the extra to install."""
-    try:
-        import zarr
-    except ImportError as exc:  # pragma: no cover - zarr is in the test extra
-        from ..errors import UnsupportedError
-
-        raise UnsupportedError("reading or writing zarr mirrors needs zarr: pip install 'lazyweights[zarr]'") from exc
-    return zarr
+    return require("zarr", "zarr")
 
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None, *, read_only: bool) -> Any:

@@ -8,12 +8,9 @@ window of another file (an HDF5 file stored inside a zip) as a whole file.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import fsspec.caching
-
-if TYPE_CHECKING:
-    from .source import Source
 
 __all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile"]
 
@@ -41,6 +38,16 @@ class _ReadOnlyFile(io.RawIOBase):
         return self._pos
 
 
+class _Ranged(Protocol):
+    """What :class:`MetadataFile` needs of a :class:`~lazyweights.storage.Source` (no import back to it)."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def head(self) -> bytes: ...
+
+
 class MetadataFile(_ReadOnlyFile):
     """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
 
@@ -50,7 +57,7 @@ class MetadataFile(_ReadOnlyFile):
     Every fetch is the source's own pinned, retried, length-checked read.
     """
 
-    def __init__(self, source: Source):
+    def __init__(self, source: _Ranged):
         super().__init__()
         self._source, self._pos, self._size = source, 0, source.size
 

@@ -38,7 +38,7 @@ import fsspec.asyn
 import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import ObjectChangedError, StorageError
+from ..errors import MissingDependencyError, ObjectChangedError, StorageError
 from .files import MetadataFile
 from .local import pread_into
 from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
@@ -57,6 +57,7 @@ _CACHE_SIZE = 64
 # Object stores have no directories, and HTTP servers rarely list them: a URL with no object
 # of its own is a store (a prefix of objects) when one of these root metadata objects exists.
 STORE_MARKERS = ("zarr.json", ".zmetadata", ".zgroup")
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}  # protocol -> extra
 _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -135,7 +136,11 @@ class Source:
         self._count_lock = threading.Lock()
         try:
             self.fs, self.path = fsspec.core.url_to_fs(url, **self.storage_options)
-        except (ImportError, ValueError) as exc:
+        except ImportError as exc:  # fsspec knows the protocol but its package (s3fs, gcsfs, aiohttp) is missing
+            extra = _EXTRAS.get(fsspec.utils.get_protocol(url.split("::")[-1]))
+            hint = f"; install it with: pip install 'lazyweights[{extra}]'" if extra else ""
+            raise MissingDependencyError(f"{url}: cannot resolve a filesystem ({exc}){hint}") from exc
+        except ValueError as exc:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
         self.is_local = isinstance(self.fs, LocalFileSystem)
         info = self.stat()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MismatchError
-from ..geometry import box_shape
+from ..geometry import Box, box_shape
 from ..manifest import WeightSpec
 from ..stream import Group, Target
 from .shard import ShardArg, shard_region
@@ -22,9 +22,7 @@ __all__ = ["check_destination", "plan_numpy"]
 Resolve = Callable[[str], WeightSpec]
 
 
-def check_destination(
-    url: str, spec: WeightSpec, dest: Any, where: str, box: tuple[slice, ...] | None = None
-) -> np.ndarray:
+def check_destination(url: str, spec: WeightSpec, dest: Any, where: str, box: Box | None = None) -> np.ndarray:
     """``dest`` as a writable ndarray of ``spec``'s shape (or ``box``'s) into which its dtype casts safely."""
     if not isinstance(dest, np.ndarray):
         raise MismatchError(

@@ -13,8 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..checkpoint import Checkpoint
-from ..checkpoint import open as open_checkpoint
+from ..checkpoint import Checkpoint, opened
+from ..errors import require
 from ..geometry import ROW_BLOCK_BYTES
 from ..targets.shard import ShardArg, shard_region
 
@@ -39,12 +39,8 @@ def load(
     selects each weight's part as in :func:`lazyweights.load`; ``block_size``
     (bytes) sets the size of the blocks one task reads from contiguous weights.
     """
-    from distributed import default_client
-
-    client = client or default_client()
-    if isinstance(src, Checkpoint):
-        return _load(src, client, keys, shard, persist, block_size)
-    with open_checkpoint(src, storage_options) as ckpt:
+    client = client or require("distributed", "distributed").default_client()
+    with opened(src, storage_options) as ckpt:
         return _load(ckpt, client, keys, shard, persist, block_size)
 
 

@@ -28,8 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, Url
-from ..checkpoint import open as open_checkpoint
+from ..checkpoint import Checkpoint, Url, opened
 from ..errors import DestinationExistsError, LazyWeightsError, UnsupportedError
 from ..manifest import WeightSpec
 from ..stream import LoadReport
@@ -71,9 +70,7 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DestinationExistsError(f"{out}: the export directory is not empty; pass overwrite=True to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    if isinstance(src, Checkpoint):
-        return _export(src, out, format, packed, optimizer, parse_bytes(max_memory), concurrency, progress)
-    with open_checkpoint(src, storage_options) as ckpt:
+    with opened(src, storage_options) as ckpt:
         return _export(ckpt, out, format, packed, optimizer, parse_bytes(max_memory), concurrency, progress)
 
 

@@ -34,8 +34,7 @@ from typing import Any
 
 import fsspec
 
-from ..checkpoint import Checkpoint, Url
-from ..checkpoint import open as open_checkpoint
+from ..checkpoint import Checkpoint, Url, opened
 from ..errors import DestinationExistsError, LazyWeightsError
 from ..formats.zarr import ATTR, MIRROR_VERSION, encode_key, encode_name
 from ..formats.zarr_store import open_store, stored_dtype, to_stored, zarr_module
@@ -347,9 +346,7 @@ def mirror(
     """
     if zarr_format not in (2, 3):
         raise LazyWeightsError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
-    if isinstance(src, Checkpoint):
-        return _mirror(src, dst, locals())
-    with open_checkpoint(src, storage_options) as ckpt:
+    with opened(src, storage_options) as ckpt:
         return _mirror(ckpt, dst, locals())
 
 

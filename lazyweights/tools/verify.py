@@ -11,15 +11,13 @@ raised, and the rest are still compared.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checkpoint import Checkpoint, Url
-from ..checkpoint import open as open_checkpoint
+from ..checkpoint import Checkpoint, Url, opened
 from ..errors import MismatchError, ObjectChangedError
 from ..formats.zarr import ATTR
 from ..manifest import Manifest, WeightSpec
@@ -65,6 +63,10 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.differences
 
+    def __bool__(self) -> bool:
+        """``ok``: ``if not verify(a, b):`` reads as "if they differ"."""
+        return self.ok
+
     def raise_if_different(self) -> None:
         """Raise :class:`~lazyweights.errors.MismatchError` listing the first differences."""
         if not self.ok:
@@ -98,7 +100,7 @@ def verify(
     included).  Use ``report.ok`` or ``report.raise_if_different()``.
     """
     start = time.perf_counter()
-    with _opened(a, storage_options) as ca, _opened(b, storage_options) as cb:
+    with opened(a, storage_options) as ca, opened(b, storage_options) as cb:
         report = VerifyReport(a=ca.url, b=cb.url)
         report.differences.extend(_structure(ca.manifest, cb.manifest))
         common = _comparable(ca.manifest, cb.manifest)
@@ -118,15 +120,6 @@ def verify(
     report.seconds = time.perf_counter() - start
     logger.info("%s", report)
     return report
-
-
-@contextlib.contextmanager
-def _opened(src: Url | Checkpoint, storage_options: Mapping[str, Any] | None) -> Iterator[Checkpoint]:
-    if isinstance(src, Checkpoint):
-        yield src
-    else:
-        with open_checkpoint(src, storage_options) as ckpt:
-            yield ckpt
 
 
 def _structure(ma: Manifest, mb: Manifest) -> list[Difference]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import MismatchError
+from ...errors import MismatchError, require
 from ...manifest import WeightSpec, resolve_dtype
 from ...stream import Group, LoadReport, Target, execute
 from .config import optimizer_slot_key
@@ -31,11 +31,7 @@ __all__ = ["KerasLoader", "legacy_groups", "optimizer_group", "optimizer_pairs",
 
 
 def import_keras() -> Any:
-    try:
-        import keras
-    except ImportError as exc:  # pragma: no cover - keras is a declared extra
-        raise ImportError("lazyweights.keras needs Keras 3: pip install 'lazyweights[keras]'") from exc
-    return keras
+    return require("keras", "keras")
 
 
 @dataclass

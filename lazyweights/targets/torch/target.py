@@ -20,16 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ...errors import MismatchError
+from ...errors import MismatchError, require
 from ...geometry import Box, box_shape, full_box, row_blocks
 from ...manifest import Manifest, WeightSpec
 from ...stream import Group, LoadReport, Target
 from ..shard import ShardArg, shard_region
 from .layouts import IDENTITY, Conversion, describe, keras_names
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = require("torch", "torch")  # fails naming the extra to install
 
 __all__ = [
     "KeyMapping",
