@@ -73,25 +73,31 @@ _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _fs_options(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options the filesystem for ``url`` is built with: the caller's, plus one retry layer only.
+_SINGLE_ATTEMPT = {"total_max_attempts": 1}
 
-    s3fs retries retryable errors itself (``retries``, default 5), and under
-    it botocore retries again (its retry config, default 5 attempts in legacy
-    mode): with our :class:`RetryPolicy` on top, one flaky request could be
-    tried 125 times.  We keep our policy (it classifies failures, including a
-    changed object, and counts requests) and turn the other two off: s3fs
-    ``retries=1`` (one attempt) and botocore ``total_max_attempts=1``.  An
-    explicit caller setting wins.  gcsfs and HTTP retry nothing on their own
-    reads here (gcsfs's retry decorator is bypassed by our pinned fetches only
-    partly: its metadata calls still retry; left as is).
+
+def _fs_options(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options the filesystem for ``url`` is built with: the caller's, with one retry layer only.
+
+    Retry once per request, in one place.  s3fs retries retryable errors
+    itself (its ``retries`` attribute, 5 attempts), and under it botocore
+    retries again (its retry config, 5 attempts in legacy mode): with our
+    :class:`RetryPolicy` on top, one flaky request could be tried 125 times.
+    We keep our policy (it classifies failures, a changed object included,
+    and counts requests) and turn the other two off for S3 filesystems
+    lazyweights builds: botocore gets ``retries={"total_max_attempts": 1}``
+    (a constructor option, so this is a filesystem instance of its own in
+    fsspec's cache, not the caller's) and :meth:`Source.__init__` sets that
+    instance's s3fs ``retries`` to 1 (one attempt).  A caller who passes a
+    botocore ``retries`` config keeps both their own layers as configured.
+    gcsfs and HTTP filesystems have no retry layer under our reads.
     """
     options = dict(storage_options)
     if fsspec.utils.get_protocol(url) in ("s3", "s3a"):
-        options.setdefault("retries", 1)
         config = dict(options.get("config_kwargs") or {})
-        config.setdefault("retries", {"total_max_attempts": 1})
-        options["config_kwargs"] = config
+        if "retries" not in config:
+            config["retries"] = dict(_SINGLE_ATTEMPT)
+            options["config_kwargs"] = config
     return options
 
 
@@ -184,9 +190,12 @@ class Source:
         self._parent: Source | None = None
         self._key: str | None = None
         try:
-            self.fs, self.path = fsspec.core.url_to_fs(url, **_fs_options(url, self.storage_options))
+            options = _fs_options(url, self.storage_options)
+            self.fs, self.path = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
+        if (options.get("config_kwargs") or {}).get("retries") == _SINGLE_ATTEMPT and hasattr(self.fs, "retries"):
+            self.fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see _fs_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._init_object(self.stat())
 
