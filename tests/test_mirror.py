@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -587,3 +588,28 @@ def test_chunk_replaced_mid_load_is_refused(
     finally:
         if where == "http":
             shutil.rmtree(root)
+
+
+def test_reopening_a_rewritten_mirror_reads_the_new_one(varied_h5: Path, keras3_files: dict) -> None:
+    """A store's cached Source (pinned members, parsed group) is replaced when its root metadata changed."""
+    import uuid
+
+    import fsspec
+
+    mem, name = fsspec.filesystem("memory"), f"lw-again-{uuid.uuid4().hex[:8]}"
+    root, other = f"memory://{name}.zarr", f"memory://{name}-other.zarr"
+    try:
+        lw.mirror(varied_h5, root, chunk_bytes="1KiB")
+        lw.mirror(keras3_files["h5"], other, chunk_bytes="1KiB")
+        with lw.open(root) as old:  # still open (its Source cached) while the store is rewritten
+            assert sorted(lw.load(old)) == sorted(_h5_values(varied_h5))
+            mem.rm(f"/{name}.zarr", recursive=True)
+            time.sleep(0.01)  # memory:// stamps objects with their creation time
+            mem.copy(f"/{name}-other.zarr", f"/{name}.zarr", recursive=True)  # another mirror, same name
+            with lw.open(root) as mir, lw.open(keras3_files["h5"]) as src:
+                assert mir._source is not old._source
+                _values_equal(src, mir)
+    finally:
+        for path in (f"/{name}.zarr", f"/{name}-other.zarr"):
+            if mem.exists(path):
+                mem.rm(path, recursive=True)

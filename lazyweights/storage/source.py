@@ -126,14 +126,15 @@ def get_source(
     With ``pin``, the source must be that very object version: else
     :class:`~lazyweights.errors.ObjectChangedError`.  With ``refresh``, a
     cached source is re-stated and replaced if the object changed (what a new
-    :func:`lazyweights.open` wants: the object as it is now).
+    :func:`lazyweights.open` wants: the object as it is now); a store prefix,
+    if a root metadata document it read changed (a store rewritten since).
     """
     key = (str(url), _options_token(storage_options))
     with _cache_lock:
         source = _cache.get(key)
         if source is not None:
             _cache.move_to_end(key)
-    if source is not None and refresh and not source.pin.same_object(pin_of(source.stat())):
+    if source is not None and refresh and source.changed():
         release_source(source)
         source = None
     if source is None:
@@ -243,6 +244,23 @@ class Source:
         child = self._new_member(key)
         with self._members_lock:
             return self._members.setdefault(key, child)
+
+    def changed(self) -> bool:
+        """Whether the object is no longer the one opened (fresh stat; never raises ObjectChangedError).
+
+        For a store prefix: whether a root metadata document it read
+        (:data:`STORE_MARKERS`) changed, appeared or disappeared — every
+        rewrite of a store rewrites its root metadata.
+        """
+        if not self.is_dir:
+            return not self.pin.same_object(pin_of(self.stat()))
+        for key, member in self.members_read().items():
+            if key not in STORE_MARKERS:
+                continue
+            now = self._new_member(key)
+            if (member is None) != (now is None) or (member is not None and not member.pin.same_object(now.pin)):
+                return True
+        return False
 
     def members_read(self) -> dict[str, Source | None]:
         """The members handed out so far (None: found absent), by key."""
