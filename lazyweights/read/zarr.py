@@ -16,12 +16,15 @@ sharded, F order) is read and decoded by zarr itself, through its public
 array API over :func:`~lazyweights.formats.zarr_store.source_store`, a chunk
 at a time.
 
-Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py``
-(0.3 GB checkpoint, warm page cache, 2 cores), reading a raw mirror into
-pre-touched arrays, lazyweights' byte ranges took 0.21 s and zarr's own
-``arr.get_basic_selection(..., out=NDBuffer)`` per array 0.49 s (and 64 MiB of
-RSS growth, against 0): 2.3x slower, since zarr reads each chunk object
-whole into a buffer of its own and copies it into ``out``.
+Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py
+--size-gb 0.3 --only into --repeat 3`` (warm page cache, 2 cores), reading a
+raw mirror into pre-touched arrays: these byte ranges took 0.09-0.10 s, zarr's
+own ``arr.get_basic_selection(..., out=NDBuffer)`` per array 0.19 s with
+56-88 MiB of RSS growth (against 0): 2x slower, since zarr reads each chunk
+object whole into a buffer of its own and copies it into ``out``.  Compressed
+chunks decoded by zarr (through ``SourceStore``) load at 0.5-0.7 s where
+the former private synchronous decoders took 0.4-0.6 s (same run, noisy): a
+cost accepted for zarr's public API and its own codec pipeline.
 
 A chunk whose object does not exist holds the fill value (zarr's rule).  A raw
 chunk whose object has the wrong size, or an encoded one that does not
