@@ -215,7 +215,7 @@ def _store_class() -> Any:
                     raise ValueError(f"{self.source.url}: lazyweights reads zarr stores read-only")
                 return SourceStore(self.source)
 
-            def _read(self, key: str, byte_range: Any) -> bytes | None:
+            def _read(self, key: str, byte_range: Any) -> bytearray | None:
                 member = self.source.member(key)
                 if member is None:
                     return None
@@ -230,7 +230,10 @@ def _store_class() -> Any:
                     start, stop = max(0, size - byte_range.suffix), size
                 else:  # pragma: no cover - zarr's ByteRequest union is the three above
                     raise TypeError(f"unknown byte request {byte_range!r}")
-                return member.read(start, max(0, stop - start))
+                # filled in place (locally one preadv, remotely streamed): no bytes object copied once more
+                buf = bytearray(max(0, stop - start))
+                member.readinto(start, memoryview(buf))
+                return buf
 
             async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
                 data = await asyncio.to_thread(self._read, key, byte_range)
