@@ -17,13 +17,14 @@ array API over :func:`~lazyweights.formats.zarr_store.source_store`, a chunk
 at a time.
 
 Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py
---size-gb 0.3 --only into --repeat 3`` (warm page cache, 2 cores), reading a
-raw mirror into pre-touched arrays: these byte ranges took 0.09-0.10 s, zarr's
-own ``arr.get_basic_selection(..., out=NDBuffer)`` per array 0.19 s with
-56-88 MiB of RSS growth (against 0): 2x slower, since zarr reads each chunk
-object whole into a buffer of its own and copies it into ``out``.  Compressed
-chunks decoded by zarr (through ``SourceStore``) load at 0.5-0.7 s where
-the former private synchronous decoders took 0.4-0.6 s (same run, noisy): a
+--size-gb 0.3 --only into,load-mirror --repeat 3`` (warm page cache, 2 shared
+cores, noisy), reading a raw mirror into pre-touched arrays: these byte ranges
+took 0.06-0.09 s, zarr's own ``arr.get_basic_selection(..., out=NDBuffer)`` per
+array 0.16-0.18 s with 64-88 MiB of RSS growth (against 0): 2-2.5x slower,
+since zarr reads each chunk object whole into a buffer of its own and copies
+it into ``out``.  Compressed chunks decoded by zarr (through ``SourceStore``)
+load into arrays in 0.33-0.50 s with ~105-115 MiB of growth, where the former
+private synchronous decoders took 0.34-0.38 s and ~70-77 MiB (same runs): a
 cost accepted for zarr's public API and its own codec pipeline.
 
 A chunk whose object does not exist holds the fill value (zarr's rule).  A raw
