@@ -16,7 +16,10 @@ Pairs (ratio = lazyweights time / by-hand time):
 - ``load``: ``lw.load(mirror)`` vs ``lw.load(h5)`` (both allocate every array), for a raw (uncompressed)
   mirror and a zstd one;
 - ``into``: the same into ``out`` arrays allocated and touched before the clock starts (reads only:
-  first-touch page faults, which vary a lot on some VMs, are left out).
+  first-touch page faults, which vary a lot on some VMs, are left out);
+- ``into-mirror`` vs ``zarr-into``: the same raw mirror read by lazyweights (raw chunks' byte ranges
+  straight into the destination) vs zarr's own ``arr.get_basic_selection(out=...)`` per array into
+  the same kind of pre-touched arrays (``zarr-into-zstd``: the zstd mirror).
 
 ``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
 (mirrors missing from ``--dir`` are written first, untimed).
@@ -137,6 +140,23 @@ def measure(method: str, h5: str, work: Path) -> dict[str, float]:
         def run() -> None:
             lw.load(src, out=out)
 
+    elif method.startswith("zarr-into"):  # zarr's own reads into pre-touched arrays, no lazyweights involved
+        from zarr.buffer.cpu import NDBuffer
+
+        src = work / MIRRORS["load-mirror-zstd" if method.endswith("-zstd") else "load-mirror"][0]
+        group = zarr.open_group(src, mode="r")
+        todo = [group]
+        arrays = []
+        while todo:  # nested groups: every array of the tree
+            g = todo.pop()
+            arrays.extend(a for _, a in g.arrays())
+            todo.extend(sub for _, sub in g.groups())
+        outs = [np.ones(a.shape, a.dtype) for a in arrays]
+
+        def run() -> None:
+            for arr, dest in zip(arrays, outs, strict=True):
+                arr.get_basic_selection(..., out=NDBuffer.from_numpy_array(dest))
+
     else:
         raise SystemExit(f"unknown method {method}")
     before = rss_now()
@@ -155,7 +175,8 @@ def _chunks(ds: object) -> tuple[int, ...]:
 
 PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify", "sha256sum-x2"),
          ("load-mirror", "load-h5"), ("load-mirror-zstd", "load-h5"),
-         ("into-mirror", "into-h5"), ("into-mirror-zstd", "into-h5")]  # fmt: skip
+         ("into-mirror", "into-h5"), ("into-mirror-zstd", "into-h5"),
+         ("into-mirror", "zarr-into"), ("into-mirror-zstd", "zarr-into-zstd")]  # fmt: skip
 MIRRORS = {"load-mirror": ("mirror.zarr", None), "load-mirror-zstd": ("mirror-zstd.zarr", "zstd")}
 
 

@@ -329,3 +329,31 @@ def test_batched_groups_keep_their_callbacks(http_server, http_root) -> None:
         execute(ckpt._source, groups, max_memory=16 << 20, report=LoadReport(ckpt.url, ckpt.format))
     assert sorted(seen) == sorted(la.name for la in layers)  # every layer once (groups finish in any order)
     assert http_server.count("GET") < len(layers) // 4
+
+
+def test_s3_filesystems_retry_once_per_request(s3) -> None:
+    """Our RetryPolicy is the only retry layer: s3fs and botocore make one attempt each per call."""
+    s3.fs().put_file(str(MOBILENET), "lw-plain/once.h5")
+    source = Source("s3://lw-plain/once.h5", s3.options)
+    assert source.fs.retries == 1
+    assert source.storage_options == s3.options  # the caller's options, as cached and pickled, are untouched
+    client_config = source.fs.s3._client_config  # the botocore client s3fs built: no retries of its own
+    assert client_config.retries["total_max_attempts"] == 1
+    own = {"retries": {"max_attempts": 2, "mode": "standard"}}
+    explicit = Source("s3://lw-plain/once.h5", {**s3.options, "config_kwargs": own})
+    assert explicit.fs is not source.fs
+    assert explicit.fs.s3._client_config.retries["mode"] == "standard"  # theirs wins
+    assert explicit.fs.retries == 5  # s3fs's own layer, as the caller configured it
+
+
+def test_zarr_mirror_on_s3_reads_through_pinned_members(keras3_files, s3, tmp_path) -> None:
+    local = tmp_path / "m.zarr"
+    lw.mirror(keras3_files["h5"], local, chunk_bytes="4KiB")
+    s3.fs().put(str(local), "lw-plain/m.zarr", recursive=True)
+    url = "s3://lw-plain/m.zarr"
+    with lw.open(url, s3.options) as mir:
+        assert mir._source.is_dir
+        got = mir.load()
+        members = [m for m in mir._source.members_read().values() if m is not None]
+        assert members and all(m.pinned and m.fs is mir._source.fs for m in members)  # IfMatch on the ETag
+    _assert_same(got, _local(keras3_files["h5"]))

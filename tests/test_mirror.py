@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -536,3 +538,78 @@ def test_manifest_of_a_mirror_round_trips_json(varied_h5: Path, tmp_path: Path) 
     again = lw.Manifest.from_json(manifest.to_json())
     assert again == manifest
     assert again["dense/kernel:0"].zarr == ZarrChunks(".", "", "<")
+
+
+def _replace_chunks_same_size(root: Path) -> list[Path]:
+    """Rewrite every chunk object of the mirror at ``root``: same size, other bytes, a later mtime."""
+    import os
+
+    chunks = [p for p in root.rglob("*") if p.is_file() and "/c/" in p.as_posix()[len(root.as_posix()) :]]
+    for path in chunks:
+        st = path.stat()
+        data = path.read_bytes()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(bytes(255 - b for b in data))
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        os.replace(tmp, path)
+    return chunks
+
+
+def _on_first_progress(action):
+    done: list[bool] = []
+
+    def callback(nbytes: int) -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return callback
+
+
+@pytest.mark.parametrize("where", ["local", "http"])
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_chunk_replaced_mid_load_is_refused(
+    varied_h5: Path, where: str, compressor, http_server, http_root: Path, tmp_path: Path
+) -> None:
+    root = (tmp_path if where == "local" else http_root) / f"swap-{compressor}.zarr"
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", compressor=compressor, overwrite=True)
+    url = root if where == "local" else f"{http_server.url}/{root.name}"
+    try:
+        with lw.open(url) as mir:
+            np.testing.assert_array_equal(mir["dense/kernel:0"].read(), _h5_values(varied_h5)["dense/kernel:0"])
+            # chunks already read are pinned: replacing them (same size) mid-load is seen, not mixed in
+            swap = _on_first_progress(lambda: _replace_chunks_same_size(root))
+            with pytest.raises(lw.LazyWeightsError) as excinfo:
+                mir.load(concurrency=1, progress=swap)
+        exc = excinfo.value
+        cause = exc if isinstance(exc, lw.ObjectChangedError) else exc.__cause__
+        assert isinstance(cause, lw.ObjectChangedError), repr(exc)
+        assert re.search(rf"{root.name}/.+/c/[0-9/]+: the object changed", str(cause)), str(cause)
+    finally:
+        if where == "http":
+            shutil.rmtree(root)
+
+
+def test_reopening_a_rewritten_mirror_reads_the_new_one(varied_h5: Path, keras3_files: dict) -> None:
+    """A store's cached Source (pinned members, parsed group) is replaced when its root metadata changed."""
+    import uuid
+
+    import fsspec
+
+    mem, name = fsspec.filesystem("memory"), f"lw-again-{uuid.uuid4().hex[:8]}"
+    root, other = f"memory://{name}.zarr", f"memory://{name}-other.zarr"
+    try:
+        lw.mirror(varied_h5, root, chunk_bytes="1KiB")
+        lw.mirror(keras3_files["h5"], other, chunk_bytes="1KiB")
+        with lw.open(root) as old:  # still open (its Source cached) while the store is rewritten
+            assert sorted(lw.load(old)) == sorted(_h5_values(varied_h5))
+            mem.rm(f"/{name}.zarr", recursive=True)
+            time.sleep(0.01)  # memory:// stamps objects with their creation time
+            mem.copy(f"/{name}-other.zarr", f"/{name}.zarr", recursive=True)  # another mirror, same name
+            with lw.open(root) as mir, lw.open(keras3_files["h5"]) as src:
+                assert mir._source is not old._source
+                _values_equal(src, mir)
+    finally:
+        for path in (f"/{name}.zarr", f"/{name}-other.zarr"):
+            if mem.exists(path):
+                mem.rm(path, recursive=True)

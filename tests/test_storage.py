@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
 import fsspec
 import h5py
@@ -125,3 +127,89 @@ def test_dask_distributed_local_cluster(row_file, http_server, http_root) -> Non
 def test_missing_remote_object(http_server) -> None:
     with pytest.raises(lw.StorageError, match=r"no-such-file\.h5"):
         lw.open(f"{http_server.url}/no-such-file.h5")
+
+
+# -- store prefixes: member objects -------------------------------------------------
+
+
+def _store(root, n: int = 3):
+    """A directory store prefix: a zarr.json marker and ``n`` 16-byte objects ``a/c/<i>``."""
+    (root / "a" / "c").mkdir(parents=True)
+    (root / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    for i in range(n):
+        (root / "a" / "c" / str(i)).write_bytes(bytes([i]) * 16)
+    return root
+
+
+def _replace_same_size(path, data: bytes) -> None:
+    """A new object under the same name, same size, other bytes, a later modification time."""
+    st = path.stat()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.replace(tmp, path)
+
+
+def test_store_members_are_pinned_cached_and_hold_no_descriptor(tmp_path) -> None:
+    from lazyweights.storage import Source
+
+    root = _store(tmp_path / "s.zarr", n=200)
+    store = Source(str(root))
+    assert store.is_dir
+    assert store.member("a/c/nothing") is None  # absent objects are told apart (a chunk never written)
+    first = store.member("a/c/0")
+    assert first is store.member("a/c/0") and first.fs is store.fs and first.size == 16
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(200):
+        assert store.member(f"a/c/{i}").read(0, 16) == bytes([i]) * 16
+    assert len(os.listdir("/proc/self/fd")) == fds  # open, pread, close per read
+    store.verify()  # nothing changed
+    _replace_same_size(root / "a" / "c" / "0", b"x" * 16)
+    with pytest.raises(lw.ObjectChangedError, match=r"s\.zarr/a/c/0: the object changed"):
+        first.read(0, 16)  # fstat against the pin, before reading
+    with pytest.raises(lw.ObjectChangedError, match=r"s\.zarr/a/c/0: the object changed"):
+        store.verify()  # the store re-checks every member it read
+    store.close()
+
+
+def test_store_verify_sees_a_member_that_appeared(tmp_path) -> None:
+    from lazyweights.storage import Source
+
+    root = _store(tmp_path / "s.zarr")
+    store = Source(str(root))
+    assert store.member("a/c/9") is None
+    (root / "a" / "c" / "9").write_bytes(b"late")
+    with pytest.raises(lw.ObjectChangedError, match=r"a/c/9: the object appeared"):
+        store.verify()
+
+
+def test_remote_store_members_reuse_the_filesystem_and_are_checked(http_server, http_root, tmp_path) -> None:
+    from lazyweights.storage import Source
+
+    _store(http_root / "members.zarr")
+    try:
+        store = Source(f"{http_server.url}/members.zarr")
+        assert store.is_dir
+        member = store.member("a/c/1")
+        assert member.fs is store.fs and member.pinned  # If-Match on the ETag seen at first use
+        assert member.read(4, 8) == b"\1" * 8
+        assert store.member("a/c/7") is None
+        _replace_same_size(http_root / "members.zarr" / "a" / "c" / "1", b"y" * 16)
+        with pytest.raises(lw.ObjectChangedError, match=r"members\.zarr/a/c/1: the object changed"):
+            member.read(0, 16)
+    finally:
+        shutil.rmtree(http_root / "members.zarr")
+    mem = fsspec.filesystem("memory")
+    mem.pipe({"/lw-members.zarr/zarr.json": b"{}", "/lw-members.zarr/a/c/0": b"z" * 16})
+    try:
+        store = Source("memory://lw-members.zarr")
+        member = store.member("a/c/0")
+        assert not member.pinned and member.read(0, 16) == b"z" * 16
+        store.verify()
+        mem.rm("/lw-members.zarr/a/c/0")
+        time.sleep(0.01)
+        mem.pipe("/lw-members.zarr/a/c/0", b"w" * 16)  # a new object: another creation stamp
+        with pytest.raises(lw.ObjectChangedError):
+            store.verify()  # unpinned members are re-stat-ed
+    finally:
+        mem.rm("/lw-members.zarr", recursive=True)

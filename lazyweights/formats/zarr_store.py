@@ -1,12 +1,17 @@
-"""Zarr stores as a data source: opening a store for a URL, and reading blocks of its arrays.
+"""Zarr stores as a data source: a read-only zarr store over a :class:`~lazyweights.storage.Source`.
 
-Zarr chunks are separate objects, not byte ranges of one file.  This module
-is the one place that touches zarr's store, array and codec objects for
-reading: it says how an array's chunk objects are named and whether they are
-raw (:func:`chunk_format`, recorded in the manifest), gives a synchronous
-decoder built from the array's own codecs (:func:`chunk_decoder`), and reads
-blocks through zarr itself (:func:`read_box`) for arrays only zarr can read.
-``lazyweights.zarrchunks`` does the chunk I/O.
+Zarr chunks are separate objects, not byte ranges of one file.  Reading, zarr
+sees lazyweights' storage through :class:`SourceStore`, a read-only
+``zarr.abc.store.Store`` (zarr's public store API) whose every object read is
+a :meth:`Source.member <lazyweights.storage.Source.member>` read: pinned,
+retried, length-checked, and re-checked by ``Source.verify``.  Metadata
+(:func:`root_group`, :func:`array`) and the chunks of arrays that are not raw
+are read by zarr through it, decoded by zarr's own codecs.  This module also
+says how an array's chunk objects are named and whether they are raw
+(:func:`chunk_format`, recorded in the manifest); ``lazyweights.read.zarr``
+reads raw chunks itself.
+
+:func:`open_store` builds zarr's own stores, for the mirror *writer* only.
 
 Opened groups are cached per :class:`~lazyweights.storage.Source` (weakly, so
 closing a checkpoint drops them): a consolidated store is opened with one
@@ -15,11 +20,12 @@ request, and every array is then resolved from that metadata without more.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +41,7 @@ __all__ = [
     "from_stored",
     "open_store",
     "root_group",
+    "source_store",
     "stored_dtype",
     "to_stored",
     "zarr_module",
@@ -51,7 +58,10 @@ def zarr_module() -> Any:
 
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None, *, read_only: bool) -> Any:
-    """A zarr store for ``url``: a LocalStore for local paths, an FsspecStore for any other fsspec URL."""
+    """A zarr store for ``url`` to *write* a mirror: a LocalStore for local paths, an FsspecStore otherwise.
+
+    Reads go through :func:`source_store` instead.
+    """
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
@@ -72,8 +82,7 @@ def root_group(source: Source) -> Any:
         group = _groups.get(source)
     if group is None:
         zarr = zarr_module()
-        store = open_store(source.url, source.storage_options, read_only=True)
-        group = zarr.open_group(store, mode="r")
+        group = zarr.open_group(source_store(source), mode="r")
         with _lock:
             group = _groups.setdefault(source, group)
     return group
@@ -121,18 +130,18 @@ def chunk_format(arr: Any) -> ZarrChunks | None:
         raw = not meta.compressor and not meta.filters
         return ZarrChunks(meta.dimension_separator or ".", "", _byteorder(arr.dtype) if raw else None)
     from zarr.codecs import BytesCodec
-    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
 
-    encoding = meta.chunk_key_encoding
-    if arr.shards is not None or not isinstance(encoding, DefaultChunkKeyEncoding | V2ChunkKeyEncoding):
+    encoding = meta.chunk_key_encoding.to_dict()  # the metadata document's form: {"name", "configuration"}
+    name, separator = encoding.get("name"), (encoding.get("configuration") or {}).get("separator")
+    if arr.shards is not None or name not in ("default", "v2") or separator not in ("/", "."):
         return None
-    prefix = "c" if isinstance(encoding, DefaultChunkKeyEncoding) else ""
+    prefix = "c" if name == "default" else ""
     codecs = tuple(meta.codecs)
     order = None
     if len(codecs) == 1 and isinstance(codecs[0], BytesCodec):
         endian = codecs[0].endian
         order = "|" if endian is None or arr.dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]
-    return ZarrChunks(encoding.separator, prefix, order)
+    return ZarrChunks(separator, prefix, order)
 
 
 def _byteorder(dtype: np.dtype) -> str:
@@ -149,3 +158,129 @@ def fill_bytes(arr: Any, dtype: str) -> bytes | None:
         return None
     data = from_stored(np.asarray(arr.fill_value, dtype=arr.dtype), dtype).tobytes()
     return data if any(data) else None
+
+
+# -- zarr's view of a Source --------------------------------------------------------
+
+
+def source_store(source: Source) -> Any:
+    """A read-only zarr store whose objects are ``source``'s members (see :class:`SourceStore`)."""
+    zarr_module()
+    return _store_class()(source)
+
+
+_store_cls: Any = None
+
+
+def _store_class() -> Any:
+    """:class:`SourceStore`, defined on first use (zarr is an optional dependency)."""
+    global _store_cls
+    if _store_cls is None:
+        from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+
+        class SourceStore(Store):
+            """A read-only ``zarr.abc.store.Store`` over a store-prefix :class:`Source`: every read is a member read.
+
+            Object reads run in worker threads (``asyncio.to_thread``): a
+            member's stat and read are blocking calls on the source's
+            filesystem (its own event loop for async filesystems), and zarr's
+            event loop keeps serving other chunks meanwhile.  Writes raise.
+            """
+
+            supports_writes = False
+            supports_deletes = False
+            supports_partial_writes = False
+            supports_listing = True
+
+            def __init__(self, source: Source):
+                super().__init__(read_only=True)
+                self.source = source
+
+            def __eq__(self, other: object) -> bool:
+                return isinstance(other, SourceStore) and other.source is self.source
+
+            def __hash__(self) -> int:
+                return id(self.source)
+
+            def __repr__(self) -> str:
+                return f"SourceStore({self.source.url!r})"
+
+            def with_read_only(self, read_only: bool = False) -> Any:
+                if not read_only:
+                    raise ValueError(f"{self.source.url}: lazyweights reads zarr stores read-only")
+                return SourceStore(self.source)
+
+            def _read(self, key: str, byte_range: Any) -> bytearray | None:
+                member = self.source.member(key)
+                if member is None:
+                    return None
+                size = member.size
+                if byte_range is None:
+                    start, stop = 0, size
+                elif isinstance(byte_range, RangeByteRequest):
+                    start, stop = byte_range.start, min(byte_range.end, size)
+                elif isinstance(byte_range, OffsetByteRequest):
+                    start, stop = byte_range.offset, size
+                elif isinstance(byte_range, SuffixByteRequest):
+                    start, stop = max(0, size - byte_range.suffix), size
+                else:  # pragma: no cover - zarr's ByteRequest union is the three above
+                    raise TypeError(f"unknown byte request {byte_range!r}")
+                # filled in place (locally one preadv, remotely streamed): no bytes object copied once more
+                buf = bytearray(max(0, stop - start))
+                member.readinto(start, memoryview(buf))
+                return buf
+
+            async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+                data = await asyncio.to_thread(self._read, key, byte_range)
+                return None if data is None else prototype.buffer.from_bytes(data)
+
+            async def get_partial_values(self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]) -> list[Any]:
+                return list(await asyncio.gather(*(self.get(key, prototype, rng) for key, rng in key_ranges)))
+
+            async def exists(self, key: str) -> bool:
+                return await asyncio.to_thread(self.source.member, key) is not None
+
+            async def set(self, key: str, value: Any) -> None:
+                raise ValueError(f"{self.source.url}: lazyweights reads zarr stores read-only (set {key!r})")
+
+            async def delete(self, key: str) -> None:
+                raise ValueError(f"{self.source.url}: lazyweights reads zarr stores read-only (delete {key!r})")
+
+            def _keys(self, prefix: str, recursive: bool) -> list[str]:
+                src = self.source
+                root = src.path.rstrip("/")
+                base = f"{root}/{prefix}".rstrip("/") if prefix else root
+
+                def listing() -> list[str]:
+                    try:
+                        found = src.fs.find(base) if recursive else src.fs.ls(base, detail=False)
+                    except FileNotFoundError:
+                        return []
+                    return [str(p) for p in found]
+
+                paths = src.with_retries(listing, f"listing of {prefix or '/'}")
+                keys = []
+                for path in paths:
+                    path = path.rstrip("/")
+                    rel = path[len(root) + 1 :] if path.startswith(root + "/") else path.rsplit("/", 1)[-1]
+                    if recursive:
+                        keys.append(rel)
+                    else:
+                        keys.append(rel.rsplit("/", 1)[-1])
+                return keys
+
+            async def list(self) -> AsyncIterator[str]:
+                for key in await asyncio.to_thread(self._keys, "", True):
+                    yield key
+
+            async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+                for key in await asyncio.to_thread(self._keys, "", True):
+                    if key.startswith(prefix):
+                        yield key
+
+            async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+                for key in await asyncio.to_thread(self._keys, prefix.rstrip("/"), False):
+                    yield key
+
+        _store_cls = SourceStore
+    return _store_cls

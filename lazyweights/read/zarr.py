@@ -1,18 +1,31 @@
-"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, others decoded once.
+"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, others by zarr.
 
 Each chunk of a zarr array is an object of its own (``<array>/c/0/0``, named
-as :class:`~lazyweights.manifest.ZarrChunks` says).  A **raw** chunk (no
-codec, C order) is read like a contiguous extent of a separate object: the
-elements a region needs from it are one byte range, read with ``os.preadv``
-straight into the destination when they land in one contiguous span of it —
-the usual case, since the mirror writer splits leading axes only — or staged
-and copied (a column of a chunk, a dtype cast) otherwise.  Remote chunks are
-fetched with fsspec's ``cat_file`` on the chunk's key, under the source's
-retry policy (transient failures retried, a missing chunk is the fill value).  Other chunks are
-fetched whole the same way and decoded in the calling thread by the array's
-own codecs (:func:`~lazyweights.chunk_decoder`), with no event loop
-per chunk.  Arrays only zarr can read (sharded, F order, codecs without a
-synchronous path) are read through zarr, a chunk at a time.
+as :class:`~lazyweights.manifest.ZarrChunks` says), read as a member of the
+store's :class:`~lazyweights.storage.Source` (:meth:`Source.member
+<lazyweights.storage.Source.member>`): pinned at first use, retried, length
+checked, and re-checked by ``Source.verify`` after the load, like any file.
+
+A **raw** chunk (no codec, C order) is read like a contiguous extent of a
+separate object: the elements a region needs from it are one byte range, read
+straight into the destination (locally with ``os.preadv``, no staging copy)
+when they land in one contiguous span of it — the usual case, since the
+mirror writer splits leading axes only — or staged and copied (a column of a
+chunk, a dtype cast) otherwise.  Every other chunk (compressed, filtered,
+sharded, F order) is read and decoded by zarr itself, through its public
+array API over :func:`~lazyweights.formats.zarr_store.source_store`, a chunk
+at a time.
+
+Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py
+--size-gb 0.3 --only into,load-mirror --repeat 3`` (warm page cache, 2 shared
+cores, noisy), reading a raw mirror into pre-touched arrays: these byte ranges
+took 0.06-0.09 s, zarr's own ``arr.get_basic_selection(..., out=NDBuffer)`` per
+array 0.16-0.18 s with 64-88 MiB of RSS growth (against 0): 2-2.5x slower,
+since zarr reads each chunk object whole into a buffer of its own and copies
+it into ``out``.  Compressed chunks decoded by zarr (through ``SourceStore``)
+load into arrays in 0.33-0.50 s with ~105-115 MiB of growth, where the former
+private synchronous decoders took 0.34-0.38 s and ~70-77 MiB (same runs): a
+cost accepted for zarr's public API and its own codec pipeline.
 
 A chunk whose object does not exist holds the fill value (zarr's rule).  A raw
 chunk whose object has the wrong size, or an encoded one that does not
@@ -27,9 +40,6 @@ runs them for one block (``reader.read``).
 from __future__ import annotations
 
 import math
-import os
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,16 +51,12 @@ from ..errors import FormatError, StorageError
 from ..formats.zarr_store import array, from_stored
 from ..geometry import Box, box_runs, box_shape, byte_view, grid_pieces
 from ..manifest import WeightSpec
-from ..storage import Source, pread_into
+from ..storage import Source
 from .constant import fill_value
 
 __all__ = ["ChunkRead", "chunk_reads", "read_box"]
 
 Index = Box
-Decoder = Callable[[Any], np.ndarray]  # an encoded chunk object's bytes -> the chunk's values (chunk shape)
-
-_decoders: weakref.WeakKeyDictionary[Source, dict[str, Decoder | None]] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
 
 # read_box over a remote store: chunk objects fetched at once (zarr's default is 10)
 REMOTE_CONCURRENCY = 16
@@ -99,17 +105,9 @@ def _nbytes(spec: WeightSpec, box: Index) -> int:
 
 def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Index) -> Iterator[ChunkRead]:
     """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape)."""
-    fmt = spec.zarr
-    decoder = None
-    if fmt is not None and fmt.byteorder is None:
-        decoder = chunk_decoder(source, spec)
+    raw = spec.zarr is not None and spec.zarr.byteorder is not None
     for piece in _pieces(spec, region):
-        if fmt is not None and fmt.byteorder is not None:
-            yield _raw_read(source, spec, dest, piece)
-        elif decoder is not None:
-            yield _decoded_read(source, spec, dest, piece, decoder)
-        else:
-            yield _zarr_read(source, spec, dest, piece)
+        yield _raw_read(source, spec, dest, piece) if raw else _zarr_read(source, spec, dest, piece)
 
 
 def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
@@ -118,8 +116,6 @@ def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
     Local chunks are read one after another (each a ``preadv``); remote ones
     concurrently.
     """
-    if spec.zarr is None:
-        return _zarr_box(source, spec, box)
     out = np.empty(box_shape(box), dtype=spec.np_dtype)
     reads = list(chunk_reads(source, spec, out, box))
     if source.is_local or len(reads) == 1:
@@ -189,49 +185,52 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(math.prod(shape[i + 1 :]) * itemsize for i in range(len(shape)))
 
 
-# -- encoded chunks and zarr's own reads ------------------------------------------------
-
-
-def _decoded_read(
-    source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, decoder: Decoder
-) -> ChunkRead:
-    """Fetch an encoded chunk whole, decode it in this thread, copy the piece into place."""
-    chunk_nbytes = math.prod(spec.chunk_shape or ()) * spec.np_dtype.itemsize
-
-    def run() -> None:
-        data = _fetch(source, spec, piece.index, 0, None, None, None)
-        if data is None:
-            dest[piece.dst] = fill_value(spec)
-            return
-        try:
-            values = decoder(data)
-        except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
-            where = _where(source, spec, piece.index)
-            raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
-        dest[piece.dst] = from_stored(values, spec.dtype)[piece.src]
-
-    return ChunkRead(2 * chunk_nbytes, chunk_nbytes, _nbytes(spec, piece.dst), run)
+# -- chunks zarr decodes ------------------------------------------------------------
 
 
 def _zarr_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece) -> ChunkRead:
-    """A chunk of an array only zarr can read: zarr fetches and decodes it, then it is copied into place."""
+    """A chunk lazyweights does not read raw: zarr fetches it (through the Source) and decodes it into place."""
+    nbytes = _nbytes(spec, piece.dst)
+    chunk_nbytes = math.prod(spec.chunk_shape or ()) * spec.np_dtype.itemsize or nbytes
 
     def run() -> None:
-        dest[piece.dst] = _zarr_box(source, spec, piece.part)
+        try:
+            _zarr_into(source, spec, piece.part, dest[piece.dst] if piece.dst else dest[...])
+        except StorageError:
+            raise
+        except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
+            where = _where(source, spec, piece.index) if spec.zarr is not None else _where_box(source, spec, piece)
+            raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
 
-    nbytes = _nbytes(spec, piece.dst)
-    return ChunkRead(2 * nbytes, nbytes, nbytes, run)
+    # zarr holds the encoded object and the decoded chunk while it copies the piece out
+    return ChunkRead(2 * chunk_nbytes, chunk_nbytes, nbytes, run)
+
+
+def _zarr_into(source: Source, spec: WeightSpec, box: Index, into: np.ndarray) -> None:
+    """Have zarr read ``box`` of ``spec``'s array into ``into`` (a view of the destination, the box's shape).
+
+    With zarr's public ``get_basic_selection(out=...)`` when the stored dtype
+    is the destination's (bfloat16 as its uint16 bits); else through a copy.
+    """
+    from zarr.buffer.cpu import NDBuffer
+
+    arr = array(source, spec.path)
+    target = into.view(np.uint16) if spec.dtype == "bfloat16" else into
+    if box and target.dtype == arr.dtype:
+        arr.get_basic_selection(box, out=NDBuffer.from_numpy_array(target))
+        return
+    into[...] = from_stored(np.asarray(arr[box] if box else arr[...]), spec.dtype)
 
 
 # -- chunk objects ------------------------------------------------------------------
 
 
-def _object_path(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> str:
-    return f"{source.path.rstrip('/')}/{spec.path}/{spec.zarr.key(index)}"
-
-
 def _where(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> str:
     return f"{source.url}: weight {spec.key!r}, chunk {spec.zarr.key(index)!r} of array {spec.path!r}"
+
+
+def _where_box(source: Source, spec: WeightSpec, piece: _Piece) -> str:
+    return f"{source.url}: weight {spec.key!r}, chunk {piece.index} of array {spec.path!r}"
 
 
 def _fetch(
@@ -239,138 +238,26 @@ def _fetch(
     spec: WeightSpec,
     index: tuple[int, ...],
     start: int,
-    length: int | None,
-    whole: int | None,
+    length: int,
+    whole: int,
     into: memoryview | None,
 ) -> Any:
-    """Bytes ``[start, start + length)`` of a chunk's object (``length`` None: all of it); None if it does not exist.
+    """Bytes ``[start, start + length)`` of a raw chunk's object; None if the object does not exist.
 
-    ``whole`` is the size the object must have (raw chunks); a different
-    size is a :class:`FormatError`.  With ``into``, the bytes land there
-    (locally with no intermediate copy) and ``into`` is returned.
+    The object is the store member ``<array>/<chunk key>``, which must hold
+    ``whole`` bytes (else a :class:`FormatError`).  With ``into``, the bytes
+    land there (locally with no intermediate copy) and ``into`` is returned.
     """
-    path = _object_path(source, spec, index)
-    if source.is_local:
-        try:
-            return _pread(path, start, length, whole, into, lambda: _where(source, spec, index))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError(f"{_where(source, spec, index)}: read failed: {exc}") from exc
-
-    def cat() -> bytes | None:
-        try:
-            if length is not None and (start, length) != (0, whole):
-                return source.fs.cat_file(path, start=start, end=start + length)
-            return source.fs.cat_file(path)
-        except FileNotFoundError:
-            return None  # a chunk never written: the fill value
-
-    data = source.with_retries(cat, f"read of chunk {_where(source, spec, index)}")
-    if data is None:
-        return None
-    if whole is not None and (start, length) == (0, whole) and len(data) != whole:
-        raise _wrong_size(_where(source, spec, index), len(data), whole)
-    if length is not None and len(data) != length:
-        raise FormatError(
-            f"{_where(source, spec, index)}: asked for {length} bytes at offset {start}, got {len(data)} "
-            f"(a raw chunk has {whole})"
-        )
+    member = source.member(f"{spec.path}/{spec.zarr.key(index)}")
+    if member is None:
+        return None  # a chunk never written: the fill value
+    if member.size != whole:
+        raise _wrong_size(_where(source, spec, index), member.size, whole)
     if into is None:
-        return data
-    into[:] = data
+        return member.read(start, length)
+    member.readinto(start, into)
     return into
-
-
-def _pread(
-    path: str, start: int, length: int | None, whole: int | None, into: memoryview | None, where: Callable[[], str]
-) -> Any:
-    """A local chunk object's bytes, with ``preadv`` (into ``into`` when given); checks its size first."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        size = os.fstat(fd).st_size
-        if whole is not None and size != whole:
-            raise _wrong_size(where(), size, whole)
-        if length is None:
-            length = size - start
-        buf = into if into is not None else memoryview(np.empty(length, dtype=np.uint8))
-        got = pread_into(fd, start, buf)
-    finally:
-        os.close(fd)
-    if got != length:
-        raise StorageError(f"{where()}: asked for {length} bytes at offset {start}, got {got} (the file changed?)")
-    return buf
 
 
 def _wrong_size(where: str, got: int, wanted: int) -> FormatError:
     return FormatError(f"{where}: the chunk object holds {got} bytes; an uncompressed chunk holds {wanted}")
-
-
-def _zarr_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
-    """The values of ``spec`` inside ``box`` (unit-step slices), in the spec's dtype, read by zarr."""
-    values = np.asarray(array(source, spec.path)[box] if box else array(source, spec.path)[...])
-    return from_stored(values, spec.dtype)
-
-
-def chunk_decoder(source: Source, spec: WeightSpec) -> Decoder | None:
-    """A synchronous decoder for ``spec``'s encoded chunks, built from the array's own codecs (cached).
-
-    Runs in the calling thread: no event loop per chunk.  Zarr v2 arrays
-    decode with their numcodecs compressor and filters; v3 arrays with their
-    codec chain when every codec has a synchronous path.  None otherwise
-    (then zarr reads the chunks).
-    """
-    with _lock:
-        cache = _decoders.setdefault(source, {})
-        if spec.path in cache:
-            return cache[spec.path]
-    arr = array(source, spec.path)
-    decoder = _v2_decoder(arr) if arr.metadata.zarr_format == 2 else _v3_decoder(arr)
-    with _lock:
-        cache[spec.path] = decoder
-    return decoder
-
-
-def _v2_decoder(arr: Any) -> Decoder | None:
-    from numcodecs.compat import ensure_ndarray
-
-    meta = arr.metadata
-    if meta.order != "C":
-        return None
-    dtype, shape = np.dtype(meta.dtype.to_native_dtype()), tuple(arr.chunks)
-    if dtype.hasobject:
-        return None
-    steps = [f.decode for f in reversed(meta.filters or ())]
-    if meta.compressor:
-        steps.insert(0, meta.compressor.decode)
-
-    def decode(data: Any) -> np.ndarray:
-        for step in steps:
-            data = step(data)
-        return ensure_ndarray(data).view(dtype).reshape(shape)
-
-    return decode
-
-
-def _v3_decoder(arr: Any) -> Decoder | None:
-    from zarr.abc.codec import SupportsSyncCodec
-    from zarr.core.array_spec import ArrayConfig
-    from zarr.core.buffer import default_buffer_prototype
-
-    meta = arr.metadata
-    if not all(isinstance(codec, SupportsSyncCodec) for codec in meta.codecs):
-        return None
-    prototype = default_buffer_prototype()
-    chunk_spec = meta.get_chunk_spec((0,) * arr.ndim, ArrayConfig.from_dict({}), prototype)
-    stages = []  # each codec with the spec of what it decodes into, last codec first
-    for codec in meta.codecs:
-        stages.insert(0, (codec, chunk_spec))
-        chunk_spec = codec.resolve_metadata(chunk_spec)
-
-    def decode(data: Any) -> np.ndarray:
-        value = prototype.buffer.from_bytes(data)
-        for codec, spec in stages:
-            value = codec._decode_sync(value, spec)  # zarr's SupportsSyncCodec protocol
-        return value.as_numpy_array()
-
-    return decode

@@ -16,6 +16,18 @@ so walking an HDF5 tree costs a handful of round trips, not one per read.
 Sources are cached per process (:func:`get_source`) and pickle as their URL,
 storage options and pin, so dask tasks carry them to workers without open
 handles, and a worker that sees a different object refuses to read it.
+
+A store prefix (a zarr mirror: a directory, or a prefix of objects) is a
+Source with ``is_dir`` true; its objects are read through
+:meth:`Source.member`, a child Source per object key on the parent's very
+filesystem instance, pinned at first use and read by the same pinned,
+retried, length-checked code as a file.  :meth:`Source.verify` of the store
+re-checks every member it read.
+
+Retries happen once per request, here: filesystems lazyweights builds for S3
+get s3fs's own retry loop and botocore's turned off (:func:`_fs_options`),
+so a transient failure costs at most :attr:`RetryPolicy.attempts` tries, not
+attempts x s3fs retries x botocore retries.
 """
 
 from __future__ import annotations
@@ -62,6 +74,47 @@ _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+_SINGLE_ATTEMPT = {"total_max_attempts": 1}
+
+
+def _fs_options(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options the filesystem for ``url`` is built with: the caller's, with one retry layer only.
+
+    Retry once per request, in one place.  s3fs retries retryable errors
+    itself (its ``retries`` attribute, 5 attempts), and under it botocore
+    retries again (its retry config, 5 attempts in legacy mode): with our
+    :class:`RetryPolicy` on top, one flaky request could be tried 125 times.
+    We keep our policy (it classifies failures, a changed object included,
+    and counts requests) and turn the other two off for S3 filesystems
+    lazyweights builds: botocore gets ``retries={"total_max_attempts": 1}``
+    (a constructor option, so this is a filesystem instance of its own in
+    fsspec's cache, not the caller's) and :meth:`Source.__init__` sets that
+    instance's s3fs ``retries`` to 1 (one attempt).  A caller who passes a
+    botocore ``retries`` config keeps both their own layers as configured.
+    gcsfs and HTTP filesystems have no retry layer under our reads.
+    """
+    options = dict(storage_options)
+    if fsspec.utils.get_protocol(url) in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        if "retries" not in config:
+            config["retries"] = dict(_SINGLE_ATTEMPT)
+            options["config_kwargs"] = config
+    return options
+
+
+def _reopen_member(url: str, storage_options: Mapping[str, Any] | None, key: str, pin: Pin) -> Source:
+    """Unpickle a store member: the member ``key`` of the store at ``url``, refused if it changed."""
+    member = get_source(url, storage_options).member(key)
+    if member is None:
+        raise ObjectChangedError(f"{url}/{key}: the object disappeared since it was opened")
+    if not pin.same_object(member.pin):
+        raise ObjectChangedError(
+            f"{member.url}: the object changed since it was opened "
+            f"(then: {pin.describe()}; now: {member.pin.describe()})"
+        )
+    return member
+
+
 def _options_token(storage_options: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(storage_options or {}), sort_keys=True, default=repr)
 
@@ -74,14 +127,15 @@ def get_source(
     With ``pin``, the source must be that very object version: else
     :class:`~lazyweights.errors.ObjectChangedError`.  With ``refresh``, a
     cached source is re-stated and replaced if the object changed (what a new
-    :func:`lazyweights.open` wants: the object as it is now).
+    :func:`lazyweights.open` wants: the object as it is now); a store prefix,
+    if a root metadata document it read changed (a store rewritten since).
     """
     key = (str(url), _options_token(storage_options))
     with _cache_lock:
         source = _cache.get(key)
         if source is not None:
             _cache.move_to_end(key)
-    if source is not None and refresh and not source.pin.same_object(pin_of(source.stat())):
+    if source is not None and refresh and source.changed():
         release_source(source)
         source = None
     if source is None:
@@ -120,7 +174,8 @@ class Source:
     """One object on one fsspec filesystem, read by byte range, pinned to the version seen at open.
 
     A URL naming a directory or a store prefix (a zarr mirror) gives a Source
-    with ``is_dir`` true and size 0: formats read it by object key, not by range.
+    with ``is_dir`` true and size 0: formats read its objects by key, each a
+    member Source (:meth:`member`).
 
     ``requests`` counts the storage requests this source issued (stat, reads,
     retries included); local ``preadv`` calls are not requests.
@@ -134,16 +189,24 @@ class Source:
         self.retry = retry
         self.requests = 0
         self._count_lock = threading.Lock()
+        self._parent: Source | None = None
+        self._key: str | None = None
         try:
-            self.fs, self.path = fsspec.core.url_to_fs(url, **self.storage_options)
+            options = _fs_options(url, self.storage_options)
+            self.fs, self.path = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:  # fsspec knows the protocol but its package (s3fs, gcsfs, aiohttp) is missing
             extra = _EXTRAS.get(fsspec.utils.get_protocol(url.split("::")[-1]))
             hint = f"; install it with: pip install 'lazyweights[{extra}]'" if extra else ""
             raise MissingDependencyError(f"{url}: cannot resolve a filesystem ({exc}){hint}") from exc
         except ValueError as exc:
             raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
+        if (options.get("config_kwargs") or {}).get("retries") == _SINGLE_ATTEMPT and hasattr(self.fs, "retries"):
+            self.fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see _fs_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        info = self.stat()
+        self._init_object(self.stat())
+
+    def _init_object(self, info: Mapping[str, Any]) -> None:
+        """Everything that follows from the object's ``info()``: kind, pin, pinned readers, empty caches."""
         self.is_dir = info.get("type") == "directory"
         self.pin = Pin(size=0) if self.is_dir else pin_of(info)
         self.size = self.pin.size
@@ -157,9 +220,78 @@ class Source:
         self._head_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._handle_lock = threading.Lock()
+        self._members: dict[str, Source | None] = {}
+        self._members_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._parent is not None:
+            return (_reopen_member, (self._parent.url, self._parent.storage_options, self._key, self.pin))
         return (get_source, (self.url, self.storage_options, self.pin))
+
+    # -- store members -----------------------------------------------------------
+
+    def member(self, key: str) -> Source | None:
+        """The object ``key`` under this store prefix as a Source of its own; None if there is no such object.
+
+        The child reuses this source's filesystem instance, storage options and
+        retry policy (no filesystem is resolved per object).  It is pinned to
+        the version stat-ed at its first use (one ``info()``, retried) and
+        cached here, absent objects included, so every read of one key sees one
+        object version.  Local members hold no descriptor: each read opens,
+        checks ``fstat`` against the pin, ``preadv``-s and closes.
+        :meth:`verify` of this source re-checks every member handed out.
+        """
+        if not self.is_dir:
+            raise StorageError(f"{self.url}: not a store prefix; it has no member objects")
+        with self._members_lock:
+            if key in self._members:
+                return self._members[key]
+        child = self._new_member(key)
+        with self._members_lock:
+            return self._members.setdefault(key, child)
+
+    def changed(self) -> bool:
+        """Whether the object is no longer the one opened (fresh stat; never raises ObjectChangedError).
+
+        For a store prefix: whether a root metadata document it read
+        (:data:`STORE_MARKERS`) changed, appeared or disappeared — every
+        rewrite of a store rewrites its root metadata.
+        """
+        if not self.is_dir:
+            return not self.pin.same_object(pin_of(self.stat()))
+        for key, member in self.members_read().items():
+            if key not in STORE_MARKERS:
+                continue
+            now = self._new_member(key)
+            if (member is None) != (now is None) or (member is not None and not member.pin.same_object(now.pin)):
+                return True
+        return False
+
+    def members_read(self) -> dict[str, Source | None]:
+        """The members handed out so far (None: found absent), by key."""
+        with self._members_lock:
+            return dict(self._members)
+
+    def _new_member(self, key: str) -> Source | None:
+        child = object.__new__(Source)
+        child.url = f"{self.url.rstrip('/')}/{key}"
+        child.storage_options = self.storage_options
+        child.retry = self.retry
+        child.requests = 0
+        child._count_lock = threading.Lock()
+        child._parent, child._key = self, key
+        child.fs, child.path = self.fs, f"{self.path.rstrip('/')}/{key}"
+        child.is_local = self.is_local
+        try:
+            info = child.stat()
+        except StorageError as exc:  # no such object: a never-written chunk, a metadata document zarr probes for
+            if isinstance(exc.__cause__, FileNotFoundError) or chain_status(exc) == 404:
+                return None
+            raise
+        if info.get("type") == "directory":
+            return None  # a "directory" key is no object
+        child._init_object(info)
+        return child
 
     def __repr__(self) -> str:
         return f"Source({self.url!r}, size={self.size})"
@@ -180,7 +312,7 @@ class Source:
             try:
                 return self.fs.info(self.path)
             except FileNotFoundError as exc:
-                if chain_status(exc) in (None, 404) and self._is_store_prefix():
+                if self._parent is None and chain_status(exc) in (None, 404) and self._is_store_prefix():
                     return {"type": "directory", "size": 0}
                 raise
 
@@ -195,15 +327,26 @@ class Source:
         """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
 
         Needed only where reads are not pinned by the store itself (local files,
-        memory, chained filesystems); pinned sources return at once.
+        memory, chained filesystems); pinned sources return at once.  A store
+        prefix verifies every member it handed out (locally one ``os.stat``
+        each, and an object found absent must still be absent).
         """
-        if self.pinned or self.is_dir:
+        if self.is_dir:
+            for key, member in self.members_read().items():
+                if member is not None:
+                    member.verify()
+                elif self.is_local and os.path.lexists(f"{self.path.rstrip('/')}/{key}"):
+                    raise ObjectChangedError(f"{self.url}/{key}: the object appeared while the store was being read")
             return
-        if self.is_local and self._fd is not None:
-            st = os.fstat(self._fd)
-            now = Pin(size=st.st_size, etag=str(st.st_mtime) if self.pin.etag is not None else None)
-        else:
-            now = pin_of(self.stat())
+        if self.pinned:
+            return
+        local_fd = self._fd if self.is_local else None
+        self._check_pin(self._local_pin(os.fstat(local_fd)) if local_fd is not None else pin_of(self.stat()))
+
+    def _local_pin(self, st: os.stat_result) -> Pin:
+        return Pin(size=st.st_size, etag=str(st.st_mtime) if self.pin.etag is not None else None)
+
+    def _check_pin(self, now: Pin) -> None:
         if not self.pin.same_object(now):
             raise ObjectChangedError(
                 f"{self.url}: the object changed while it was being read "
@@ -243,7 +386,22 @@ class Source:
             elif length:  # streamed into ``buf`` as the body arrives: no whole-body bytes object, no second copy
                 fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, buf.cast("B"))
             return
+        if self._parent is not None:  # a store member: no descriptor kept (a store has thousands of objects)
+            self._check_length(offset, length, self._pread_once(offset, buf.cast("B")))
+            return
         self._check_length(offset, length, pread_into(self._local_fd(), offset, buf.cast("B")))
+
+    def _pread_once(self, offset: int, view: memoryview) -> int:
+        """Open, check ``fstat`` against the pin, ``preadv`` into ``view``, close."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise self._error(exc, "cannot open") from exc
+        try:
+            self._check_pin(self._local_pin(os.fstat(fd)))
+            return pread_into(fd, offset, view)
+        finally:
+            os.close(fd)
 
     def merged_spans(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, int]]:
         """The byte spans :meth:`readinto_many` fetches for ``items``: sorted, near ones merged (pure)."""
@@ -383,6 +541,8 @@ class Source:
     def _count(self) -> None:
         with self._count_lock:
             self.requests += 1
+        if self._parent is not None:  # a store counts its members' requests
+            self._parent._count()
 
     def _check_length(self, offset: int, wanted: int, got: int) -> None:
         if got != wanted:
@@ -463,3 +623,6 @@ class Source:
         for found in handles:
             with contextlib.suppress(Exception):
                 found.close()
+        for member in self.members_read().values():
+            if member is not None:
+                member.close()

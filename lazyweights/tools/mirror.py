@@ -35,10 +35,11 @@ from typing import Any
 import fsspec
 
 from ..checkpoint import Checkpoint, Url, opened
-from ..errors import DestinationExistsError, LazyWeightsError
+from ..errors import DestinationExistsError, LazyWeightsError, StorageError
 from ..formats.zarr import ATTR, MIRROR_VERSION, encode_key, encode_name
-from ..formats.zarr_store import open_store, stored_dtype, to_stored, zarr_module
+from ..formats.zarr_store import open_store, source_store, stored_dtype, to_stored, zarr_module
 from ..manifest import Manifest, WeightSpec
+from ..storage import get_source, release_source
 from ..stream import LoadReport
 from ..stream.blocks import Block, Digests, for_each_block
 from ..stream.budget import parse_bytes
@@ -227,12 +228,21 @@ def _prepare(
 
 
 def _existing_doc(url: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The mirror document of what is at ``url`` (None: not a lazyweights mirror), read through a Source."""
     zarr = zarr_module()
     try:
-        group = zarr.open_group(open_store(url, options, read_only=True), mode="r", use_consolidated=False)
-    except (FileNotFoundError, ValueError):
+        source = get_source(url, options, refresh=True)
+    except StorageError:
         return None
-    doc = group.attrs.get(ATTR)
+    try:  # read as a store prefix like any mirror, then dropped: the writer is about to change it
+        if not source.is_dir:
+            return None
+        group = zarr.open_group(source_store(source), mode="r", use_consolidated=False)
+        doc = group.attrs.get(ATTR)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    finally:
+        release_source(source)
     return doc if isinstance(doc, dict) and "paths" in doc else None
 
 
