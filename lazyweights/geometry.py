@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import fsspec.utils
 import numpy as np
 
 from .manifest import Extent, WeightSpec
 
 __all__ = [
+    "MAX_MERGED_BYTES",
+    "MERGE_GAP_BYTES",
     "ROW_BLOCK_BYTES",
     "Box",
     "box_runs",
@@ -30,12 +33,19 @@ __all__ = [
     "full_box",
     "grid_pieces",
     "intersect",
+    "merge_ranges",
     "normalize_index",
     "row_blocks",
     "rows_per_block",
 ]
 
 Box = tuple[slice, ...]
+
+# The one range-merging policy: byte ranges (batched remote reads, runs of a region) closer than
+# MERGE_GAP_BYTES are read as one, gap included, while the merged range stays within MAX_MERGED_BYTES.
+# 64 KiB costs ~3 ms at 25 MB/s, well under one round trip, and keeps fetched bytes near what is needed.
+MERGE_GAP_BYTES = 64 << 10
+MAX_MERGED_BYTES = 16 << 20
 
 # The one row-block size: dask blocks of contiguous weights, streamed blocks of export/mirror/verify,
 # staged parts of torch tensors numpy cannot share.  Large enough that a block's parts keep a load's
@@ -147,6 +157,25 @@ def element_extent(spec: WeightSpec, e0: int, e1: int) -> Extent:
 def byte_view(array: np.ndarray) -> memoryview:
     """A writable byte view of a C-contiguous array (any dtype, bfloat16 included)."""
     return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges as the ``[start, end)`` spans to fetch: sorted, near ones merged, empty dropped.
+
+    fsspec's own merge (what its ``cat_ranges`` and parquet readers use), with this module's policy.
+    """
+    live = [(off, n) for off, n in ranges if n]
+    if not live:
+        return []
+    _, starts, ends = fsspec.utils.merge_offset_ranges(
+        [""] * len(live),
+        [off for off, _ in live],
+        [off + n for off, n in live],
+        max_gap=MERGE_GAP_BYTES,
+        max_block=MAX_MERGED_BYTES,
+        sort=True,
+    )
+    return list(zip(starts, ends, strict=True))
 
 
 # -- chunks -------------------------------------------------------------------------------

@@ -56,19 +56,24 @@ def build_keras3_model(seed: int = 0):
     return model
 
 
-@pytest.fixture(scope="session")
-def keras3_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same trained model saved by Keras 3 as .weights.h5, .keras and legacy .h5, with its values."""
+def save_keras_formats(model, root, stem: str) -> dict:
+    """``model`` saved by Keras itself as ``.weights.h5``, ``.keras`` and legacy ``.h5`` under ``root``."""
     import warnings
 
-    model = build_keras3_model()
-    root = tmp_path_factory.mktemp("keras3")
-    paths = {"weights": root / "model.weights.h5", "keras": root / "model.keras", "h5": root / "model.h5"}
+    paths = {"weights": root / f"{stem}.weights.h5", "keras": root / f"{stem}.keras", "h5": root / f"{stem}.h5"}
     model.save_weights(paths["weights"])
     model.save(paths["keras"])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # Keras warns that legacy .h5 is legacy
         model.save(paths["h5"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def keras3_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same trained model saved by Keras 3 as .weights.h5, .keras and legacy .h5, with its values."""
+    model = build_keras3_model()
+    paths = save_keras_formats(model, tmp_path_factory.mktemp("keras3"), "model")
     return {
         **paths,
         "values": [np.asarray(v) for v in model.get_weights()],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +9,8 @@ import torch
 
 import lazyweights as lw
 from lazyweights import torch as lwt
+
+from .conftest import save_keras_formats
 
 
 def build_keras_cnn(seed: int = 1):
@@ -68,13 +68,7 @@ class Twin(torch.nn.Module):
 @pytest.fixture(scope="module")
 def keras_cnn(tmp_path_factory):
     model = build_keras_cnn()
-    root = tmp_path_factory.mktemp("torch")
-    paths = {"weights": root / "cnn.weights.h5", "keras": root / "cnn.keras", "h5": root / "cnn.h5"}
-    model.save_weights(paths["weights"])
-    model.save(paths["keras"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save(paths["h5"])
+    paths = save_keras_formats(model, tmp_path_factory.mktemp("torch"), "cnn")
     rng = np.random.default_rng(7)
     image = rng.standard_normal((4, 10, 10, 3)).astype("f4")
     tokens = rng.integers(0, 20, (4, 5)).astype("int32")

@@ -51,6 +51,7 @@ import fsspec.utils
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import MissingDependencyError, ObjectChangedError, StorageError
+from ..geometry import merge_ranges
 from .files import MetadataFile
 from .local import pread_into
 from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
@@ -61,8 +62,6 @@ __all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "get_source", "release_sourc
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 20  # fetched in one request at open: the superblock and, for most files, much of the metadata
-MERGE_GAP_BYTES = 64 << 10  # batched ranges closer than this are fetched as one
-MAX_MERGED_BYTES = 16 << 20  # ... unless the merged range would exceed this
 
 _CACHE_SIZE = 64
 
@@ -404,19 +403,8 @@ class Source:
             os.close(fd)
 
     def merged_spans(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, int]]:
-        """The byte spans :meth:`readinto_many` fetches for ``items``: sorted, near ones merged (pure)."""
-        live = [(off, buf.nbytes) for off, buf in items if buf.nbytes]
-        if not live:
-            return []
-        _, starts, ends = fsspec.utils.merge_offset_ranges(
-            [self.path] * len(live),
-            [off for off, _ in live],
-            [off + n for off, n in live],
-            max_gap=MERGE_GAP_BYTES,
-            max_block=MAX_MERGED_BYTES,
-            sort=True,
-        )
-        return list(zip(starts, ends, strict=True))
+        """The byte spans :meth:`readinto_many` fetches for ``items`` (:func:`~lazyweights.geometry.merge_ranges`)."""
+        return merge_ranges([(off, buf.nbytes) for off, buf in items])
 
     def readinto_many(self, items: Sequence[tuple[int, memoryview]]) -> int:
         """Fill each ``(offset, buffer)``; nearby ranges merge into one request, requests run concurrently.

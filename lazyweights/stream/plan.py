@@ -20,13 +20,11 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import fsspec.utils
 import numpy as np
 
 from .. import geometry
 from ..manifest import Chunk, WeightSpec
 from ..read.hdf5 import chunk_overlaps
-from ..storage.source import MAX_MERGED_BYTES, MERGE_GAP_BYTES
 
 __all__ = [
     "Batch",
@@ -45,7 +43,6 @@ __all__ = [
     "batch_units",
     "coalesce_groups",
     "destination",
-    "merged_spans",
     "target_units",
 ]
 
@@ -54,9 +51,6 @@ __all__ = [
 # reads, dtype casts) are sized to the budget.
 DIRECT_PART_BYTES = 32 << 20
 STAGED_PART_BYTES = 8 << 20
-# Runs of a region (e.g. a column shard) closer than this are read as one span, gap included,
-# rather than as separate requests: zarr's default coalescing gap.
-MAX_GAP_BYTES = 1 << 20
 # Remote parts: large enough to amortise a request's round trip (20 ms is 2 MB at 100 MB/s), small
 # enough that each connection gets about four, within these bounds.
 REMOTE_PART_BYTES = (1 << 20, 32 << 20)
@@ -185,12 +179,11 @@ class H5py(Unit):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Constant(Unit):
-    """A weight with no stored values (a fill value or a constant): ``box`` of it written into ``slot``."""
+class _InMemory(Unit):
+    """A unit that writes values known without storage into destination ``slot``: no bytes, no requests."""
 
     slot: int
     spec: WeightSpec
-    box: geometry.Box
     cost: int = 0
     stored: int = 0
     nbytes: int = 0
@@ -198,15 +191,15 @@ class Constant(Unit):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fill(Unit):
-    """Destination ``slot`` set to the weight's fill value first (chunked data with unwritten chunks)."""
+class Constant(_InMemory):
+    """A weight with no stored values (a fill value or a constant): ``box`` of it written into ``slot``."""
 
-    slot: int
-    spec: WeightSpec
-    cost: int = 0
-    stored: int = 0
-    nbytes: int = 0
-    requests: int = 0
+    box: geometry.Box
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fill(_InMemory):
+    """Destination ``slot`` set to the weight's fill value first (chunked data with unwritten chunks)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,7 +294,7 @@ def _span_units(
 ) -> Iterator[Span]:
     """Short runs (a slice along a trailing axis): read neighbouring runs as one span, then pick them out."""
     itemsize = spec.np_dtype.itemsize
-    max_span, max_gap = max(run, part_bytes // itemsize), MAX_GAP_BYTES // itemsize
+    max_span, max_gap = max(run, part_bytes // itemsize), geometry.MERGE_GAP_BYTES // itemsize
     for i, j in geometry.coalesce_runs(starts, run, max_span, max_gap):
         first, last = int(starts[i]), int(starts[j - 1]) + run
         ext = geometry.element_extent(spec, first, last)
@@ -329,25 +322,6 @@ def _chunk_count(spec: WeightSpec) -> int:
     return math.prod(-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True))
 
 
-def merged_spans(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The byte spans a remote batch of ``(offset, length)`` reads fetches: sorted, near ones merged.
-
-    The rule of :meth:`lazyweights.storage.Source.merged_spans` (same gap and size bounds).
-    """
-    live = [(off, n) for off, n in ranges if n]
-    if not live:
-        return []
-    _, starts, ends = fsspec.utils.merge_offset_ranges(
-        [""] * len(live),
-        [off for off, _ in live],
-        [off + n for off, n in live],
-        max_gap=MERGE_GAP_BYTES,
-        max_block=MAX_MERGED_BYTES,
-        sort=True,
-    )
-    return list(zip(starts, ends, strict=True))
-
-
 def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
     """Fold runs of small plain remote reads into :class:`Batch` units of at most ``limit`` stored bytes."""
     out: list[Unit] = []
@@ -357,7 +331,7 @@ def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
         if len(run) == 1:
             out.append(run[0])
         elif run:
-            spans = merged_spans([(u.offset, u.length) for u in run])
+            spans = geometry.merge_ranges([(u.offset, u.length) for u in run])
             fetched = sum(e - s for s, e in spans)
             nbytes = sum(u.nbytes for u in run)
             batch = Batch(
