@@ -1,0 +1,487 @@
+"""The level-by-level walk: a scheduler for the structure parsers and the
+per-object logic (group or dataset) that builds the result tree.
+
+Every parser is a generator (see :mod:`._base`).  The scheduler steps all of
+them until each waits for bytes, serves what it can from ``head`` and earlier
+fetches, then issues ONE ``fetch_many`` with every missing range (sorted and
+merged) and resumes them all.  The number of ``fetch_many`` calls is thus the
+length of the longest dependency chain — about the depth of the HDF5 tree —
+whatever the number of objects.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
+from . import messages as M
+from ._base import Ctx, Cursor, Limits, Par, Task, gather
+from .btree1 import btree1_group_entries
+from .btree2 import btree2_records
+from .chunk_index import chunk_table
+from .fractal_heap import heap_objects, read_fractal_heap
+from .global_heap import read_collections
+from .local_heap import read_local_heap
+from .objheader import Message, read_object_header
+from .superblock import read_superblock
+from .tree import (
+    Attrs,
+    Dataset,
+    Empty,
+    ExternalLink,
+    FetchStats,
+    Group,
+    H5File,
+    HardLink,
+    Node,
+    SoftLink,
+    UnsupportedValue,
+)
+
+__all__ = ["FetchMany", "walk"]
+
+FetchMany = Callable[[list[tuple[int, int]]], Sequence[bytes]]
+MERGE_GAP = 256  # ranges closer than this are fetched as one
+
+
+# -- scheduler ---------------------------------------------------------------------
+
+
+class _Cache:
+    """Bytes already fetched (and ``head``) as disjoint, sorted blocks, looked up by absolute range."""
+
+    def __init__(self, head: bytes):
+        self.starts: list[int] = []
+        self.blocks: list[bytes] = []
+        if head:
+            self.add(0, head)
+
+    def add(self, start: int, data: bytes) -> None:
+        """Insert a block, merging it with the blocks it overlaps or touches."""
+        end = start + len(data)
+        i = bisect.bisect_left(self.starts, start)
+        if i > 0 and self.starts[i - 1] + len(self.blocks[i - 1]) >= start:
+            i -= 1
+        j = i
+        while j < len(self.starts) and self.starts[j] <= end:
+            j += 1
+        if i == j:
+            self.starts.insert(i, start)
+            self.blocks.insert(i, data)
+            return
+        lo = min(start, self.starts[i])
+        hi = max(end, self.starts[j - 1] + len(self.blocks[j - 1]))
+        buf = bytearray(hi - lo)
+        for s, b in zip(self.starts[i:j], self.blocks[i:j], strict=False):
+            buf[s - lo : s - lo + len(b)] = b
+        buf[start - lo : end - lo] = data
+        self.starts[i:j] = [lo]
+        self.blocks[i:j] = [bytes(buf)]
+
+    def get(self, off: int, n: int) -> bytes | None:
+        """The bytes of ``[off, off + n)`` if one block holds them all."""
+        i = bisect.bisect_right(self.starts, off) - 1
+        if i < 0:
+            return None
+        start, data = self.starts[i], self.blocks[i]
+        if off + n <= start + len(data):
+            return data[off - start : off - start + n]
+        return None
+
+
+class _Task:
+    __slots__ = ("errors", "gen", "index", "parent", "remaining", "results")
+
+    def __init__(self, gen: Task, parent: _Task | None, index: int):
+        self.gen, self.parent, self.index = gen, parent, index
+        self.results: list[Any] = []
+        self.remaining = 0
+        self.errors: list[BaseException] = []
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for off, n in sorted(set(ranges)):
+        if out and off <= out[-1][1] + MERGE_GAP:
+            out[-1][1] = max(out[-1][1], off + n)
+        else:
+            out.append([off, off + n])
+    return [(a, b - a) for a, b in out]
+
+
+def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats) -> Any:
+    """Drive ``gen`` (and every sub-parser it spawns) to completion; return its result."""
+    cache = _Cache(head)
+    root = _Task(gen, None, 0)
+    ready: deque[tuple[_Task, Any, BaseException | None]] = deque([(root, None, None)])
+    waiting: list[tuple[_Task, list[tuple[int, int]]]] = []
+    outcome: dict[str, Any] = {}
+
+    def finish(task: _Task, value: Any, exc: BaseException | None) -> None:
+        parent = task.parent
+        if parent is None:
+            outcome["value"], outcome["exc"] = value, exc
+            return
+        if exc is not None:
+            parent.errors.append(exc)
+        else:
+            parent.results[task.index] = value
+        parent.remaining -= 1
+        if parent.remaining == 0:
+            err = parent.errors[0] if parent.errors else None
+            ready.append((parent, None if err else parent.results, err))
+
+    while True:
+        while ready:
+            task, value, exc = ready.popleft()
+            try:
+                req = task.gen.throw(exc) if exc is not None else task.gen.send(value)
+            except StopIteration as stop:
+                finish(task, stop.value, None)
+                continue
+            except Exception as e:
+                finish(task, None, e)
+                continue
+            if isinstance(req, Par):
+                task.results = [None] * len(req.gens)
+                task.errors = []
+                task.remaining = len(req.gens)
+                if not req.gens:
+                    ready.append((task, [], None))
+                for i, g in enumerate(req.gens):
+                    ready.append((_Task(g, task, i), None, None))
+                continue
+            stats.requested += len(req)
+            got = [cache.get(o, n) if n else b"" for o, n in req]
+            if all(g is not None for g in got):
+                ready.append((task, got, None))
+            else:
+                waiting.append((task, req))
+        if not waiting:
+            break
+        _fetch_level(waiting, cache, fetch_many, stats, ready)
+        waiting = []
+    if outcome.get("exc") is not None:
+        raise outcome["exc"]
+    return outcome.get("value")
+
+
+def _fetch_level(waiting, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
+    missing = [(o, n) for _, req in waiting for o, n in req if n and cache.get(o, n) is None]
+    merged = _merge(missing)
+    datas = fetch_many(merged)
+    if len(datas) != len(merged):
+        raise StorageError(f"fetch_many returned {len(datas)} blocks for {len(merged)} ranges")
+    stats.calls += 1
+    stats.ranges += len(merged)
+    stats.per_call.append(len(merged))
+    for (o, n), d in zip(merged, datas, strict=False):
+        if len(d) != n:
+            raise StorageError(f"fetch_many returned {len(d)} bytes for range 0x{o:x}+{n}")
+        stats.bytes += n
+        cache.add(o, bytes(d))
+    for task, req in waiting:
+        got = [cache.get(o, n) if n else b"" for o, n in req]
+        if any(g is None for g in got):  # only if the cache lookup window missed: fetch again next level
+            raise StorageError("internal: fetched range not found in cache")
+        ready.append((task, got, None))
+
+
+# -- entry point -------------------------------------------------------------------
+
+
+def walk(fetch_many: FetchMany, size: int, head: bytes = b"", base: int = 0, limits: Limits | None = None) -> H5File:
+    """Walk the HDF5 metadata of a file of ``size`` bytes; return its tree.
+
+    ``fetch_many(ranges)`` returns the bytes of each ``(offset, length)``;
+    ``head`` is an optional already-fetched prefix of the file (offset 0);
+    ``base`` is the offset of the HDF5 file inside the fetched object.
+    """
+    stats = FetchStats()
+    ctx = Ctx(size=size, limits=limits or Limits())
+    try:
+        f = run(_walk_file(ctx, base), fetch_many, head[:size], stats)
+    except RecursionError as e:
+        raise FormatError("HDF5 metadata nested too deeply") from e
+    f.stats = stats
+    return f
+
+
+def _walk_file(ctx: Ctx, base: int) -> Task:
+    sb = yield from read_superblock(ctx, base)
+    f = H5File(name="/", address=ctx.base + sb.root_address, superblock_version=sb.version, base_address=ctx.base)
+    yield from _object(ctx, sb.root_address, "/", (), f, f)
+    return f
+
+
+# -- objects -------------------------------------------------------------------------
+
+
+def _join(path: str, name: str) -> str:
+    return f"/{name}" if path == "/" else f"{path}/{name}"
+
+
+def _object(ctx: Ctx, rel: int, path: str, ancestors: tuple[int, ...], f: H5File, node: H5File | None = None) -> Task:
+    """Parse the object at ``rel``; return a Group, Dataset or plain Node (committed datatype)."""
+    ctx.count_object(path)
+    if len(ancestors) > ctx.limits.max_depth:
+        raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
+    msgs = yield from read_object_header(ctx, rel)
+    types = {m.type for m in msgs}
+    addr = ctx.base + rel
+    if M.LAYOUT in types or (M.DATASPACE in types and M.DATATYPE in types):
+        return (yield from _dataset(ctx, rel, msgs, path, f))
+    if M.DATATYPE in types and not types & {M.SYMBOL_TABLE, M.LINK, M.LINK_INFO}:
+        return Node(name=path, address=addr, attrs=(yield from _attributes(ctx, msgs, path)), file=f)
+    return (yield from _group(ctx, rel, msgs, path, ancestors, f, node))
+
+
+def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5File, node) -> Task:
+    what = f"group {path} (object header at 0x{rel:x})"
+    links, attrs = yield from gather([_links(ctx, msgs, what), _attributes(ctx, msgs, what)])
+    g = node if node is not None else Group(name=path, address=ctx.base + rel, file=f)
+    g.attrs = attrs
+    chain = (*ancestors, rel)
+    hard = []
+    for link in links:
+        if link.kind == "hard":
+            if link.address in chain:
+                raise FormatError(f"{what}: link {link.name!r} points back to an ancestor group (cycle)")
+            ctx.addr(link.address, 1, f"{what}: link {link.name!r}")
+            hard.append(link)
+            g.links[link.name] = HardLink()
+        elif link.kind == "soft":
+            g.links[link.name] = SoftLink(link.target or "")
+        else:
+            g.links[link.name] = ExternalLink(link.filename or "", link.target or "")
+    kids = yield from gather(_object(ctx, link.address, _join(path, link.name), chain, f) for link in hard)
+    for link, kid in zip(hard, kids, strict=False):
+        g.children[link.name] = kid
+    return g
+
+
+def _ordered(items: list, tracked: bool) -> list:
+    if tracked and all(x.crt_order is not None for x in items):
+        return sorted(items, key=lambda x: x.crt_order)
+    return sorted(items, key=lambda x: x.name.encode("utf-8", "surrogateescape"))
+
+
+def _links(ctx: Ctx, msgs: list[Message], what: str) -> Task:
+    """All links of a group, in h5py's iteration order."""
+    links: list[M.Link] = [M.parse_link(m.data, ctx, what) for m in msgs if m.type == M.LINK]
+    info = next((M.parse_link_info(m.data, ctx, what) for m in msgs if m.type == M.LINK_INFO), None)
+    stab = next((M.parse_symbol_table(m.data, ctx, what) for m in msgs if m.type == M.SYMBOL_TABLE), None)
+    if stab is not None:
+        links.extend((yield from _symtab_links(ctx, *stab, what)))
+    if info is not None and not ctx.is_undef(info.heap):
+        links.extend((yield from _dense_links(ctx, info, what)))
+    if len(links) > ctx.limits.max_links:
+        raise FormatError(f"{what}: more than {ctx.limits.max_links} links")
+    names = [lk.name for lk in links]
+    if len(set(names)) != len(names):
+        raise FormatError(f"{what}: duplicate link names")
+    return _ordered(links, bool(info and info.tracked))
+
+
+def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str) -> Task:
+    heap, entries = yield from gather([read_local_heap(ctx, heap_rel), btree1_group_entries(ctx, btree)])
+    out = []
+    for e in entries:
+        name = heap.string(e.name_offset)
+        if e.cache_type == 2:
+            target = heap.string(Cursor(e.scratch, ctx, what).u32())
+            out.append(M.Link(name, "soft", target=target))
+        else:
+            out.append(M.Link(name, "hard", address=e.address))
+    return out
+
+
+def _dense_links(ctx: Ctx, info: M.LinkInfo, what: str) -> Task:
+    heap, (_, recs) = yield from gather([read_fractal_heap(ctx, info.heap), btree2_records(ctx, info.name_index, 5)])
+    ids = [r[4:] for r in recs]
+    objs = yield from heap_objects(ctx, heap, ids)
+    return [M.parse_link(o, ctx, f"{what}: dense link") for o in objs]
+
+
+# -- attributes ----------------------------------------------------------------------
+
+
+def _attributes(ctx: Ctx, msgs: list[Message], what: str) -> Task:
+    """The object's attributes (compact and dense), decoded as h5py returns them."""
+    attrs: list[M.Attribute] = []
+    for m in msgs:
+        if m.type == M.ATTRIBUTE:
+            if m.flags & 2:
+                raise UnsupportedError(f"{what}: shared attribute message")
+            a = M.parse_attribute(m.data, ctx, what)
+            a.crt_order = m.crt_order
+            attrs.append(a)
+    info = next((M.parse_attr_info(m.data, ctx, what) for m in msgs if m.type == M.ATTR_INFO), None)
+    tracked = bool(attrs) and all(a.crt_order is not None for a in attrs)
+    if info is not None and not ctx.is_undef(info.heap):
+        attrs.extend((yield from _dense_attrs(ctx, info, what)))
+        tracked = info.tracked
+    if tracked:
+        attrs.sort(key=lambda a: a.crt_order)
+    gaddrs = {addr for a in attrs if a.datatype.vlen_str for addr in _vlen_refs(ctx, a)[1]}
+    gcols = (yield from read_collections(ctx, gaddrs)) if gaddrs else {}
+    return Attrs([(a.name, _attr_value(ctx, a, gcols, what)) for a in attrs])
+
+
+def _dense_attrs(ctx: Ctx, info: M.AttrInfo, what: str) -> Task:
+    heap, (_, recs) = yield from gather([read_fractal_heap(ctx, info.heap), btree2_records(ctx, info.name_index, 8)])
+    ids, orders, hashes = [], [], []
+    for r in recs:
+        c = Cursor(r, ctx, what)
+        ids.append(c.bytes(len(r) - 9))
+        if c.u8() & 1:
+            raise UnsupportedError(f"{what}: shared dense attribute")
+        orders.append(c.u32())
+        hashes.append(c.u32())
+    objs = yield from heap_objects(ctx, heap, ids)
+    out = []
+    for o, crt, _h in sorted(zip(objs, orders, hashes, strict=False), key=lambda t: t[2]):
+        a = M.parse_attribute(o, ctx, f"{what}: dense attribute")
+        a.crt_order = crt
+        out.append(a)
+    return out
+
+
+def _vlen_refs(ctx: Ctx, a: M.Attribute) -> tuple[list[tuple[int, int, int]], set[int]]:
+    n = 0 if a.space.null else int(np.prod(a.space.shape, dtype=np.int64))
+    c = Cursor(a.raw, ctx, f"attribute {a.name!r}")
+    refs = []
+    for _ in range(n):
+        length, addr, idx = c.u32(), c.offset(), c.u32()
+        refs.append((length, addr, idx))
+    return refs, {addr for length, addr, _ in refs if length and not ctx.is_undef(addr) and addr}
+
+
+def _attr_value(ctx: Ctx, a: M.Attribute, gcols: dict[int, dict[int, bytes]], what: str) -> Any:
+    dt = a.datatype
+    if dt.unsupported or dt.dtype is None:
+        return UnsupportedValue(dt.unsupported or "unknown datatype")
+    if a.space.null:
+        return Empty(dt.dtype)
+    if dt.vlen_str:
+        refs, _ = _vlen_refs(ctx, a)
+        strs = []
+        for length, addr, idx in refs:
+            if not length:
+                strs.append("")
+                continue
+            obj = gcols.get(addr, {}).get(idx)
+            if obj is None or len(obj) < length:
+                raise FormatError(f"{what}: attribute {a.name!r}: vlen string missing from global heap 0x{addr:x}")
+            strs.append(obj[:length].decode("utf-8", "surrogateescape"))
+        if not a.space.shape:
+            return strs[0]
+        return np.array(strs, dtype=object).reshape(a.space.shape)
+    arr = np.frombuffer(a.raw, dtype=dt.dtype).reshape(a.space.shape).copy()
+    return arr[()] if not a.space.shape else arr
+
+
+# -- datasets ------------------------------------------------------------------------
+
+
+def _dataset(ctx: Ctx, rel: int, msgs: list[Message], path: str, f: H5File) -> Task:
+    what = f"dataset {path} (object header at 0x{rel:x})"
+    ds = Dataset(name=path, address=ctx.base + rel, file=f)
+    reasons: list[str] = []
+    layout = _dataset_messages(ctx, msgs, ds, reasons, what)
+    jobs = [_attributes(ctx, msgs, what)]
+    if layout is not None and layout.kind == "chunked" and not reasons:
+        space = M.Dataspace(ds.shape, ds.maxshape)
+        jobs.append(_safe(chunk_table(ctx, layout, space, bool(ds.filters), what)))
+    results = yield from gather(jobs)
+    ds.attrs = results[0]
+    if len(results) > 1:
+        if isinstance(results[1], LazyWeightsError):
+            reasons.append(str(results[1]))
+        else:
+            ds.chunk_table = [_chunk_abs(ctx, e, what) for e in results[1]]
+    ds.unsupported = "; ".join(reasons) or None
+    return ds
+
+
+def _safe(gen: Task) -> Task:
+    try:
+        return (yield from gen)
+    except UnsupportedError as e:
+        return e
+
+
+def _chunk_abs(ctx: Ctx, e: tuple, what: str) -> tuple:
+    offs, rel, size, mask = e
+    return offs, ctx.addr(rel, size, f"{what}: chunk {offs}"), size, mask
+
+
+def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[str], what: str):
+    layout = fill = old_fill = None
+    dtype_size = 0
+    for m in msgs:
+        t = m.type
+        if m.flags & 2 and t in (M.DATATYPE, M.DATASPACE, M.FILL, M.FILTERS, M.LAYOUT):
+            reasons.append(f"shared (committed) message of type 0x{t:x}")
+            continue
+        if t == M.DATASPACE:
+            space = M.parse_dataspace(m.data, ctx, what)
+            ds.shape, ds.maxshape = space.shape, space.maxshape
+        elif t == M.DATATYPE:
+            dt = M.parse_datatype(Cursor(m.data, ctx, f"{what}: datatype"))
+            ds.dtype, dtype_size = dt.dtype, dt.size
+            if dt.unsupported:
+                reasons.append(dt.unsupported)
+        elif t == M.LAYOUT:
+            layout = M.parse_layout(m.data, ctx, what)
+        elif t == M.FILTERS:
+            fl = M.parse_filters(m.data, what)
+            ds.filters = [(x.id, x.name, x.values) for x in fl]
+            ds.filter_flags = [x.flags for x in fl]
+        elif t == M.FILL:
+            fill = M.parse_fill_new(m.data, what)
+        elif t == M.FILL_OLD:
+            old_fill = M.parse_fill_old(m.data, what)
+        elif t == M.EXTERNAL:
+            ds.external = True
+            reasons.append("external raw data storage")
+        elif t not in M.IGNORED and t != M.ATTRIBUTE and t != M.ATTR_INFO:
+            reasons.append(f"unknown header message type 0x{t:x}")
+    fv = fill or old_fill
+    if fv is not None and fv.undefined:
+        reasons.append("undefined fill value")
+    ds.fillvalue = (fv.value if fv is not None and fv.value is not None else bytes(dtype_size))
+    if layout is None:
+        reasons.append("no data layout message")
+        return None
+    _apply_layout(ctx, ds, layout, dtype_size, reasons, what)
+    return layout
+
+
+def _apply_layout(ctx: Ctx, ds: Dataset, layout: M.Layout, dtype_size: int, reasons: list[str], what: str) -> None:
+    ds.layout = layout.kind
+    nbytes = int(np.prod(ds.shape, dtype=object)) * dtype_size if ds.shape else dtype_size
+    if layout.kind == "contiguous":
+        size = layout.size * (dtype_size if layout.params.get("size_in_elements") else 1)
+        if layout.address is None or ctx.is_undef(layout.address):
+            ds.contiguous = (None, size)
+        else:
+            ds.contiguous = (ctx.addr(layout.address, size, f"{what}: contiguous data"), size)
+        if dtype_size and size != nbytes:
+            raise FormatError(f"{what}: contiguous storage of {size} bytes for {nbytes} bytes of data")
+    elif layout.kind == "compact":
+        ds.compact = layout.compact
+        if dtype_size and len(layout.compact or b"") != nbytes:
+            raise FormatError(f"{what}: compact storage of {len(layout.compact or b'')} bytes for {nbytes}")
+    elif layout.kind == "chunked":
+        ds.chunks = layout.chunk
+        ds.chunk_index = layout.index
+        if layout.chunk is not None and len(layout.chunk) != len(ds.shape):
+            raise FormatError(f"{what}: chunk rank {len(layout.chunk)} for a rank-{len(ds.shape)} dataspace")
+    else:
+        reasons.append("virtual dataset")
