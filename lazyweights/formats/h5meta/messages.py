@@ -230,7 +230,15 @@ def _compound(c: Cursor, bits: int, size: int, version: int) -> Datatype:
         offsets.append(off)
     if bad:
         return Datatype(None, size, unsupported=bad)
+    if _is_complex(names, formats, offsets, size):  # h5py's convention: compound {r, i} of one float
+        return Datatype(np.dtype(f"{formats[0].byteorder.replace('=', '<')}c{size}"), size)
     return Datatype(np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size}), size)
+
+
+def _is_complex(names: list[str], formats: list, offsets: list[int], size: int) -> bool:
+    if names != ["r", "i"] or formats[0] != formats[1] or formats[0].kind != "f":
+        return False
+    return formats[0].itemsize in (4, 8) and offsets == [0, size // 2] and size == 2 * formats[0].itemsize
 
 
 # -- fill value ------------------------------------------------------------------

@@ -44,9 +44,12 @@ def read_superblock(ctx: Ctx, base: int) -> Task:
     probes = _probe_offsets(ctx.size, base)
     if not probes:
         raise FormatError(f"not an HDF5 file: {ctx.size - base} bytes is too short for a signature")
-    # Every candidate position in one round trip (usually all inside ``head``).
-    blocks = yield from read_many([(p, min(256, ctx.size - p)) for p in probes])
-    found = next(((p, d) for p, d in zip(probes, blocks, strict=False) if d[:8] == SIGNATURE), None)
+    # Offset 0 first (with room for the root group's header), then every other candidate at once.
+    first = yield from read_many([(probes[0], min(2048, ctx.size - probes[0]))])
+    found = (probes[0], first[0]) if first[0][:8] == SIGNATURE else None
+    if found is None and len(probes) > 1:
+        blocks = yield from read_many([(p, min(256, ctx.size - p)) for p in probes[1:]])
+        found = next(((p, d) for p, d in zip(probes[1:], blocks, strict=False) if d[:8] == SIGNATURE), None)
     if found is None:
         raise FormatError("not an HDF5 file: no superblock signature at 0, 512, 1024, ...")
     at, data = found
@@ -61,10 +64,11 @@ def read_superblock(ctx: Ctx, base: int) -> Task:
         raise FormatError(f"superblock at 0x{at:x}: unsupported version {version}")
     ctx.base = base + sb.base_address
     sb.base_address = ctx.base
-    if ctx.base + sb.eof_address > ctx.size and not ctx.is_undef(sb.eof_address):
+    # The stored end-of-file address counts from the start of the HDF5 file (user block included).
+    if base + sb.eof_address > ctx.size and not ctx.is_undef(sb.eof_address):
         raise TruncatedFileError(
             f"superblock at 0x{at:x}: end-of-file address 0x{sb.eof_address:x} is beyond the "
-            f"file's {ctx.size - ctx.base} bytes (truncated file)"
+            f"file's {ctx.size - base} bytes (truncated file)"
         )
     return sb
 

@@ -83,6 +83,23 @@ class _Cache:
         self.starts[i:j] = [lo]
         self.blocks[i:j] = [bytes(buf)]
 
+    def uncovered(self, off: int, n: int) -> list[tuple[int, int]]:
+        """The parts of ``[off, off + n)`` no block holds."""
+        out, pos, end = [], off, off + n
+        i = max(bisect.bisect_right(self.starts, off) - 1, 0)
+        while pos < end and i < len(self.starts):
+            s, e = self.starts[i], self.starts[i] + len(self.blocks[i])
+            if s >= end:
+                break
+            if e > pos:
+                if s > pos:
+                    out.append((pos, s - pos))
+                pos = max(pos, e)
+            i += 1
+        if pos < end:
+            out.append((pos, end - pos))
+        return out
+
     def get(self, off: int, n: int) -> bytes | None:
         """The bytes of ``[off, off + n)`` if one block holds them all."""
         i = bisect.bisect_right(self.starts, off) - 1
@@ -172,7 +189,7 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats) -> Any
 
 
 def _fetch_level(waiting, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
-    missing = [(o, n) for _, req in waiting for o, n in req if n and cache.get(o, n) is None]
+    missing = [r for _, req in waiting for o, n in req if n for r in cache.uncovered(o, n)]
     merged = _merge(missing)
     datas = fetch_many(merged)
     if len(datas) != len(merged):
@@ -326,8 +343,7 @@ def _attributes(ctx: Ctx, msgs: list[Message], what: str) -> Task:
     if info is not None and not ctx.is_undef(info.heap):
         attrs.extend((yield from _dense_attrs(ctx, info, what)))
         tracked = info.tracked
-    if tracked:
-        attrs.sort(key=lambda a: a.crt_order)
+    attrs = _ordered(attrs, tracked)
     gaddrs = {addr for a in attrs if a.datatype.vlen_str for addr in _vlen_refs(ctx, a)[1]}
     gcols = (yield from read_collections(ctx, gaddrs)) if gaddrs else {}
     return Attrs([(a.name, _attr_value(ctx, a, gcols, what)) for a in attrs])

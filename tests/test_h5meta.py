@@ -1,0 +1,368 @@
+"""The pure-Python HDF5 metadata walker against h5py as the oracle.
+
+Files are written with h5py, walked through an in-memory ``fetch_many`` over
+their bytes, and every group, link, attribute, dataset, storage extent, chunk
+table, filter and fill value is compared with what h5py reports.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lazyweights.errors import FormatError, TruncatedFileError, UnsafeCheckpointError
+from lazyweights.formats.h5meta import Dataset, Empty, ExternalLink, Group, H5File, HardLink, SoftLink, walk
+
+HEAD = 1 << 20
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def walk_bytes(data: bytes, head: int = 0, base: int = 0) -> H5File:
+    """Walk ``data`` through an in-memory fetch_many that checks every range."""
+
+    def fetch_many(ranges: list[tuple[int, int]]) -> list[bytes]:
+        for off, n in ranges:
+            assert off >= 0 and n > 0 and off + n <= len(data), (off, n)
+        return [data[off : off + n] for off, n in ranges]
+
+    return walk(fetch_many, len(data), head=data[:head], base=base)
+
+
+def walk_path(path: Path, head: int = 0) -> H5File:
+    return walk_bytes(path.read_bytes(), head)
+
+
+def assert_value_equal(want, got, where: str) -> None:
+    if isinstance(want, h5py.Empty):
+        assert isinstance(got, Empty) and got.dtype == want.dtype, where
+        return
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray), (where, got)
+        assert got.dtype == want.dtype and got.shape == want.shape, (where, got.dtype, want.dtype)
+        if want.dtype.kind == "O":
+            assert got.tolist() == want.tolist(), where
+        else:
+            assert np.array_equal(got, want, equal_nan=want.dtype.kind in "fc"), where
+        return
+    assert type(got) is type(want), (where, type(got), type(want))
+    if isinstance(want, np.floating) and np.isnan(want):
+        assert np.isnan(got), where
+    else:
+        assert got == want, (where, got, want)
+
+
+def assert_attrs_equal(h: h5py.HLObject, w, where: str) -> None:
+    assert list(w.attrs) == list(h.attrs), (where, list(w.attrs), list(h.attrs))
+    for k in h.attrs:
+        assert_value_equal(h.attrs[k], w.attrs[k], f"{where} attr {k!r}")
+
+
+def assert_dataset_equal(h: h5py.Dataset, w: Dataset) -> None:
+    where = h.name
+    assert isinstance(w, Dataset), where
+    assert w.name == h.name and w.shape == h.shape and w.dtype == h.dtype, (where, w.shape, w.dtype, h.dtype)
+    assert w.chunks == h.chunks and w.maxshape == h.maxshape, where
+    assert w.unsupported is None, (where, w.unsupported)
+    dcpl = h.id.get_create_plist()
+    layout = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked"}
+    assert w.layout == layout[dcpl.get_layout()], where
+    if w.layout == "contiguous":
+        want_off = h.id.get_offset()
+        if want_off is not None and want_off == (w.file.base_address - 1) % (1 << 64):
+            want_off = None  # HDF5 reports "undefined + user block size" for unallocated storage
+        assert w.contiguous[0] == want_off, where
+        if w.contiguous[0] is not None:
+            assert w.contiguous[1] == h.id.get_storage_size(), where
+    elif w.layout == "compact":
+        assert np.array_equal(np.frombuffer(w.compact, h.dtype).reshape(h.shape), h[()]), where
+    else:
+        want: list = []
+        h.id.chunk_iter(lambda s: want.append((tuple(s.chunk_offset), s.byte_offset, s.size, s.filter_mask)))
+        assert sorted(w.chunk_table) == sorted(want), (where, w.chunk_index, w.chunk_table[:3], want[:3])
+    filters = []
+    for i in range(dcpl.get_nfilters()):
+        fid, _flags, values, name = dcpl.get_filter(i)
+        filters.append((fid, name.decode(), tuple(values)))
+    assert w.filters == filters, (where, w.filters, filters)
+    fill = np.frombuffer(w.fillvalue, h.dtype)[0] if h.dtype.kind != "O" else None
+    if fill is not None:
+        assert_value_equal(np.asarray(h.fillvalue, h.dtype)[()], fill, f"{where} fill")
+    assert_attrs_equal(h, w, where)
+
+
+def assert_tree_equal(h: h5py.Group, w: Group, depth: int = 0) -> None:
+    assert isinstance(w, Group) and w.name == h.name, (h.name, w)
+    assert list(w) == list(h), (h.name, list(w)[:10], list(h)[:10])
+    assert_attrs_equal(h, w, h.name)
+    for name in h:
+        hl, wl = h.get(name, getlink=True), w.get(name, getlink=True)
+        if isinstance(hl, h5py.SoftLink):
+            assert wl == SoftLink(hl.path), name
+            continue
+        if isinstance(hl, h5py.ExternalLink):
+            assert wl == ExternalLink(hl.filename, hl.path), name
+            continue
+        assert isinstance(wl, HardLink), name
+        hc, wc = h[name], w[name]
+        if isinstance(hc, h5py.Group):
+            assert_tree_equal(hc, wc, depth + 1)
+        elif isinstance(hc, h5py.Dataset):
+            assert_dataset_equal(hc, wc)
+
+
+def check_file(path: Path, head: int = 0) -> H5File:
+    w = walk_path(path, head)
+    with h5py.File(path, "r") as f:
+        assert_tree_equal(f, w)
+    return w
+
+
+# -- fixed files ---------------------------------------------------------------------
+
+
+def _compact(f: h5py.File, name: str, data: np.ndarray) -> None:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    space = h5py.h5s.create_simple(data.shape)
+    h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(data.dtype), space, dcpl=dcpl)
+    f[name][...] = data
+
+
+@pytest.mark.parametrize("libver", ["earliest", "latest"])
+@pytest.mark.parametrize("userblock", [0, 512, 4096])
+def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
+    p = tmp_path / "mixed.h5"
+    kw = {"userblock_size": userblock} if userblock else {}
+    with h5py.File(p, "w", libver=libver, **kw) as f:
+        f["le"] = np.arange(12, dtype="<f4").reshape(3, 4)
+        f["be"] = np.arange(12, dtype=">f8")
+        f["i8"] = np.arange(5, dtype=">i8")
+        f["u2"] = np.arange(5, dtype="<u2")
+        f["h"] = np.arange(7, dtype="<f2")
+        f["b"] = np.array([True, False])
+        f["bf16"] = np.zeros(6, dtype="V2")
+        f["scalar"] = np.float64(3.5)
+        _compact(f, "compact", np.arange(10, dtype="i4"))
+        f.create_dataset("unwritten", (10, 10), dtype="f4")
+        f.create_dataset("fill", (4,), dtype="i4", fillvalue=7)
+        f.create_dataset("gz", data=np.arange(400.0).reshape(20, 20), chunks=(5, 7), compression="gzip",
+                         shuffle=True, fletcher32=True)
+        f.create_dataset("single", data=np.ones((6, 6), "f4"), chunks=(6, 6))
+        f.create_dataset("single_gz", data=np.ones((6, 6), "f4"), chunks=(6, 6), compression="gzip")
+        f.create_dataset("farray", data=np.ones((30, 6), "f4"), chunks=(4, 6))
+        f.create_dataset("earray", data=np.ones((30, 6), "f4"), chunks=(4, 6), maxshape=(None, 6))
+        f.create_dataset("earray_gz", data=np.ones((70, 6), "f4"), chunks=(2, 6), maxshape=(None, 6),
+                         compression="gzip")
+        f.create_dataset("bt2", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None))
+        f.create_dataset("bt2_gz", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None),
+                         compression="lzf")
+        f.create_dataset("partial", (40, 6), chunks=(4, 6), dtype="f4", maxshape=(80, 6))[:8] = 1
+        f.attrs["vlen"] = "a vlen string é"
+        f.attrs["fixed"] = np.bytes_(b"fixed")
+        f.attrs["fixed_arr"] = np.array([b"ab", b"cde"])
+        f.attrs["vlen_arr"] = np.array(["x", "yy", ""], dtype=h5py.string_dtype())
+        f.attrs["i"] = np.int32(-3)
+        f.attrs["f"] = np.float32(1.5)
+        f.attrs["be"] = np.arange(6, dtype=">i4").reshape(2, 3)
+        f.attrs["empty"] = h5py.Empty("f4")
+        f.attrs["bool"] = np.bool_(True)
+        f.attrs["nan"] = np.float64("nan")
+        g = f.create_group("g/h/i")
+        g.attrs["deep"] = 1
+        f["soft"] = h5py.SoftLink("/g/h")
+        f["dangling"] = h5py.SoftLink("/nowhere")
+        f["ext"] = h5py.ExternalLink("other.h5", "/x")
+        f["hard_again"] = f["le"]
+    w = check_file(p)
+    assert w.base_address == userblock
+    assert w["soft"] is w["g/h"] and w["soft/i"].name == "/g/h/i"
+    assert w.get("dangling") is None
+    with pytest.raises(UnsafeCheckpointError):
+        w["ext"]
+    assert w["/g"]["h"]["i"].attrs["deep"] == 1
+    assert w["bf16"].dtype == np.dtype("V2")
+    assert {d.name for d in w.visit_datasets()} >= {"/le", "/gz", "/hard_again"}
+    if libver == "latest":
+        assert {w[n].chunk_index for n in ("single", "farray", "earray", "bt2")} == {
+            "single", "farray", "earray", "btree2"}
+    else:
+        assert w["farray"].chunk_index == "btree1"
+
+
+def test_implicit_index(tmp_path: Path) -> None:
+    p = tmp_path / "implicit.h5"
+    with h5py.File(p, "w", libver="latest") as f:
+        for name, shape, maxshape in [("a", (10, 9), (10, 9)), ("b", (10, 9), (20, 9))]:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((4, 4))
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            space = h5py.h5s.create_simple(shape, maxshape)
+            h5py.h5d.create(f.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl)
+            f[name][...] = 1
+    w = check_file(p)
+    assert w["a"].chunk_index == "implicit"
+
+
+@pytest.mark.parametrize("libver", ["earliest", "latest"])
+@pytest.mark.parametrize("track_order", [False, True])
+def test_many_links_and_attrs(tmp_path: Path, libver: str, track_order: bool) -> None:
+    p = tmp_path / "dense.h5"
+    with h5py.File(p, "w", libver=libver, track_order=track_order) as f:
+        g = f.create_group("many", track_order=track_order)
+        for i in reversed(range(40)):
+            g.create_group(f"sub{i:02d}").attrs["i"] = i
+            g[f"soft{i}"] = h5py.SoftLink(f"/many/sub{i:02d}")
+        a = f.create_group("attrs", track_order=track_order)
+        for i in reversed(range(30)):
+            a.attrs[f"a{i}"] = np.arange(i + 1, dtype="f8")
+            a.attrs[f"s{i}"] = f"value {i}"
+        if libver == "latest":  # > 64 KiB: dense storage, huge heap objects
+            a.attrs["big"] = np.arange(30000, dtype="i4")
+            a.attrs["big_names"] = np.array([f"layer_{i}/kernel:0".encode() for i in range(3000)])
+        d = f.create_dataset("d", data=np.arange(4))
+        for i in range(20):
+            d.attrs[f"x{i}"] = i
+    w = check_file(p)
+    assert len(w["many"]) == 80
+
+
+def test_keras_like(tmp_path: Path) -> None:
+    p = tmp_path / "keras.h5"
+    names = [f"dense_{i}" for i in range(12)]
+    with h5py.File(p, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = b"2.15.0"
+        f.attrs["model_config"] = '{"class_name": "Sequential"}'
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for n in names:
+            g = mw.create_group(n)
+            wn = [f"{n}/kernel:0".encode(), f"{n}/bias:0".encode()]
+            g.attrs["weight_names"] = np.array(wn)
+            g.create_dataset(f"{n}/kernel:0", data=np.random.rand(8, 4).astype("f4"))
+            g.create_dataset(f"{n}/bias:0", data=np.zeros(4, "f4"))
+        v3 = f.create_group("layers/dense/vars")
+        v3.attrs["name"] = "dense"  # Keras 3 writes vlen names
+        v3["0"] = np.zeros((3, 3), "V2")
+    w = check_file(p, head=HEAD)
+    assert list(w["model_weights"].attrs["layer_names"]) == [n.encode() for n in names]
+    assert w["model_weights/dense_3"].attrs["weight_names"].dtype.kind == "S"
+
+
+def test_unsupported_dataset_does_not_fail_file(tmp_path: Path) -> None:
+    p = tmp_path / "odd.h5"
+    with h5py.File(p, "w") as f:
+        f["ok"] = np.arange(3)
+        space = h5py.h5s.create_simple((4,))
+        h5py.h5d.create(f.id, b"bitfield", h5py.h5t.STD_B8LE, space)
+        f.create_dataset("ext", (10,), dtype="f4", external=[(str(tmp_path / "raw.bin"), 0, 40)])
+        f["cplx"] = np.arange(3, dtype="c8")
+    w = walk_path(p)
+    assert w["ok"].unsupported is None
+    assert "bitfield" in w["bitfield"].unsupported
+    assert w["ext"].external and "external" in w["ext"].unsupported
+    with h5py.File(p) as f:
+        assert w["cplx"].dtype == f["cplx"].dtype or w["cplx"].unsupported
+
+
+# -- fetch cost ----------------------------------------------------------------------
+
+
+def _groups_file(path: Path, n: int) -> None:
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            g = f.create_group(f"layer_{i:05d}")
+            g["kernel"] = np.zeros((2, 2), "f4")
+            g["bias"] = np.zeros(2, "f4")
+
+
+def test_fetch_calls_depend_on_depth_not_count(tmp_path: Path) -> None:
+    calls = {}
+    for n in (200, 2000):
+        p = tmp_path / f"g{n}.h5"
+        _groups_file(p, n)
+        for head in (0, HEAD):
+            w = walk_path(p, head=head)
+            assert len(w) == n and w[f"layer_{n - 1:05d}"]["kernel"].shape == (2, 2)
+            assert w.stats.calls <= 8, w.stats
+            calls[n, head] = w.stats.calls
+    assert calls[2000, 0] == calls[200, 0], calls  # same depth, 10x the objects
+
+
+def test_fetched_bytes_small_fraction(tmp_path: Path) -> None:
+    p = tmp_path / "big.h5"
+    with h5py.File(p, "w") as f:
+        for i in range(200):
+            f.create_group(f"layer_{i}")["kernel"] = np.ones((256, 256), "f4")
+    size = p.stat().st_size
+    w = walk_path(p, head=HEAD)
+    assert len(w) == 200
+    assert w.stats.bytes <= max(1 << 20, size // 50), (w.stats, size)
+    assert w.stats.calls <= 8
+
+
+# -- malformed files -----------------------------------------------------------------
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    p = tmp_path / "t.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(1000)
+    data = p.read_bytes()
+    for cut in (len(data) // 2, 100, 10):
+        with pytest.raises((TruncatedFileError, FormatError)):
+            walk_bytes(data[:cut])
+
+
+def test_not_hdf5() -> None:
+    with pytest.raises(FormatError):
+        walk_bytes(b"not an hdf5 file" * 100)
+
+
+def test_corrupt_continuation(tmp_path: Path) -> None:
+    p = tmp_path / "c.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3)
+        for i in range(40):
+            f.attrs[f"attr{i}"] = np.arange(20.0)
+    data = bytearray(p.read_bytes())
+    pos = data.find(b"\x10\x00\x10\x00\x00\x00\x00\x00")
+    assert pos > 0
+    data[pos + 8 : pos + 16] = (len(data) + 4096).to_bytes(8, "little")
+    t0 = time.monotonic()
+    with pytest.raises(FormatError, match="continuation"):
+        walk_bytes(bytes(data))
+    assert time.monotonic() - t0 < 2
+
+
+def test_cycle(tmp_path: Path) -> None:
+    p = tmp_path / "cycle.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("a/b")
+        f["a/b/loop"] = f["a"]
+    with pytest.raises(FormatError, match="cycle"):
+        walk_path(p)
+
+
+def test_huge_declared_size(tmp_path: Path) -> None:
+    p = tmp_path / "huge.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(10, dtype="f4")
+        off = f["x"].id.get_offset()
+    data = bytearray(p.read_bytes())
+    msg = b"\x03\x01" + off.to_bytes(8, "little") + (40).to_bytes(8, "little")
+    pos = data.find(msg)
+    assert pos > 0
+    data[pos + 10 : pos + 18] = (1 << 60).to_bytes(8, "little")
+    t0 = time.monotonic()
+    with pytest.raises((FormatError, TruncatedFileError)):
+        walk_bytes(bytes(data))
+    assert time.monotonic() - t0 < 2
