@@ -7,6 +7,7 @@ table, filter and fill value is compared with what h5py reports.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lazyweights.errors import FormatError, TruncatedFileError, UnsafeCheckpoint
 from lazyweights.formats.h5meta import Dataset, Empty, ExternalLink, Group, H5File, HardLink, SoftLink, walk
 
 HEAD = 1 << 20
+EXAMPLES = int(os.environ.get("H5META_EXAMPLES", "40"))  # raise locally for a longer property run
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -65,7 +67,16 @@ def assert_attrs_equal(h: h5py.HLObject, w, where: str) -> None:
         assert_value_equal(h.attrs[k], w.attrs[k], f"{where} attr {k!r}")
 
 
-def assert_dataset_equal(h: h5py.Dataset, w: Dataset) -> None:
+def assert_chunk_contents(h: h5py.Dataset, w: Dataset, data: bytes) -> None:
+    """Each unfiltered chunk's bytes hold the values h5py reads at the chunk's offset."""
+    values = h[()]
+    for offs, addr, size, _ in w.chunk_table:
+        chunk = np.frombuffer(data[addr : addr + size], h.dtype).reshape(w.chunks)
+        want = values[tuple(slice(o, o + c) for o, c in zip(offs, w.chunks, strict=True))]
+        assert np.array_equal(chunk[tuple(slice(0, n) for n in want.shape)], want), (h.name, offs)
+
+
+def assert_dataset_equal(h: h5py.Dataset, w: Dataset, data: bytes | None = None) -> None:
     where = h.name
     assert isinstance(w, Dataset), where
     assert w.name == h.name and w.shape == h.shape and w.dtype == h.dtype, (where, w.shape, w.dtype, h.dtype)
@@ -86,7 +97,14 @@ def assert_dataset_equal(h: h5py.Dataset, w: Dataset) -> None:
     else:
         want: list = []
         h.id.chunk_iter(lambda s: want.append((tuple(s.chunk_offset), s.byte_offset, s.size, s.filter_mask)))
-        assert sorted(w.chunk_table) == sorted(want), (where, w.chunk_index, w.chunk_table[:3], want[:3])
+        unlim = [i for i, m in enumerate(h.maxshape) if m is None]
+        if w.chunk_index == "earray" and unlim != [0]:
+            # HDF5's chunk_iter reports swizzled offsets here; compare extents, then check contents below.
+            assert sorted(e[1:] for e in w.chunk_table) == sorted(e[1:] for e in want), where
+        else:
+            assert sorted(w.chunk_table) == sorted(want), (where, w.chunk_index, w.chunk_table[:3], want[:3])
+        if not w.filters and data is not None:
+            assert_chunk_contents(h, w, data)
     filters = []
     for i in range(dcpl.get_nfilters()):
         fid, _flags, values, name = dcpl.get_filter(i)
@@ -98,7 +116,7 @@ def assert_dataset_equal(h: h5py.Dataset, w: Dataset) -> None:
     assert_attrs_equal(h, w, where)
 
 
-def assert_tree_equal(h: h5py.Group, w: Group, depth: int = 0) -> None:
+def assert_tree_equal(h: h5py.Group, w: Group, data: bytes | None = None) -> None:
     assert isinstance(w, Group) and w.name == h.name, (h.name, w)
     assert list(w) == list(h), (h.name, list(w)[:10], list(h)[:10])
     assert_attrs_equal(h, w, h.name)
@@ -113,15 +131,16 @@ def assert_tree_equal(h: h5py.Group, w: Group, depth: int = 0) -> None:
         assert isinstance(wl, HardLink), name
         hc, wc = h[name], w[name]
         if isinstance(hc, h5py.Group):
-            assert_tree_equal(hc, wc, depth + 1)
+            assert_tree_equal(hc, wc, data)
         elif isinstance(hc, h5py.Dataset):
-            assert_dataset_equal(hc, wc)
+            assert_dataset_equal(hc, wc, data)
 
 
 def check_file(path: Path, head: int = 0) -> H5File:
-    w = walk_path(path, head)
+    data = path.read_bytes()
+    w = walk_bytes(data, head)
     with h5py.File(path, "r") as f:
-        assert_tree_equal(f, w)
+        assert_tree_equal(f, w, data)
     return w
 
 
@@ -161,6 +180,9 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
         f.create_dataset("earray", data=np.ones((30, 6), "f4"), chunks=(4, 6), maxshape=(None, 6))
         f.create_dataset("earray_gz", data=np.ones((70, 6), "f4"), chunks=(2, 6), maxshape=(None, 6),
                          compression="gzip")
+        f.create_dataset("earray_last", data=np.arange(48.0).reshape(6, 8), chunks=(2, 2), maxshape=(6, None))
+        f.create_dataset("earray_mid", data=np.arange(48.0).reshape(2, 3, 8), chunks=(1, 2, 2),
+                         maxshape=(2, None, 8))
         f.create_dataset("bt2", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None))
         f.create_dataset("bt2_gz", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None),
                          compression="lzf")
@@ -366,3 +388,102 @@ def test_huge_declared_size(tmp_path: Path) -> None:
     with pytest.raises((FormatError, TruncatedFileError)):
         walk_bytes(bytes(data))
     assert time.monotonic() - t0 < 2
+
+
+# -- property test over random files ---------------------------------------------------
+
+DTYPES = ["<f4", ">f4", "<f8", ">f8", "<f2", ">f2", "<i4", ">i2", "|u1", "|i1", "<u8", ">i8", "|b1", "|V2"]
+FILTERS = st.sampled_from([{}, {"compression": "gzip"}, {"shuffle": True, "compression": "gzip"},
+                           {"fletcher32": True}, {"compression": "lzf", "shuffle": True}])
+
+
+@st.composite
+def dataset_specs(draw):
+    rank = draw(st.integers(0, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank)))
+    spec = {"shape": shape, "dtype": draw(st.sampled_from(DTYPES)), "write": draw(st.booleans())}
+    if rank and draw(st.booleans()):
+        spec["chunks"] = tuple(draw(st.integers(1, s)) for s in shape)
+        spec["maxshape"] = draw(st.sampled_from(["fixed", "first", "last", "all", "bigger"]))
+        if spec["dtype"] != "|V2":
+            spec.update(draw(FILTERS))
+    if draw(st.booleans()) and spec["dtype"] not in ("|V2", "|b1"):
+        spec["fillvalue"] = 3
+    return spec
+
+
+TEXT = st.text(max_size=20, alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
+ATTR_VALUES = st.one_of(
+    st.integers(-(2**31), 2**31 - 1).map(np.int32),
+    st.floats(allow_nan=False, width=32).map(np.float32),
+    TEXT,
+    st.binary(min_size=1, max_size=20).filter(lambda b: b"\0" not in b).map(np.bytes_),
+    st.lists(st.binary(min_size=1, max_size=8).filter(lambda b: b"\0" not in b), min_size=1, max_size=5).map(np.array),
+    st.lists(TEXT, min_size=1, max_size=4).map(lambda v: np.array(v, dtype=h5py.string_dtype())),
+    st.integers(1, 5000).map(lambda n: np.arange(n, dtype=">f8")),
+)
+
+
+@st.composite
+def file_specs(draw):
+    return {
+        "libver": draw(st.sampled_from(["earliest", "latest"])),
+        "userblock": draw(st.sampled_from([0, 512])),
+        "track_order": draw(st.booleans()),
+        "groups": draw(st.integers(0, 14)),
+        "datasets": draw(st.lists(dataset_specs(), max_size=6)),
+        "attrs": draw(st.lists(ATTR_VALUES, max_size=24)),
+    }
+
+
+def _maxshape(spec: dict):
+    shape, kind = spec["shape"], spec.get("maxshape", "fixed")
+    if kind == "first":
+        return (None, *shape[1:])
+    if kind == "last":
+        return (*shape[:-1], None)
+    if kind == "all":
+        return (None,) * len(shape)
+    if kind == "bigger":
+        return tuple(2 * s for s in shape)
+    return shape
+
+
+def _values(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Distinct values per element, so a chunk table with swapped offsets fails the content check."""
+    n = np.arange(int(np.prod(shape)))
+    if dtype == "|V2":
+        return n.astype("<u2").view("V2").reshape(shape)
+    if dtype == "|b1":
+        return (n % 2).astype(bool).reshape(shape)
+    return (n % 100).astype(dtype).reshape(shape)
+
+
+def build(path: Path, spec: dict) -> None:
+    kw = {"userblock_size": spec["userblock"]} if spec["userblock"] else {}
+    with h5py.File(path, "w", libver=spec["libver"], track_order=spec["track_order"], **kw) as f:
+        g = f.create_group("grp", track_order=spec["track_order"])
+        for i in range(spec["groups"]):
+            g.create_group(f"child{(i * 7) % 15}_{i}")
+        for i, d in enumerate(spec["datasets"]):
+            kwargs = {k: d[k] for k in ("chunks", "compression", "shuffle", "fletcher32", "fillvalue") if k in d}
+            if "chunks" in d:
+                kwargs["maxshape"] = _maxshape(d)
+            ds = g.create_dataset(f"d{i}", shape=d["shape"], dtype=d["dtype"], **kwargs)
+            if d["write"]:
+                ds[()] = _values(d["shape"], d["dtype"])
+        for i, v in enumerate(spec["attrs"]):
+            if spec["libver"] == "earliest" and getattr(v, "nbytes", 0) > 30000:
+                continue
+            (g if i % 2 else f).attrs[f"attr{i}"] = v
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=file_specs())
+def test_random_files(spec: dict) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "r.h5"
+        build(p, spec)
+        check_file(p, head=spec["groups"] * 64)
