@@ -70,6 +70,7 @@ def _implicit(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int) -> list[C
     n = prod(grid)
     if n > ctx.limits.max_chunks:
         raise FormatError(f"implicit chunk index at 0x{layout.address:x}: {n} chunks")
+    ctx.addr(layout.address, prod(mgrid) * nbytes, f"implicit chunk index at 0x{layout.address:x}: chunks")
     out = []
     for i in range(n):
         scaled = _unravel(i, grid)
@@ -89,9 +90,10 @@ def _element(c: Cursor, ctx: Ctx, esize: int, filtered: bool, nbytes: int) -> tu
     return addr, size, c.u32()
 
 
-def _entries(ctx: Ctx, elems: list[tuple[int, int, int]], chunk, order) -> list[ChunkEntry]:
+def _entries(ctx: Ctx, elems, chunk, order) -> list[ChunkEntry]:
+    """Table rows for the defined elements of ``elems`` (pairs of element index and element)."""
     out = []
-    for i, (addr, size, mask) in enumerate(elems):
+    for i, (addr, size, mask) in elems:
         if ctx.is_undef(addr):
             continue
         scaled = order(i)
@@ -141,7 +143,7 @@ def _farray(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int, what: str) 
         elems = [_element(c, ctx, esize, filtered, nbytes) for _ in range(n)]
     chunk = layout.chunk or ()
     mgrid = _max_grid(space, chunk)
-    return _entries(ctx, elems, chunk, lambda i: _unravel(i, mgrid))
+    return _entries(ctx, enumerate(elems), chunk, lambda i: _unravel(i, mgrid))
 
 
 def _btree2(ctx: Ctx, layout: Layout, nbytes: int) -> Task:
@@ -193,7 +195,7 @@ def _earray(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int, what: str) 
         s = _unravel(i, tuple(swz))
         return [*s[1 : u + 1], s[0], *s[u + 1 :]]
 
-    return _entries(ctx, elems[:max_idx], chunk, order)
+    return _entries(ctx, ((i, e) for i, e in elems if i < max_idx), chunk, order)
 
 
 class _EAGeometry:
@@ -224,7 +226,7 @@ class _EAGeometry:
         c = Cursor(data, ctx, iw)
         c.signature(b"EAIB")
         c.pos = 6 + ctx.so
-        elems = [self._elem(c) for _ in range(self.idx_elmts)]
+        elems = list(enumerate(self._elem(c) for _ in range(self.idx_elmts)))
         dblks = [c.offset() for _ in range(self.ndblk_addrs)]
         sblks = [c.offset() for _ in range(self.nsblk_addrs)]
         # (data block address, nelmts) in element order; secondary blocks expand in a second level.
@@ -236,7 +238,7 @@ class _EAGeometry:
                 if k < len(dblks):
                     plan.append((dblks[k], ne))
                 k += 1
-        need = max_idx - len(elems)
+        need = max_idx - self.idx_elmts
         covered = sum(ne for _, ne in plan)
         sb_plan = []
         for j, a in enumerate(sblks):
@@ -253,11 +255,13 @@ class _EAGeometry:
         ddatas = yield from read_many([(ctx.addr(a, self._dblock_size(ne), f"{what}: EA data block"),
                                         self._dblock_size(ne)) for a, ne in todo])
         got = dict(zip([a for a, _ in todo], ddatas, strict=False))
-        undef = (ctx.undef, 0, 0)
+        start = self.idx_elmts
         for a, ne in plan:
-            if len(elems) >= max_idx:
+            if start >= max_idx:
                 break
-            elems.extend(self._dblock(a, ne, got[a]) if a in got else [undef] * ne)
+            if a in got:
+                elems.extend(enumerate(self._dblock(a, ne, got[a]), start))
+            start += ne
         return elems
 
     def _elem(self, c: Cursor) -> tuple[int, int, int]:
@@ -277,7 +281,7 @@ class _EAGeometry:
 
     def _sblock(self, a: int, nd: int, ne: int, data: bytes) -> list[tuple[int, int]]:
         if self.ctx.is_undef(a):
-            return [(a, ne)] * nd
+            return [(a, nd * ne)]  # one unallocated span; never expanded per data block
         c = Cursor(data, self.ctx, f"{self.what}: EA secondary block at 0x{a:x}")
         c.signature(b"EASB")
         c.pos = 6 + self.ctx.so + self.off_size

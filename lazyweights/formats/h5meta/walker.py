@@ -232,7 +232,8 @@ def walk(fetch_many: FetchMany, size: int, head: bytes = b"", base: int = 0, lim
 def _walk_file(ctx: Ctx, base: int) -> Task:
     sb = yield from read_superblock(ctx, base)
     f = H5File(name="/", address=ctx.base + sb.root_address, superblock_version=sb.version, base_address=ctx.base)
-    yield from _object(ctx, sb.root_address, "/", (), f, f)
+    hint = None if sb.root_btree is None else (sb.root_btree, sb.root_heap)
+    yield from _object(ctx, sb.root_address, "/", (), f, f, hint)
     return f
 
 
@@ -243,24 +244,34 @@ def _join(path: str, name: str) -> str:
     return f"/{name}" if path == "/" else f"{path}/{name}"
 
 
-def _object(ctx: Ctx, rel: int, path: str, ancestors: tuple[int, ...], f: H5File, node: H5File | None = None) -> Task:
-    """Parse the object at ``rel``; return a Group, Dataset or plain Node (committed datatype)."""
+def _object(
+    ctx: Ctx, rel: int, path: str, ancestors: tuple[int, ...], f: H5File, node: H5File | None = None, hint=None
+) -> Task:
+    """Parse the object at ``rel``; return a Group, Dataset or plain Node (committed datatype).
+
+    ``hint`` is the (B-tree, local heap) pair cached in the parent's symbol table entry: the
+    group's links are then read in the same level as its header, and used if the header agrees.
+    """
     ctx.count_object(path)
     if len(ancestors) > ctx.limits.max_depth:
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
-    msgs = yield from read_object_header(ctx, rel)
+    pre = None
+    if hint is not None and _hint_ok(ctx, hint):
+        msgs, pre = yield from gather([read_object_header(ctx, rel), _speculative(_symtab_links(ctx, *hint, path))])
+    else:
+        msgs = yield from read_object_header(ctx, rel)
     types = {m.type for m in msgs}
     addr = ctx.base + rel
     if M.LAYOUT in types or (M.DATASPACE in types and M.DATATYPE in types):
         return (yield from _dataset(ctx, rel, msgs, path, f))
     if M.DATATYPE in types and not types & {M.SYMBOL_TABLE, M.LINK, M.LINK_INFO}:
         return Node(name=path, address=addr, attrs=(yield from _attributes(ctx, msgs, path)), file=f)
-    return (yield from _group(ctx, rel, msgs, path, ancestors, f, node))
+    return (yield from _group(ctx, rel, msgs, path, ancestors, f, node, (hint, pre)))
 
 
-def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5File, node) -> Task:
+def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5File, node, pre) -> Task:
     what = f"group {path} (object header at 0x{rel:x})"
-    links, attrs = yield from gather([_links(ctx, msgs, what), _attributes(ctx, msgs, what)])
+    links, attrs = yield from gather([_links(ctx, msgs, what, pre), _attributes(ctx, msgs, what)])
     g = node if node is not None else Group(name=path, address=ctx.base + rel, file=f)
     g.attrs = attrs
     chain = (*ancestors, rel)
@@ -276,7 +287,9 @@ def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5F
             g.links[link.name] = SoftLink(link.target or "")
         else:
             g.links[link.name] = ExternalLink(link.filename or "", link.target or "")
-    kids = yield from gather(_object(ctx, link.address, _join(path, link.name), chain, f) for link in hard)
+    kids = yield from gather(
+        _object(ctx, link.address, _join(path, link.name), chain, f, hint=getattr(link, "cache", None)) for link in hard
+    )
     for link, kid in zip(hard, kids, strict=False):
         g.children[link.name] = kid
     return g
@@ -288,13 +301,26 @@ def _ordered(items: list, tracked: bool) -> list:
     return sorted(items, key=lambda x: x.name.encode("utf-8", "surrogateescape"))
 
 
-def _links(ctx: Ctx, msgs: list[Message], what: str) -> Task:
-    """All links of a group, in h5py's iteration order."""
+def _hint_ok(ctx: Ctx, hint: tuple[int, int]) -> bool:
+    return all(not ctx.is_undef(a) and a > 0 and ctx.base + a < ctx.size for a in hint)
+
+
+def _speculative(gen: Task) -> Task:
+    """Run a parser on hinted addresses; a failure only means the hint is not used."""
+    try:
+        return (yield from gen)
+    except Exception:
+        return None
+
+
+def _links(ctx: Ctx, msgs: list[Message], what: str, pre=(None, None)) -> Task:
+    """All links of a group, in h5py's iteration order (``pre``: links read from a cached hint)."""
     links: list[M.Link] = [M.parse_link(m.data, ctx, what) for m in msgs if m.type == M.LINK]
     info = next((M.parse_link_info(m.data, ctx, what) for m in msgs if m.type == M.LINK_INFO), None)
     stab = next((M.parse_symbol_table(m.data, ctx, what) for m in msgs if m.type == M.SYMBOL_TABLE), None)
     if stab is not None:
-        links.extend((yield from _symtab_links(ctx, *stab, what)))
+        hinted = pre[1] if pre[0] == stab else None
+        links.extend(hinted if hinted is not None else (yield from _symtab_links(ctx, *stab, what)))
     if info is not None and not ctx.is_undef(info.heap):
         links.extend((yield from _dense_links(ctx, info, what)))
     if len(links) > ctx.limits.max_links:
@@ -314,7 +340,11 @@ def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str) -> Task:
             target = heap.string(Cursor(e.scratch, ctx, what).u32())
             out.append(M.Link(name, "soft", target=target))
         else:
-            out.append(M.Link(name, "hard", address=e.address))
+            link = M.Link(name, "hard", address=e.address)
+            if e.cache_type == 1:
+                sc = Cursor(e.scratch, ctx, what)
+                link.cache = (sc.offset(), sc.offset())  # type: ignore[attr-defined]
+            out.append(link)
     return out
 
 
