@@ -233,6 +233,25 @@ def test_implicit_index(tmp_path: Path) -> None:
     assert w["a"].chunk_index == "implicit"
 
 
+def test_paged_chunk_indexes(tmp_path: Path) -> None:
+    """Fixed and extensible arrays whose data blocks are split into pages, some never written."""
+    p = tmp_path / "paged.h5"
+    with h5py.File(p, "w", libver="latest") as f:
+        d = f.create_dataset("fa", (2100,), chunks=(1,), dtype="u1")
+        d[0:10] = 1
+        d[2050:2060] = 2  # the middle page stays uninitialized
+        e = f.create_dataset("ea", (140000,), chunks=(1,), dtype="u1", maxshape=(None,))
+        e[:] = (np.arange(140000) % 251).astype("u1")  # reaches paged data blocks (> 1024 entries)
+        f.create_dataset("ea_sparse", (140000,), chunks=(1,), dtype="u1", maxshape=(None,))[138000:138010] = 3
+    w = walk_path(p)
+    with h5py.File(p) as f:
+        for name, kind in (("fa", "farray"), ("ea", "earray"), ("ea_sparse", "earray")):
+            want: list = []
+            f[name].id.chunk_iter(lambda s, want=want: want.append((tuple(s.chunk_offset), s.byte_offset, s.size, 0)))
+            assert w[name].chunk_index == kind
+            assert sorted(w[name].chunk_table) == sorted(want), name
+
+
 @pytest.mark.parametrize("libver", ["earliest", "latest"])
 @pytest.mark.parametrize("track_order", [False, True])
 def test_many_links_and_attrs(tmp_path: Path, libver: str, track_order: bool) -> None:

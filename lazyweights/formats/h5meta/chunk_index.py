@@ -229,17 +229,18 @@ class _EAGeometry:
         elems = list(enumerate(self._elem(c) for _ in range(self.idx_elmts)))
         dblks = [c.offset() for _ in range(self.ndblk_addrs)]
         sblks = [c.offset() for _ in range(self.nsblk_addrs)]
-        # (data block address, nelmts) in element order; secondary blocks expand in a second level.
-        plan: list[tuple[int, int]] = []
+        # (data block address, nelmts, initialized pages or None) in element order;
+        # secondary blocks expand in a second level.
+        plan: list[tuple[int, int, list[bool] | None]] = []
         k = 0
         for u in range(self.ib_nsblks):
             nd, ne = self.sblk[u]
             for _ in range(nd):
                 if k < len(dblks):
-                    plan.append((dblks[k], ne))
+                    plan.append((dblks[k], ne, None))
                 k += 1
         need = max_idx - self.idx_elmts
-        covered = sum(ne for _, ne in plan)
+        covered = sum(ne for _, ne, _ in plan)
         sb_plan = []
         for j, a in enumerate(sblks):
             if covered >= need:
@@ -251,16 +252,16 @@ class _EAGeometry:
             sdatas = yield from read_many([self._sblock_range(a, nd, ne) for a, nd, ne in sb_plan])
             for (a, nd, ne), sd in zip(sb_plan, sdatas, strict=False):
                 plan.extend(self._sblock(a, nd, ne, sd))
-        todo = [(a, ne) for a, ne in plan if not ctx.is_undef(a)]
+        todo = [(a, ne) for a, ne, _ in plan if not ctx.is_undef(a)]
         ddatas = yield from read_many([(ctx.addr(a, self._dblock_size(ne), f"{what}: EA data block"),
                                         self._dblock_size(ne)) for a, ne in todo])
         got = dict(zip([a for a, _ in todo], ddatas, strict=False))
         start = self.idx_elmts
-        for a, ne in plan:
+        for a, ne, init in plan:
             if start >= max_idx:
                 break
             if a in got:
-                elems.extend(enumerate(self._dblock(a, ne, got[a]), start))
+                elems.extend(enumerate(self._dblock(a, ne, got[a], init), start))
             start += ne
         return elems
 
@@ -275,24 +276,39 @@ class _EAGeometry:
         ctx = self.ctx
         if ctx.is_undef(a):
             return (0, 0)
-        bitmap = (nd * ceil(ne / self.page) + 7) // 8 if ne > self.page else 0
+        bitmap = nd * ((ne // self.page + 7) // 8) if ne > self.page else 0
         size = 6 + ctx.so + self.off_size + bitmap + nd * ctx.so + 4
         return ctx.addr(a, size, f"{self.what}: EA secondary block at 0x{a:x}"), size
 
-    def _sblock(self, a: int, nd: int, ne: int, data: bytes) -> list[tuple[int, int]]:
+    def _sblock(self, a: int, nd: int, ne: int, data: bytes) -> list[tuple[int, int, list[bool] | None]]:
         if self.ctx.is_undef(a):
-            return [(a, nd * ne)]  # one unallocated span; never expanded per data block
+            return [(a, nd * ne, None)]  # one unallocated span; never expanded per data block
         c = Cursor(data, self.ctx, f"{self.what}: EA secondary block at 0x{a:x}")
         c.signature(b"EASB")
         c.pos = 6 + self.ctx.so + self.off_size
-        if ne > self.page:
-            raise UnsupportedError(f"{self.what}: paged extensible array data blocks")
-        return [(c.offset(), ne) for _ in range(nd)]
+        if ne <= self.page:
+            return [(c.offset(), ne, None) for _ in range(nd)]
+        npages = ne // self.page
+        # Room for a byte-aligned bitmap per data block, indexed as one bit string.
+        bits = _bits(c.bytes(nd * ((npages + 7) // 8)), nd * npages)
+        return [(c.offset(), ne, bits[i * npages : (i + 1) * npages]) for i in range(nd)]
 
-    def _dblock(self, a: int, ne: int, data: bytes) -> list[tuple[int, int, int]]:
+    def _dblock(self, a: int, ne: int, data: bytes, init: list[bool] | None) -> list[tuple[int, int, int]]:
         c = Cursor(data, self.ctx, f"{self.what}: EA data block at 0x{a:x}")
         c.signature(b"EADB")
         c.pos = 6 + self.ctx.so + self.off_size
-        if ne > self.page:
-            raise UnsupportedError(f"{self.what}: paged extensible array data blocks")
-        return [self._elem(c) for _ in range(ne)]
+        if ne <= self.page:
+            return [self._elem(c) for _ in range(ne)]
+        c.skip(4)  # the prefix's checksum; pages follow, each with its own checksum
+        out = []
+        undef = (self.ctx.undef, 0, 0)
+        for p in range(ne // self.page):
+            page = [self._elem(c) for _ in range(self.page)]
+            c.skip(4)
+            out.extend(page if init is None or init[p] else [undef] * self.page)
+        return out
+
+
+def _bits(buf: bytes, n: int) -> list[bool]:
+    """The first ``n`` bits of ``buf``, most significant bit first (HDF5's page-init bitmaps)."""
+    return [bool(buf[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
