@@ -199,6 +199,9 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
         f.attrs["nan"] = np.float64("nan")
         g = f.create_group("g/h/i")
         g.attrs["deep"] = 1
+        f["committed_type"] = np.dtype(">i2")
+        f.create_dataset("uses_committed", data=np.arange(3), dtype=f["committed_type"])
+        f["uses_committed"].attrs.create("shared_type_attr", data=np.arange(2), dtype=f["committed_type"])
         f["soft"] = h5py.SoftLink("/g/h")
         f["dangling"] = h5py.SoftLink("/nowhere")
         f["ext"] = h5py.ExternalLink("other.h5", "/x")
@@ -211,6 +214,7 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
         w["ext"]
     assert w["/g"]["h"]["i"].attrs["deep"] == 1
     assert w["bf16"].dtype == np.dtype("V2")
+    assert w["uses_committed"].dtype == np.dtype(">i2")
     assert {d.name for d in w.visit_datasets()} >= {"/le", "/gz", "/hard_again"}
     if libver == "latest":
         assert {w[n].chunk_index for n in ("single", "farray", "earray", "bt2")} == {

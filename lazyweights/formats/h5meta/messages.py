@@ -426,6 +426,19 @@ class Attribute:
     space: Dataspace
     raw: bytes
     crt_order: int | None = None
+    shared_dtype: int | None = None  # object header of a committed datatype still to resolve
+
+
+def parse_shared(data: bytes, ctx: Ctx, what: str) -> int | None:
+    """Object-header address named by a shared message (committed), None for a shared-message heap."""
+    c = Cursor(data, ctx, f"{what}: shared message")
+    version, kind = c.u8(), c.u8()
+    if version == 1:
+        c.skip(6)
+        return c.offset()
+    if version == 2 or (version == 3 and kind == 2):
+        return c.offset()
+    return None
 
 
 def parse_attribute(data: bytes, ctx: Ctx, what: str) -> Attribute:
@@ -441,18 +454,28 @@ def parse_attribute(data: bytes, ctx: Ctx, what: str) -> Attribute:
     name = c.bytes(name_size).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     c.align(pad, 0) if version == 1 else None
     aw = f"{what}: attribute {name!r}"
-    if flags & 3:
-        dt = Datatype(None, 0, unsupported="shared datatype or dataspace")
-        return Attribute(name, dt, Dataspace((), ()), b"")
-    dtc = Cursor(c.bytes(dt_size), ctx, aw)
+    if flags & 2:
+        return Attribute(name, Datatype(None, 0, unsupported="shared dataspace"), Dataspace((), ()), b"")
+    dt_bytes = c.bytes(dt_size)
     c.align(pad, 0) if version == 1 else None
-    dt = parse_datatype(dtc)
     space = parse_dataspace(c.bytes(ds_size), ctx, aw)
     c.align(pad, 0) if version == 1 else None
+    if flags & 1:
+        addr = parse_shared(dt_bytes, ctx, aw)
+        dt = Datatype(None, 0, unsupported=None if addr is not None else "datatype in a shared-message heap")
+        a = Attribute(name, dt, space, c.bytes(min(c.remaining, ctx.limits.max_attr_bytes)))
+        a.shared_dtype = addr
+        return a
+    dt = parse_datatype(Cursor(dt_bytes, ctx, aw))
+    return Attribute(name, dt, space, attribute_value(c.bytes(c.remaining), dt, space, ctx, aw))
+
+
+def attribute_value(raw: bytes, dt: Datatype, space: Dataspace, ctx: Ctx, what: str) -> bytes:
+    """The value bytes of an attribute: its element count times the datatype size, checked."""
     n = 0 if space.null else int(np.prod(space.shape, dtype=object)) * dt.size
-    if n > ctx.limits.max_attr_bytes or n > c.remaining:
-        raise FormatError(f"{aw}: value of {n} bytes does not fit the message ({c.remaining} bytes)")
-    return Attribute(name, dt, space, c.bytes(n))
+    if n > ctx.limits.max_attr_bytes or n > len(raw):
+        raise FormatError(f"{what}: value of {n} bytes does not fit the message ({len(raw)} bytes)")
+    return raw[:n]
 
 
 @dataclass

@@ -72,6 +72,7 @@ class Attrs(Mapping):
 
     def __init__(self, items: list[tuple[str, Any]] | None = None):
         self._d: dict[str, Any] = dict(items or [])
+        self.problems: list[str] = []  # attributes that could not even be named (shared-message heap)
 
     def __getitem__(self, key: str) -> Any:
         v = self._d[key]

@@ -361,22 +361,42 @@ def _dense_links(ctx: Ctx, info: M.LinkInfo, what: str) -> Task:
 def _attributes(ctx: Ctx, msgs: list[Message], what: str) -> Task:
     """The object's attributes (compact and dense), decoded as h5py returns them."""
     attrs: list[M.Attribute] = []
+    problems: list[str] = []
     for m in msgs:
         if m.type == M.ATTRIBUTE:
             if m.flags & 2:
-                raise UnsupportedError(f"{what}: shared attribute message")
+                problems.append("attribute stored in the shared-message heap")
+                continue
             a = M.parse_attribute(m.data, ctx, what)
             a.crt_order = m.crt_order
             attrs.append(a)
     info = next((M.parse_attr_info(m.data, ctx, what) for m in msgs if m.type == M.ATTR_INFO), None)
     tracked = bool(attrs) and all(a.crt_order is not None for a in attrs)
     if info is not None and not ctx.is_undef(info.heap):
-        attrs.extend((yield from _dense_attrs(ctx, info, what)))
+        try:
+            attrs.extend((yield from _dense_attrs(ctx, info, what)))
+        except UnsupportedError as e:
+            problems.append(str(e))
         tracked = info.tracked
     attrs = _ordered(attrs, tracked)
+    shared = [a for a in attrs if a.shared_dtype is not None]
+    dts = yield from gather(_committed_dtype(ctx, a.shared_dtype, what) for a in shared)
+    for a, dt in zip(shared, dts, strict=True):
+        a.datatype, a.raw = dt, M.attribute_value(a.raw, dt, a.space, ctx, f"{what}: attribute {a.name!r}")
     gaddrs = {addr for a in attrs if a.datatype.vlen_str for addr in _vlen_refs(ctx, a)[1]}
     gcols = (yield from read_collections(ctx, gaddrs)) if gaddrs else {}
-    return Attrs([(a.name, _attr_value(ctx, a, gcols, what)) for a in attrs])
+    out = Attrs([(a.name, _attr_value(ctx, a, gcols, what)) for a in attrs])
+    out.problems = problems
+    return out
+
+
+def _committed_dtype(ctx: Ctx, rel: int, what: str) -> Task:
+    """The datatype of the committed (named) datatype object at ``rel``."""
+    msgs = yield from read_object_header(ctx, rel)
+    m = next((m for m in msgs if m.type == M.DATATYPE), None)
+    if m is None or m.flags & 2:
+        raise FormatError(f"{what}: committed datatype at 0x{rel:x} has no datatype message")
+    return M.parse_datatype(Cursor(m.data, ctx, f"{what}: committed datatype at 0x{rel:x}"))
 
 
 def _dense_attrs(ctx: Ctx, info: M.AttrInfo, what: str) -> Task:
@@ -439,6 +459,7 @@ def _dataset(ctx: Ctx, rel: int, msgs: list[Message], path: str, f: H5File) -> T
     what = f"dataset {path} (object header at 0x{rel:x})"
     ds = Dataset(name=path, address=ctx.base + rel, file=f)
     reasons: list[str] = []
+    msgs = yield from _unshare_datatype(ctx, msgs, what)
     layout = _dataset_messages(ctx, msgs, ds, reasons, what)
     jobs = [_attributes(ctx, msgs, what)]
     if layout is not None and layout.kind == "chunked" and not reasons:
@@ -453,6 +474,18 @@ def _dataset(ctx: Ctx, rel: int, msgs: list[Message], path: str, f: H5File) -> T
             ds.chunk_table = [_chunk_abs(ctx, e, what) for e in results[1]]
     ds.unsupported = "; ".join(reasons) or None
     return ds
+
+
+def _unshare_datatype(ctx: Ctx, msgs: list[Message], what: str) -> Task:
+    """Replace a shared (committed) datatype message by the committed type's own message."""
+    out = []
+    for m in msgs:
+        addr = M.parse_shared(m.data, ctx, what) if m.type == M.DATATYPE and m.flags & 2 else None
+        if addr is not None:
+            committed = yield from read_object_header(ctx, addr)
+            m = next((x for x in committed if x.type == M.DATATYPE and not x.flags & 2), m)
+        out.append(m)
+    return out
 
 
 def _safe(gen: Task) -> Task:
