@@ -7,6 +7,7 @@ table, filter and fill value is compared with what h5py reports.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -17,8 +18,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lazyweights.errors import FormatError, TruncatedFileError, UnsafeCheckpointError
-from lazyweights.formats.h5meta import Dataset, Empty, ExternalLink, Group, H5File, HardLink, SoftLink, walk
+from lazyweights.errors import FormatError, LazyWeightsError, TruncatedFileError, UnsafeCheckpointError
+from lazyweights.formats.h5meta import (
+    Dataset,
+    Empty,
+    ExternalLink,
+    Group,
+    H5File,
+    HardLink,
+    Limits,
+    SoftLink,
+    walk,
+)
 
 HEAD = 1 << 20
 EXAMPLES = int(os.environ.get("H5META_EXAMPLES", "40"))  # raise locally for a longer property run
@@ -510,3 +521,56 @@ def test_random_files(spec: dict) -> None:
         p = Path(tmp) / "r.h5"
         build(p, spec)
         check_file(p, head=spec["groups"] * 64)
+
+
+# -- corrupted bytes never escape as anything but LazyWeightsError ----------------------
+
+
+@functools.cache
+def _fuzz_base(libver: str) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "f.h5"
+        with h5py.File(p, "w", libver=libver) as f:
+            f.attrs["name"] = "vlen"
+            f.attrs["names"] = np.array([b"a", b"bb"])
+            for i in range(10):
+                g = f.create_group(f"g{i}")
+                g.attrs["i"] = i
+                g.create_dataset("c", data=np.arange(40.0).reshape(8, 5), chunks=(2, 5), maxshape=(None, 5))
+                g.create_dataset("d", data=np.arange(6))
+            for i in range(10):
+                f["g0"].attrs[f"a{i}"] = np.arange(3)
+            f.create_dataset("bt", data=np.arange(40.0).reshape(8, 5), chunks=(2, 5), maxshape=(None, None))
+        return p.read_bytes()
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None)
+@given(
+    libver=st.sampled_from(["earliest", "latest"]),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_corrupted_bytes(libver: str, edits: list[tuple[float, int]]) -> None:
+    data = bytearray(_fuzz_base(libver))
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    t0 = time.monotonic()
+    try:
+        w = walk_bytes(bytes(data))
+        for d in w.visit_datasets():
+            dict(d.attrs)  # an undecodable attribute raises UnsupportedError, a LazyWeightsError
+    except LazyWeightsError:
+        pass
+    assert time.monotonic() - t0 < 2
+
+
+def test_deep_nesting_and_limits(tmp_path: Path) -> None:
+    p = tmp_path / "deep.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("/".join(f"l{i}" for i in range(60)))
+    w = check_file(p)
+    assert w["/".join(f"l{i}" for i in range(60))].name.count("/") == 60
+    data = p.read_bytes()
+    with pytest.raises(FormatError, match="deeper"):
+        walk(lambda r: [data[o : o + n] for o, n in r], len(data), limits=Limits(max_depth=10))
