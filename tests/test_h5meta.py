@@ -223,6 +223,7 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
     assert w.get("dangling") is None
     with pytest.raises(UnsafeCheckpointError):
         w["ext"]
+    assert "ext" in w and "dangling" not in w and "g/h/i" in w and "soft/i" in w
     assert w["/g"]["h"]["i"].attrs["deep"] == 1
     assert w["bf16"].dtype == np.dtype("V2")
     assert w["uses_committed"].dtype == np.dtype(">i2")
@@ -232,6 +233,22 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
             "single", "farray", "earray", "btree2"}
     else:
         assert w["farray"].chunk_index == "btree1"
+
+
+def test_embedded_at_base_offset(tmp_path: Path) -> None:
+    """An HDF5 file inside a larger object (e.g. a zip member) at offset ``base``."""
+    p = tmp_path / "inner.h5"
+    with h5py.File(p, "w", userblock_size=512) as f:
+        f["x"] = np.arange(10, dtype="f4")
+        f.create_dataset("c", data=np.arange(20.0), chunks=(5,))
+        offset = f["x"].id.get_offset()
+    data = b"\x00" * 1000 + p.read_bytes() + b"trailer"
+    w = walk_bytes(data, head=4096, base=1000)
+    assert w.base_address == 1512
+    assert w["x"].contiguous == (1000 + offset, 40)
+    assert data[w["x"].contiguous[0] : w["x"].contiguous[0] + 40] == np.arange(10, dtype="f4").tobytes()
+    for offs, addr, size, _ in w["c"].chunk_table:
+        assert data[addr : addr + size] == np.arange(offs[0], offs[0] + 5, dtype="f8").tobytes()
 
 
 def test_implicit_index(tmp_path: Path) -> None:

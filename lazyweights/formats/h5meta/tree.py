@@ -159,10 +159,13 @@ class Group(Node, Mapping):
         return len(self.links)
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` resolves (an external link counts as present; it is never opened)."""
         try:
             self[name]  # type: ignore[index]
         except KeyError:
             return False
+        except UnsafeCheckpointError:
+            return True
         return True
 
     def __getitem__(self, path: str) -> Node:
