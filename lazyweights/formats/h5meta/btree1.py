@@ -25,11 +25,14 @@ class SymbolEntry:
     scratch: bytes
 
 
+GROUP_NODE_SPECULATIVE = 4096  # bytes read at a group B-tree node: its SNODs often follow it
+
+
 def _node_size(ctx: Ctx, k: int, key_size: int) -> int:
     return 8 + 2 * ctx.so + (2 * k + 1) * key_size + 2 * k * ctx.so
 
 
-def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str) -> Task:
+def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str, want: int = 0) -> Task:
     """Breadth-first over the tree; return [(key_bytes_left, child_address, key_bytes_right)] of leaves."""
     level_nodes = [root]
     seen: set[int] = set()
@@ -38,7 +41,7 @@ def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str) -> 
     for _ in range(ctx.limits.max_btree_depth):
         if not level_nodes:
             return leaves
-        size = _node_size(ctx, k, key_size)
+        size = max(_node_size(ctx, k, key_size), want)
         ranges = []
         for a in level_nodes:
             if a in seen:
@@ -86,7 +89,7 @@ def _node(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str)
 def btree1_group_entries(ctx: Ctx, root: int) -> Task:
     """All symbol table entries of an old-style group whose B-tree is at ``root``."""
     what = f"group B-tree at 0x{root:x}"
-    leaves = yield from _walk(ctx, root, 0, ctx.sl, ctx.group_internal_k, what)
+    leaves = yield from _walk(ctx, root, 0, ctx.sl, ctx.group_internal_k, what, GROUP_NODE_SPECULATIVE)
     snods = [child for _, child, _ in leaves]
     esize = 2 * ctx.so + 24
     size = 8 + 2 * ctx.group_leaf_k * esize
