@@ -425,6 +425,21 @@ def test_cycle(tmp_path: Path) -> None:
         walk_path(p)
 
 
+def test_hard_link_dag_is_bounded(tmp_path: Path) -> None:
+    """Each level links twice to the next: 2**40 paths, refused quickly instead of walked."""
+    p = tmp_path / "dag.h5"
+    with h5py.File(p, "w") as f:
+        prev = f.create_group("l40")
+        for i in range(39, -1, -1):
+            g = f.create_group(f"l{i}")
+            g["a"], g["b"] = prev, prev
+            prev = g
+    t0 = time.monotonic()
+    with pytest.raises(FormatError, match="paths"):
+        walk_path(p)
+    assert time.monotonic() - t0 < 10
+
+
 def test_huge_declared_size(tmp_path: Path) -> None:
     p = tmp_path / "huge.h5"
     with h5py.File(p, "w") as f:

@@ -87,6 +87,7 @@ class Limits:
     max_heap_bytes: int = 1 << 30  # one local heap / global heap collection
     max_header_chunks: int = 4096  # object-header continuation blocks
     max_chunks: int = 50_000_000  # chunk-table entries of one dataset
+    max_paths_per_object: int = 256  # hard links reaching one object (bounds DAG blow-up)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Ctx:
     chunk_k: int = 32
     limits: Limits = field(default_factory=Limits)
     objects: int = 0
+    visits: dict[int, int] = field(default_factory=dict)
     gcol_cache: dict[int, dict[int, bytes]] = field(default_factory=dict)
 
     @property
@@ -129,11 +131,14 @@ class Ctx:
             raise FormatError(f"{what}: undefined address")
         return self.check_abs(self.base + rel, length, what)
 
-    def count_object(self, what: str) -> None:
+    def count_object(self, rel: int, what: str) -> None:
         """Count one visited object; refuse a walk that explodes (e.g. a DAG of hard links)."""
         self.objects += 1
         if self.objects > self.limits.max_objects:
             raise FormatError(f"{what}: more than {self.limits.max_objects} objects")
+        n = self.visits[rel] = self.visits.get(rel, 0) + 1
+        if n > self.limits.max_paths_per_object:
+            raise FormatError(f"object header at 0x{rel:x}: reached through more than {n - 1} paths ({what})")
 
 
 class Cursor:

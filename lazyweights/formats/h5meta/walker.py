@@ -252,7 +252,7 @@ def _object(
     ``hint`` is the (B-tree, local heap) pair cached in the parent's symbol table entry: the
     group's links are then read in the same level as its header, and used if the header agrees.
     """
-    ctx.count_object(path)
+    ctx.count_object(rel, path)
     if len(ancestors) > ctx.limits.max_depth:
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
     pre = None
