@@ -346,6 +346,20 @@ def test_unsupported_dataset_does_not_fail_file(tmp_path: Path) -> None:
         assert w["cplx"].dtype == f["cplx"].dtype or w["cplx"].unsupported
 
 
+def test_undefined_fill_value_marks_only_that_dataset(tmp_path: Path) -> None:
+    p = tmp_path / "fill.h5"
+    with h5py.File(p, "w") as f:
+        f["a"] = np.arange(3.0)
+        f["b"] = np.arange(3.0)
+    data = bytearray(p.read_bytes())
+    pos = data.find(bytes.fromhex("0500080001000000" "02020201"))  # fill value message v2, "defined"
+    assert pos > 0
+    data[pos + 11] = 0  # H5D_FILL_VALUE_UNDEFINED
+    w = walk_bytes(bytes(data))
+    marked = {n for n in ("a", "b") if w[n].unsupported}
+    assert len(marked) == 1 and "undefined fill value" in w[marked.pop()].unsupported
+
+
 # -- fetch cost ----------------------------------------------------------------------
 
 

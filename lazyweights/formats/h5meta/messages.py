@@ -265,11 +265,11 @@ def parse_fill_new(data: bytes, what: str) -> FillValue:
     version = c.u8()
     if version in (1, 2):
         c.skip(2)
-        defined = c.u8()
+        defined = c.u8()  # 0: H5D_FILL_VALUE_UNDEFINED; default and user-defined values both set it
         if version == 1 or defined:
             n = c.u32()
-            return FillValue(c.bytes(n) if n else None)
-        return FillValue(None, undefined=False)
+            return FillValue(c.bytes(n) if n else None, undefined=not defined)
+        return FillValue(None, undefined=True)
     if version == 3:
         flags = c.u8()
         if flags & 0x10:
