@@ -62,26 +62,11 @@ class _Cache:
             self.add(0, head)
 
     def add(self, start: int, data: bytes) -> None:
-        """Insert a block, merging it with the blocks it overlaps or touches."""
-        end = start + len(data)
-        i = bisect.bisect_left(self.starts, start)
-        if i > 0 and self.starts[i - 1] + len(self.blocks[i - 1]) >= start:
-            i -= 1
-        j = i
-        while j < len(self.starts) and self.starts[j] <= end:
-            j += 1
-        if i == j:
-            self.starts.insert(i, start)
-            self.blocks.insert(i, data)
-            return
-        lo = min(start, self.starts[i])
-        hi = max(end, self.starts[j - 1] + len(self.blocks[j - 1]))
-        buf = bytearray(hi - lo)
-        for s, b in zip(self.starts[i:j], self.blocks[i:j], strict=False):
-            buf[s - lo : s - lo + len(b)] = b
-        buf[start - lo : end - lo] = data
-        self.starts[i:j] = [lo]
-        self.blocks[i:j] = [bytes(buf)]
+        """Insert the parts of a block not already held (blocks stay disjoint; nothing is re-copied)."""
+        for off, n in self.uncovered(start, len(data)):
+            i = bisect.bisect_left(self.starts, off)
+            self.starts.insert(i, off)
+            self.blocks.insert(i, data[off - start : off - start + n])
 
     def uncovered(self, off: int, n: int) -> list[tuple[int, int]]:
         """The parts of ``[off, off + n)`` no block holds."""
@@ -101,14 +86,22 @@ class _Cache:
         return out
 
     def get(self, off: int, n: int) -> bytes | None:
-        """The bytes of ``[off, off + n)`` if one block holds them all."""
+        """The bytes of ``[off, off + n)`` if held (in one block or adjacent ones), else None."""
         i = bisect.bisect_right(self.starts, off) - 1
         if i < 0:
             return None
         start, data = self.starts[i], self.blocks[i]
         if off + n <= start + len(data):
             return data[off - start : off - start + n]
-        return None
+        if off >= start + len(data):
+            return None
+        parts, pos = [data[off - start :]], start + len(data)
+        for j in range(i + 1, len(self.starts)):  # a range spanning adjacent blocks
+            if pos >= off + n or self.starts[j] != pos:
+                break
+            parts.append(self.blocks[j][: off + n - pos])
+            pos += len(parts[-1])
+        return b"".join(parts) if pos >= off + n else None
 
 
 class _Task:
