@@ -39,11 +39,18 @@ EXAMPLES = int(os.environ.get("H5META_EXAMPLES", "40"))  # raise locally for a l
 
 
 def walk_bytes(data: bytes, head: int = 0, base: int = 0) -> H5File:
-    """Walk ``data`` through an in-memory fetch_many that checks every range."""
+    """Walk ``data`` through an in-memory fetch_many that checks every range.
+
+    Ranges must lie in the file, and no byte may be fetched twice (nor one that ``head`` held).
+    """
+    fetched = np.zeros(len(data), dtype=bool)
+    fetched[:head] = True
 
     def fetch_many(ranges: list[tuple[int, int]]) -> list[bytes]:
         for off, n in ranges:
             assert off >= 0 and n > 0 and off + n <= len(data), (off, n)
+            assert not fetched[off : off + n].any(), ("fetched twice", off, n)
+            fetched[off : off + n] = True
         return [data[off : off + n] for off, n in ranges]
 
     return walk(fetch_many, len(data), head=data[:head], base=base)

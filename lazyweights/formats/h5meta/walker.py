@@ -114,11 +114,18 @@ class _Task:
         self.errors: list[BaseException] = []
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _unheld(cache: _Cache, start: int, end: int) -> bool:
+    return cache.uncovered(start, end - start) == [(start, end - start)]
+
+
+def _merge(ranges: list[tuple[int, int]], cache: _Cache) -> list[tuple[int, int]]:
+    """Sort and merge ranges; bridge gaps up to MERGE_GAP bytes unless the gap is already held."""
     out: list[list[int]] = []
     for off, n in sorted(set(ranges)):
-        if out and off <= out[-1][1] + MERGE_GAP:
+        if out and off <= out[-1][1]:
             out[-1][1] = max(out[-1][1], off + n)
+        elif out and off - out[-1][1] <= MERGE_GAP and _unheld(cache, out[-1][1], off):
+            out[-1][1] = off + n
         else:
             out.append([off, off + n])
     return [(a, b - a) for a, b in out]
@@ -183,7 +190,7 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats) -> Any
 
 def _fetch_level(waiting, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
     missing = [r for _, req in waiting for o, n in req if n for r in cache.uncovered(o, n)]
-    merged = _merge(missing)
+    merged = _merge(missing, cache)
     datas = fetch_many(merged)
     if len(datas) != len(merged):
         raise StorageError(f"fetch_many returned {len(datas)} blocks for {len(merged)} ranges")
