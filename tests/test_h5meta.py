@@ -45,15 +45,20 @@ def walk_bytes(data: bytes, head: int = 0, base: int = 0) -> H5File:
     """
     fetched = np.zeros(len(data), dtype=bool)
     fetched[:head] = True
+    calls = []
 
     def fetch_many(ranges: list[tuple[int, int]]) -> list[bytes]:
+        calls.append(ranges)
         for off, n in ranges:
             assert off >= 0 and n > 0 and off + n <= len(data), (off, n)
             assert not fetched[off : off + n].any(), ("fetched twice", off, n)
             fetched[off : off + n] = True
         return [data[off : off + n] for off, n in ranges]
 
-    return walk(fetch_many, len(data), head=data[:head], base=base)
+    w = walk(fetch_many, len(data), head=data[:head], base=base)
+    assert w.stats.calls == len(calls) and w.stats.per_call == [len(r) for r in calls]
+    assert w.stats.bytes == sum(n for r in calls for _, n in r)
+    return w
 
 
 def walk_path(path: Path, head: int = 0) -> H5File:
