@@ -350,7 +350,11 @@ def test_unsupported_dataset_does_not_fail_file(tmp_path: Path) -> None:
         h5py.h5d.create(f.id, b"bitfield", h5py.h5t.STD_B8LE, space)
         f.create_dataset("ext", (10,), dtype="f4", external=[(str(tmp_path / "raw.bin"), 0, 40)])
         f["cplx"] = np.arange(3, dtype="c8")
+        layout = h5py.VirtualLayout(shape=(3,), dtype="i8")
+        layout[:] = h5py.VirtualSource(f["ok"])
+        f.create_virtual_dataset("vds", layout)
     w = walk_path(p)
+    assert w["vds"].layout == "virtual" and "virtual" in w["vds"].unsupported
     assert w["ok"].unsupported is None
     assert "bitfield" in w["bitfield"].unsupported
     assert w["ext"].external and "external" in w["ext"].unsupported
@@ -519,7 +523,7 @@ ATTR_VALUES = st.one_of(
 @st.composite
 def file_specs(draw):
     return {
-        "libver": draw(st.sampled_from(["earliest", "latest"])),
+        "libver": draw(st.sampled_from(["earliest", "latest", "v108", "v110"])),
         "userblock": draw(st.sampled_from([0, 512])),
         "track_order": draw(st.booleans()),
         "groups": draw(st.integers(0, 14)),
