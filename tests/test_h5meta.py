@@ -220,6 +220,12 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
         f.attrs["empty"] = h5py.Empty("f4")
         f.attrs["bool"] = np.bool_(True)
         f.attrs["nan"] = np.float64("nan")
+        compound = np.dtype([("a", "<i4"), ("b", ">f8"), ("c", "S3")])
+        f.attrs["compound"] = np.zeros(2, compound)
+        f.attrs["enum"] = np.array([1, 2], dtype=h5py.enum_dtype({"R": 1, "G": 2}, basetype="i1"))
+        f.attrs["subarray"] = np.zeros((), dtype=np.dtype(("<f4", (2, 3))))
+        f["compound_ds"] = np.zeros(3, compound)
+        f["complex_ds"] = np.arange(3, dtype=">c16")
         g = f.create_group("g/h/i")
         g.attrs["deep"] = 1
         f["committed_type"] = np.dtype(">i2")

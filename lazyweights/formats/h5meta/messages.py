@@ -120,6 +120,8 @@ def parse_datatype(c: Cursor) -> Datatype:
         raise FormatError(f"{c.what}: datatype version {version}")
     if size > 1 << 30:
         raise FormatError(f"{c.what}: datatype size {size} is implausible")
+    if size == 0:
+        return Datatype(None, 0, unsupported="zero-size datatype")
     if cls == 0:
         return _fixed(c, bits, size)
     if cls == 1:
@@ -202,6 +204,8 @@ def _array(c: Cursor, size: int, version: int) -> Datatype:
     base = parse_datatype(c)
     if base.unsupported or base.dtype is None or base.vlen_str:
         return Datatype(None, size, unsupported=f"array of {base.unsupported or 'vlen'}")
+    if int(np.prod(dims, dtype=object)) * base.size != size:
+        raise FormatError(f"{c.what}: array datatype of {dims} x {base.size} bytes declares size {size}")
     return Datatype(np.dtype((base.dtype, dims)), size)
 
 
@@ -232,7 +236,10 @@ def _compound(c: Cursor, bits: int, size: int, version: int) -> Datatype:
         return Datatype(None, size, unsupported=bad)
     if _is_complex(names, formats, offsets, size):  # h5py's convention: compound {r, i} of one float
         return Datatype(np.dtype(f"{formats[0].byteorder.replace('=', '<')}c{size}"), size)
-    return Datatype(np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size}), size)
+    try:
+        return Datatype(np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size}), size)
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"{c.what}: compound datatype does not fit its size ({e})") from e
 
 
 def _is_complex(names: list[str], formats: list, offsets: list[int], size: int) -> bool:
