@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import FormatError
-from ._base import Ctx, Cursor, Task, limit_enc_size, read_many
+from ._base import Ctx, Cursor, Task, limit_enc_size, read_many, spec_read
 
 __all__ = ["btree2_records"]
 
 _PREFIX = 10  # signature, version, type, checksum
+HEADER_SPECULATIVE = 64  # bytes read at a header (a root node allocated next to it then comes along)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def btree2_records(ctx: Ctx, rel: int, want_type: int | tuple[int, ...] | None =
     """All records of the v2 B-tree whose header is at ``rel``: (tree type, [record bytes])."""
     what = f"v2 B-tree at 0x{rel:x}"
     hsize = 16 + ctx.so + 2 + ctx.sl + 4
-    data = (yield from read_many([(ctx.addr(rel, hsize, what), hsize)]))[0]
+    data = yield from spec_read(ctx, ctx.addr(rel, hsize, what), hsize, HEADER_SPECULATIVE, what)
     h = _header(ctx, rel, data, what)
     if want_type is not None and h.type not in (want_type if isinstance(want_type, tuple) else (want_type,)):
         raise FormatError(f"{what}: type {h.type}, expected {want_type}")

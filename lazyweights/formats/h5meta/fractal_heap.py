@@ -19,6 +19,8 @@ from .btree2 import btree2_records
 
 __all__ = ["FractalHeap", "heap_objects", "read_fractal_heap"]
 
+HEADER_SPECULATIVE = 256  # bytes read at a heap header (its fixed part is ~150 bytes)
+
 
 @dataclass
 class FractalHeap:
@@ -99,7 +101,7 @@ def read_fractal_heap(ctx: Ctx, rel: int) -> Task:
     """Load the fractal heap at ``rel``: header, all direct blocks, and the huge-object index."""
     what = f"fractal heap at 0x{rel:x}"
     start = ctx.addr(rel, 32, what)
-    data = yield from spec_read(ctx, start, 32, 256, what)
+    data = yield from spec_read(ctx, start, 32, HEADER_SPECULATIVE, what)
     h = _parse_header(ctx, rel, data)
     jobs = [_load_blocks(ctx, h)]
     if not ctx.is_undef(h.huge_btree):
