@@ -242,6 +242,7 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
     with pytest.raises(UnsafeCheckpointError):
         w["ext"]
     assert "ext" in w and "dangling" not in w and "g/h/i" in w and "soft/i" in w
+    assert w.get("soft", getclass=True, getlink=True) is SoftLink and w.get("le", getclass=True) is Dataset
     assert w["/g"]["h"]["i"].attrs["deep"] == 1
     assert w["bf16"].dtype == np.dtype("V2")
     assert w["uses_committed"].dtype == np.dtype(">i2")

@@ -13,7 +13,6 @@ longest chain of dependent reads, not the number of objects.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,14 +225,6 @@ class Cursor:
     def remaining(self) -> int:
         """Bytes left after the position."""
         return len(self.buf) - self.pos
-
-
-def unpack(fmt: str, buf: bytes, pos: int, what: str) -> tuple:
-    """``struct.unpack_from`` that raises FormatError on short input."""
-    try:
-        return struct.unpack_from(fmt, buf, pos)
-    except struct.error as e:
-        raise FormatError(f"{what}: structure runs past its end") from e
 
 
 def log2_floor(n: int) -> int:

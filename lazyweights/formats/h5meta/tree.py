@@ -173,13 +173,14 @@ class Group(Node, Mapping):
         assert node is not None
         return node
 
-    def get(self, name: str, default: Any = None, getlink: bool = False) -> Any:  # type: ignore[override]
-        """The node at ``name`` or ``default``; with ``getlink=True`` the link object instead."""
+    def get(self, name: str, default: Any = None, getclass: bool = False, getlink: bool = False) -> Any:  # type: ignore[override]
+        """As h5py: the node at ``name`` or ``default``; ``getlink`` gives the link object, ``getclass`` its class."""
         try:
             node, link = self._resolve(name, follow_last=not getlink)
         except KeyError:
             return default
-        return link if getlink else node
+        out = link if getlink else node
+        return type(out) if getclass else out
 
     def _root(self) -> Group:
         return self.file if self.file is not None else self
