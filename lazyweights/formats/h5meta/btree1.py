@@ -91,7 +91,7 @@ def btree1_group_entries(ctx: Ctx, root: int) -> Task:
     what = f"group B-tree at 0x{root:x}"
     leaves = yield from _walk(ctx, root, 0, ctx.sl, ctx.group_internal_k, what, GROUP_NODE_SPECULATIVE)
     snods = [child for _, child, _ in leaves]
-    esize = 2 * ctx.so + 24
+    esize = ctx.sl + ctx.so + 24  # name offset (a length), header address, cache type, reserved, scratch
     size = 8 + 2 * ctx.group_leaf_k * esize
     ranges = []
     for a in snods:
@@ -109,7 +109,7 @@ def btree1_group_entries(ctx: Ctx, root: int) -> Task:
             data = (yield from read_many([(ctx.addr(a, 8 + n * esize, nw), 8 + n * esize)]))[0]
             c = Cursor(data, ctx, nw, 8)
         for _ in range(n):
-            name_off, addr, ctype = c.offset(), c.offset(), c.u32()
+            name_off, addr, ctype = c.length(), c.offset(), c.u32()
             c.skip(4)
             out.append(SymbolEntry(name_off, addr, ctype, c.bytes(16)))
         if len(out) > ctx.limits.max_links:

@@ -25,6 +25,7 @@ def _parse_collection(ctx: Ctx, data: bytes, rel: int) -> dict[int, bytes]:
     size = c.length()
     objs: dict[int, bytes] = {}
     hdr = 8 + ctx.sl
+    c.align(8)  # the collection header is padded to a multiple of 8
     while c.pos + hdr <= min(size, len(data)):
         idx, _refs = c.u16(), c.u16()
         c.skip(4)
@@ -33,8 +34,9 @@ def _parse_collection(ctx: Ctx, data: bytes, rel: int) -> dict[int, bytes]:
             break
         if n > size:
             raise FormatError(f"{what}: object {idx} of {n} bytes exceeds the collection")
+        c.align(8)  # so is each object's header
         objs[idx] = c.bytes(n)
-        c.align(8)
+        c.skip(min((-n) % 8, c.remaining))  # object data is padded to a multiple of 8
     return objs
 
 

@@ -92,7 +92,7 @@ def _parse_v01(ctx: Ctx, data: bytes, at: int, version: int) -> Superblock:
         ctx.chunk_k = c.u16() or 32
         c.skip(2)
     base, _free, eof, _drv = c.offset(), c.offset(), c.offset(), c.offset()
-    _name_off, root = c.offset(), c.offset()
+    _name_off, root = c.length(), c.offset()
     cache_type = c.u32()
     c.skip(4)
     scratch = c.bytes(16)
