@@ -386,11 +386,14 @@ def test_unsupported_dataset_does_not_fail_file(tmp_path: Path) -> None:
         h5py.h5d.create(f.id, b"bitfield", h5py.h5t.STD_B8LE, space)
         f.create_dataset("ext", (10,), dtype="f4", external=[(str(tmp_path / "raw.bin"), 0, 40)])
         f["cplx"] = np.arange(3, dtype="c8")
+        f["quad"] = np.arange(3, dtype=np.longdouble)  # x87 extended precision where numpy has it
         layout = h5py.VirtualLayout(shape=(3,), dtype="i8")
         layout[:] = h5py.VirtualSource(f["ok"])
         f.create_virtual_dataset("vds", layout)
     w = walk_path(p)
     assert w["vds"].layout == "virtual" and "virtual" in w["vds"].unsupported
+    if np.dtype(np.longdouble).itemsize > 8:
+        assert "float" in w["quad"].unsupported
     assert w["ok"].unsupported is None
     assert "bitfield" in w["bitfield"].unsupported
     assert w["ext"].external and "external" in w["ext"].unsupported
