@@ -59,5 +59,6 @@ def read_collections(ctx: Ctx, addrs: set[int]) -> Task:
     if todo:
         datas = yield from gather(_collection(ctx, a) for a in todo)
         for a, d in zip(todo, datas, strict=False):
-            ctx.gcol_cache[a] = _parse_collection(ctx, d, a)
+            if a not in ctx.gcol_cache:  # a sibling in the same level may have parsed it meanwhile
+                ctx.gcol_cache[a] = _parse_collection(ctx, d, a)
     return {a: ctx.gcol_cache[a] for a in addrs}
