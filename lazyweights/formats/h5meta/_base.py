@@ -1,0 +1,237 @@
+"""Primitives shared by every structure parser: a bounds-checked byte cursor,
+the parse context (address sizes, base offset, file size, limits) and the
+request objects a parser yields to the level-by-level scheduler.
+
+Parsers are generators.  A parser that needs bytes yields a list of
+``(offset, length)`` ranges (absolute offsets in the fetched object) and is
+resumed with the list of byte strings; a parser that wants to run several
+sub-parsers concurrently yields :class:`Par` and is resumed with their results.
+The scheduler (:mod:`.walker`) batches every range wanted by every suspended
+parser into one ``fetch_many`` call, so the number of round trips equals the
+longest chain of dependent reads, not the number of objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import FormatError, TruncatedFileError
+
+__all__ = [
+    "Ctx",
+    "Cursor",
+    "Limits",
+    "Par",
+    "Task",
+    "gather",
+    "read",
+    "read_many",
+    "spec_read",
+]
+
+Task = Generator[Any, Any, Any]
+
+
+class Par:
+    """Yielded by a parser: run these sub-parsers concurrently, resume with their results in order."""
+
+    __slots__ = ("gens",)
+
+    def __init__(self, gens: Iterable[Task]):
+        self.gens = list(gens)
+
+
+def read_many(ranges: list[tuple[int, int]]) -> Task:
+    """Fetch ``ranges`` (absolute offset, length) in the current level; return their bytes."""
+    if not ranges:
+        return []
+    return (yield list(ranges))
+
+
+def read(offset: int, length: int) -> Task:
+    """Fetch one range in the current level."""
+    return (yield [(offset, length)])[0]
+
+
+def spec_read(ctx: Ctx, offset: int, need: int, want: int, what: str) -> Task:
+    """Fetch at least ``need`` bytes at ``offset``, up to ``want`` when the file is long enough.
+
+    Speculative over-reads let a structure whose length is only known from its
+    own prefix (object headers, heaps) arrive in one round trip.
+    """
+    ctx.check_abs(offset, need, what)
+    n = min(max(need, want), ctx.size - offset)
+    return (yield [(offset, n)])[0]
+
+
+def gather(gens: Iterable[Task]) -> Task:
+    """Run sub-parsers concurrently; return their results."""
+    gens = list(gens)
+    if not gens:
+        return []
+    return (yield Par(gens))
+
+
+@dataclass
+class Limits:
+    """Bounds that keep a hostile file from making the walk hang or allocate without end."""
+
+    max_depth: int = 128  # group nesting
+    max_objects: int = 2_000_000  # objects visited (paths, not addresses)
+    max_links: int = 1_000_000  # links in one group
+    max_attr_bytes: int = 256 << 20  # one attribute's value
+    max_btree_depth: int = 64
+    max_heap_bytes: int = 1 << 30  # one local heap / global heap collection
+    max_header_chunks: int = 4096  # object-header continuation blocks
+    max_chunks: int = 50_000_000  # chunk-table entries of one dataset
+    max_paths_per_object: int = 256  # hard links reaching one object (bounds DAG blow-up)
+
+
+@dataclass
+class Ctx:
+    """What every parser needs: sizes of addresses/lengths and the file's geometry."""
+
+    size: int  # bytes in the fetched object
+    base: int = 0  # absolute offset of HDF5 relative address 0
+    so: int = 8  # size of offsets
+    sl: int = 8  # size of lengths
+    group_leaf_k: int = 4
+    group_internal_k: int = 16
+    chunk_k: int = 32
+    limits: Limits = field(default_factory=Limits)
+    objects: int = 0
+    visits: dict[int, int] = field(default_factory=dict)
+    gcol_cache: dict[int, dict[int, bytes]] = field(default_factory=dict)
+
+    @property
+    def undef(self) -> int:
+        """The all-ones "undefined address" of this file."""
+        return (1 << (8 * self.so)) - 1
+
+    def is_undef(self, rel: int) -> bool:
+        """Whether a relative address is the undefined address."""
+        return rel == self.undef
+
+    def check_abs(self, offset: int, length: int, what: str) -> int:
+        """Validate an absolute range against the file size."""
+        if length < 0 or offset < 0:
+            raise FormatError(f"{what}: negative offset or length")
+        if offset + length > self.size:
+            raise TruncatedFileError(
+                f"{what}: range 0x{offset:x}+{length} beyond end of file (size {self.size})"
+            )
+        return offset
+
+    def addr(self, rel: int, length: int, what: str) -> int:
+        """Absolute offset of relative address ``rel``, checked so ``length`` bytes fit in the file."""
+        if self.is_undef(rel):
+            raise FormatError(f"{what}: undefined address")
+        return self.check_abs(self.base + rel, length, what)
+
+    def count_object(self, rel: int, what: str) -> None:
+        """Count one visited object; refuse a walk that explodes (e.g. a DAG of hard links)."""
+        self.objects += 1
+        if self.objects > self.limits.max_objects:
+            raise FormatError(f"{what}: more than {self.limits.max_objects} objects")
+        n = self.visits[rel] = self.visits.get(rel, 0) + 1
+        if n > self.limits.max_paths_per_object:
+            raise FormatError(f"object header at 0x{rel:x}: reached through more than {n - 1} paths ({what})")
+
+
+class Cursor:
+    """Little-endian reader over a byte string that raises FormatError instead of IndexError."""
+
+    __slots__ = ("buf", "ctx", "pos", "what")
+
+    def __init__(self, buf: bytes, ctx: Ctx | None, what: str, pos: int = 0):
+        self.buf = buf
+        self.ctx = ctx
+        self.what = what
+        self.pos = pos
+
+    def need(self, n: int) -> None:
+        """Fail unless ``n`` more bytes are available."""
+        if n < 0 or self.pos + n > len(self.buf):
+            raise FormatError(f"{self.what}: structure runs past its end (offset {self.pos}+{n} of {len(self.buf)})")
+
+    def bytes(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
+        self.need(n)
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return bytes(out)
+
+    def skip(self, n: int) -> None:
+        """Skip ``n`` bytes."""
+        self.need(n)
+        self.pos += n
+
+    def uint(self, n: int) -> int:
+        """An unsigned little-endian integer of ``n`` bytes."""
+        return int.from_bytes(self.bytes(n), "little")
+
+    def u8(self) -> int:
+        """One unsigned byte."""
+        self.need(1)
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def u16(self) -> int:
+        """A 2-byte unsigned integer."""
+        return self.uint(2)
+
+    def u32(self) -> int:
+        """A 4-byte unsigned integer."""
+        return self.uint(4)
+
+    def u64(self) -> int:
+        """An 8-byte unsigned integer."""
+        return self.uint(8)
+
+    def offset(self) -> int:
+        """A relative file address (size of offsets)."""
+        assert self.ctx is not None
+        return self.uint(self.ctx.so)
+
+    def length(self) -> int:
+        """A length (size of lengths)."""
+        assert self.ctx is not None
+        return self.uint(self.ctx.sl)
+
+    def cstring(self, limit: int | None = None) -> bytes:
+        """A NUL-terminated string (the NUL is consumed)."""
+        end = self.buf.find(b"\0", self.pos, None if limit is None else self.pos + limit)
+        if end < 0:
+            raise FormatError(f"{self.what}: unterminated string")
+        out = bytes(self.buf[self.pos : end])
+        self.pos = end + 1
+        return out
+
+    def align(self, n: int, origin: int = 0) -> None:
+        """Advance to the next multiple of ``n`` counted from ``origin``."""
+        rem = (self.pos - origin) % n
+        if rem:
+            self.pos += n - rem
+
+    def signature(self, sig: bytes) -> None:
+        """Consume and check a 4-byte signature."""
+        got = self.bytes(len(sig))
+        if got != sig:
+            raise FormatError(f"{self.what}: bad signature {got!r}, expected {sig!r}")
+
+    @property
+    def remaining(self) -> int:
+        """Bytes left after the position."""
+        return len(self.buf) - self.pos
+
+
+def log2_floor(n: int) -> int:
+    """floor(log2(n)) for n >= 1 (0 for n <= 0)."""
+    return max(n.bit_length() - 1, 0)
+
+
+def limit_enc_size(n: int) -> int:
+    """Bytes HDF5 uses to encode values up to ``n`` (H5VM_limit_enc_size)."""
+    return log2_floor(n) // 8 + 1
