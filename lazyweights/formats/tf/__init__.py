@@ -1,0 +1,13 @@
+"""TensorFlow-format checkpoints (``model.save_weights("ckpt")`` in Keras 2, ``tf.train.Checkpoint``) without TensorFlow.
+
+One module per concept, all working over byte-fetch callbacks so the same code
+reads local files and object stores:
+
+* :mod:`.sstable` — the ``<prefix>.index`` LevelDB table (footer, blocks, CRCs);
+* :mod:`.bundle` — the index's entries (dtype, shape, shard, offset, size, CRC) and tensor decoding;
+* :mod:`.graph` — the ``_CHECKPOINTABLE_OBJECT_GRAPH``: attribute paths and optimizer slots;
+* :mod:`.crc` — masked / incremental / combinable CRC32C;
+* :mod:`.checkpoint_dir` — prefix, ``ckpt-N`` prefix or directory with a ``checkpoint`` pointer → prefix;
+* :mod:`.reader` — :class:`TFCheckpoint`, the pieces tied together over a file-access object;
+* :mod:`.protos` — the protobuf messages, built at runtime.
+"""
