@@ -1,4 +1,4 @@
-"""TensorFlow-format checkpoints (``model.save_weights("ckpt")`` in Keras 2, ``tf.train.Checkpoint``) without TensorFlow.
+"""TensorFlow-format checkpoints (Keras 2 ``save_weights("ckpt")``, ``tf.train.Checkpoint``) without TensorFlow.
 
 One module per concept, all working over byte-fetch callbacks so the same code
 reads local files and object stores:

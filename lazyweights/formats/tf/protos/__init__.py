@@ -58,7 +58,6 @@ BUNDLE_MESSAGES: dict[str, list[Field]] = {
     "TensorShapeProto": [("dim", 2, "TensorShapeProto.Dim", True), ("unknown_rank", 3, "bool", False)],
     "TensorShapeProto.Dim": [("size", 1, "int64", False), ("name", 2, "string", False)],
     "TensorSliceProto": [("extent", 1, "TensorSliceProto.Extent", True)],
-    # TensorFlow declares ``length`` inside ``oneof has_length``; the wire form is the same
     "TensorSliceProto.Extent": [("start", 1, "int64", False), ("length", 2, "int64", False)],
     "VersionDef": [("producer", 1, "int32", False), ("min_consumer", 2, "int32", False),
                    ("bad_consumers", 3, "int32", True)],
@@ -70,6 +69,8 @@ BUNDLE_MESSAGES: dict[str, list[Field]] = {
                          ("size", 5, "int64", False), ("crc32c", 6, "fixed32", False),
                          ("slices", 7, "TensorSliceProto", True)],
 }  # fmt: skip
+# message name -> {field name: oneof name}
+ONEOFS: dict[str, dict[str, str]] = {"TensorSliceProto.Extent": {"length": "has_length"}}
 BUNDLE_ENUMS: dict[str, dict[str, int]] = {
     "DataType": DATA_TYPES,
     "BundleHeaderProto.Endianness": {"LITTLE": 0, "BIG": 1},
@@ -117,6 +118,16 @@ def _container(fdp: descriptor_pb2.FileDescriptorProto, dotted: str, made: dict[
     return made[outer]
 
 
+def _add_oneofs(message: descriptor_pb2.DescriptorProto, oneofs: dict[str, str]) -> None:
+    names: list[str] = []
+    for field in message.field:
+        if field.name in oneofs:
+            if oneofs[field.name] not in names:
+                names.append(oneofs[field.name])
+                message.oneof_decl.add(name=oneofs[field.name])
+            field.oneof_index = names.index(oneofs[field.name])
+
+
 def _file(name: str, messages: dict[str, list[Field]], enums: dict[str, dict[str, int]]):
     fdp = descriptor_pb2.FileDescriptorProto(name=name, package=PACKAGE, syntax="proto3")
     made: dict[str, Any] = {}
@@ -126,6 +137,7 @@ def _file(name: str, messages: dict[str, list[Field]], enums: dict[str, dict[str
             short = dotted.rpartition(".")[2]
             made[dotted] = parent.message_type.add(name=short) if parent is fdp else parent.nested_type.add(name=short)
         made[dotted].field.extend(_field(*f) for f in messages[dotted])
+        _add_oneofs(made[dotted], ONEOFS.get(dotted, {}))
     for dotted, values in enums.items():
         parent = _container(fdp, dotted, made)
         short = dotted.rpartition(".")[2]
