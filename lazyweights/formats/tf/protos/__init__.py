@@ -2,7 +2,7 @@
 
 The ``.proto`` files beside this module document the subset of TensorFlow's
 ``tensor_bundle.proto``, ``tensor_shape.proto``, ``types.proto`` and
-``trackable_object_graph.proto`` that a checkpoint reader needs; field numbers
+``trackable_object_graph.proto`` and ``checkpoint_state.proto`` that a checkpoint reader needs; field numbers
 match TensorFlow's, so the bytes TensorFlow writes decode unchanged.
 
 Why runtime descriptors instead of committed ``_pb2.py`` files: generated code is
@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 __all__ = [
     "BundleEntryProto",
     "BundleHeaderProto",
+    "CheckpointState",
     "DataType",
     "TensorShapeProto",
     "TensorSliceProto",
@@ -38,6 +39,7 @@ _SCALARS = {
     "string": _F.TYPE_STRING,
     "bool": _F.TYPE_BOOL,
     "fixed32": _F.TYPE_FIXED32,
+    "double": _F.TYPE_DOUBLE,
 }
 
 #: TensorFlow's DataType enum values (types.proto), the subset checkpoints use.
@@ -89,6 +91,14 @@ GRAPH_MESSAGES: dict[str, list[Field]] = {
                                 ("checkpoint_key", 3, "string", False)],
     f"{_TO}.SlotVariableReference": [("original_variable_node_id", 1, "int32", False),
                                      ("slot_name", 2, "string", False), ("slot_variable_node_id", 3, "int32", False)],
+}  # fmt: skip
+
+
+STATE_MESSAGES: dict[str, list[Field]] = {
+    "CheckpointState": [("model_checkpoint_path", 1, "string", False),
+                        ("all_model_checkpoint_paths", 2, "string", True),
+                        ("all_model_checkpoint_timestamps", 3, "double", True),
+                        ("last_preserved_timestamp", 4, "double", False)],
 }  # fmt: skip
 
 
@@ -151,6 +161,7 @@ def file_descriptors() -> list[descriptor_pb2.FileDescriptorProto]:
     return [
         _file("lazyweights/tf/tensor_bundle.proto", BUNDLE_MESSAGES, BUNDLE_ENUMS),
         _file("lazyweights/tf/trackable_object_graph.proto", GRAPH_MESSAGES, {}),
+        _file("lazyweights/tf/checkpoint_state.proto", STATE_MESSAGES, {}),
     ]
 
 
@@ -158,7 +169,7 @@ def _message_classes() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
     for fdp in file_descriptors():
         pool.Add(fdp)
-    names = [n for n in (*BUNDLE_MESSAGES, *GRAPH_MESSAGES) if "." not in n]
+    names = [n for n in (*BUNDLE_MESSAGES, *GRAPH_MESSAGES, *STATE_MESSAGES) if "." not in n]
     return {n: _message_class(pool.FindMessageTypeByName(f"{PACKAGE}.{n}")) for n in names}
 
 
@@ -179,4 +190,5 @@ VersionDef = _CLASSES["VersionDef"]
 BundleHeaderProto = _CLASSES["BundleHeaderProto"]
 BundleEntryProto = _CLASSES["BundleEntryProto"]
 TrackableObjectGraph = _CLASSES["TrackableObjectGraph"]
+CheckpointState = _CLASSES["CheckpointState"]
 DataType = DATA_TYPES
