@@ -107,9 +107,11 @@ class TensorEntry:
 
     @property
     def dtype_name(self) -> str:
-        """The numpy name of the dtype (``"float32"``), or TensorFlow's (``"DT_STRING"``) where numpy has none."""
+        """The numpy name of the dtype (``"float32"``), or TensorFlow's (``"string"``) where numpy has none."""
         dtype = NUMPY_DTYPES.get(self.dtype_code)
-        return dtype.name if dtype is not None else DTYPE_NAMES.get(self.dtype_code, f"DT_<{self.dtype_code}>")
+        if dtype is not None:
+            return dtype.name
+        return DTYPE_NAMES.get(self.dtype_code, f"DT_<{self.dtype_code}>").removeprefix("DT_").lower()
 
     @property
     def dtype(self) -> np.dtype | None:

@@ -11,12 +11,13 @@ the index's at the end (for concurrent part reads, combine per-part CRCs with
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, MissingKeyError
+from ...errors import FormatError, MissingKeyError, UnsupportedError
 from .bundle import BundleIndex, TensorEntry, check_crc, decode_strings, decode_tensor, read_index
 from .checkpoint_dir import resolve_prefix
 from .crc import crc32c_extend
@@ -35,7 +36,7 @@ class TFCheckpoint:
         self.files = files
         self.prefix = prefix
         index_name = prefix + ".index"
-        size = self._size(index_name, "index")
+        self.index_size = size = self._size(index_name, "index")
         self.index: BundleIndex = read_index(partial(files.read, index_name), size, index_name, prefix)
         self.shard_sizes = {i: self._size(n, "data shard") for i, n in enumerate(self.index.shard_names())}
         self.index.check_shards(self.shard_sizes)
@@ -65,6 +66,15 @@ class TFCheckpoint:
     def keys(self) -> list[str]:
         """Every tensor key, in index order (strings and the object graph included)."""
         return list(self.index.entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index.entries)
+
+    def __len__(self) -> int:
+        return len(self.index.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index.entries
 
     def entry(self, key: str) -> TensorEntry:
         try:
@@ -102,6 +112,8 @@ class TFCheckpoint:
     def read(self, key: str, *, verify: bool = True, part_size: int = PART_SIZE) -> np.ndarray:
         """The tensor ``key`` as a numpy array, its CRC32C checked unless ``verify=False``."""
         entry = self.entry(key)
+        if entry.dtype is None:
+            raise UnsupportedError(f"{self.index.index_name}: tensor {key!r} is not an array: {entry.unsupported}")
         if entry.slices:
             return self._read_sliced(entry, verify=verify, part_size=part_size)
         data = self._bytes(entry, verify=verify, part_size=part_size)
@@ -109,8 +121,6 @@ class TFCheckpoint:
 
     def _read_sliced(self, entry: TensorEntry, *, verify: bool, part_size: int) -> np.ndarray:
         where = f"{self.index.index_name}: tensor {entry.key!r}"
-        if entry.dtype is None:
-            decode_tensor(entry, b"", self.index.header, where)  # raises UnsupportedError with the reason
         out = np.empty(entry.shape, dtype=entry.dtype)
         covered = 0
         for piece in entry.slices:
