@@ -188,12 +188,20 @@ def test_subclassed_paths_use_attribute_names():
     for layer in ("encoder/dense1", "encoder/dense2", "blocks/0", "blocks/1", "heads/alpha", "heads/beta"):
         assert {f"{layer}/kernel", f"{layer}/bias"} <= paths
     assert {"step", "flags", "half", "brain", "label"} <= paths
-    for key in ckpt:  # TensorFlow names a variable by its shortest path
-        if key != OBJECT_GRAPH_KEY:
-            assert graph.path(key) + "/.ATTRIBUTES/VARIABLE_VALUE" == key
     # the current tf-keras Adam lists m and v per trainable variable, not as slots
     assert graph.slots == []
     assert "optimizer/_momentums/0" in graph.key_paths["optimizer/_variables/1/.ATTRIBUTES/VARIABLE_VALUE"]
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_keys_are_shortest_paths(name):
+    """TensorFlow names each saved variable by its shortest object path (slots by TensorFlow's slot naming)."""
+    ckpt = TFCheckpoint.open(str(TF_FIXTURES / name))
+    graph = ckpt.object_graph()
+    for key in ckpt:
+        if key != OBJECT_GRAPH_KEY:
+            assert graph.path(key) + "/.ATTRIBUTES/VARIABLE_VALUE" == key
+    assert OBJECT_GRAPH_KEY not in graph.key_paths
 
 
 def test_functional_paths_include_aliases():
@@ -387,3 +395,17 @@ def test_pointer_to_absent_prefix(tmp_path):
     (root / "checkpoint").write_text('model_checkpoint_path: "ckpt-9"\n')
     with pytest.raises(FormatError, match=r"ckpt-9\.index does not exist"):
         TFCheckpoint.open(str(root))
+
+
+@pytest.mark.parametrize("name", ["functional_mobilenetv2", "sequential_adam", "subclassed"])
+def test_model_weights_are_the_non_optimizer_tensors(name):
+    """``model.json`` (for the later Keras 3 rebuild) lists exactly the model's tensors of the checkpoint."""
+    from lazyweights.formats.tf import TFCheckpoint as Exported
+
+    ckpt = Exported.open(str(TF_FIXTURES / name))
+    weights = json.loads((TF_FIXTURES / name / "model.json").read_text())["weights"]
+    graph = ckpt.object_graph()
+    model_keys = [k for k in ckpt if k != OBJECT_GRAPH_KEY and not graph.path(k).startswith("optimizer")]
+    model_keys = [k for k in model_keys if ".OPTIMIZER_SLOT" not in graph.path(k)]
+    assert sorted(tuple(w["shape"]) for w in weights) == sorted(ckpt.entry(k).shape for k in model_keys)
+    assert sorted(w["dtype"] for w in weights) == sorted(ckpt.entry(k).dtype_name for k in model_keys)

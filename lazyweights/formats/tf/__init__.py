@@ -11,3 +11,24 @@ reads local files and object stores:
 * :mod:`.reader` — :class:`TFCheckpoint`, the pieces tied together over a file-access object;
 * :mod:`.protos` — the protobuf messages, built at runtime.
 """
+
+from .bundle import BundleHeader, BundleIndex, TensorEntry, read_index
+from .checkpoint_dir import resolve_prefix
+from .files import CheckpointFiles, FsspecFiles, LocalFiles
+from .graph import ObjectGraph, SlotVariable, parse_object_graph
+from .reader import TFCheckpoint
+
+__all__ = [
+    "BundleHeader",
+    "BundleIndex",
+    "CheckpointFiles",
+    "FsspecFiles",
+    "LocalFiles",
+    "ObjectGraph",
+    "SlotVariable",
+    "TFCheckpoint",
+    "TensorEntry",
+    "parse_object_graph",
+    "read_index",
+    "resolve_prefix",
+]

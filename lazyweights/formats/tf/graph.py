@@ -11,7 +11,8 @@ From it this module derives, for every checkpoint key, the attribute paths
 that reach its owner from the root (``encoder/dense1/kernel``,
 ``layer_with_weights-0/kernel``, ``layers/0/...``; shortest first, which is the
 one TensorFlow used to form the key), and the slot variables with the keys of
-their original variables.  Every node id the graph mentions must exist.
+their original variables; a slot variable's path is TensorFlow's
+``<variable path>/.OPTIMIZER_SLOT/<optimizer path>/<slot name>``.  Every node id the graph mentions must exist.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def parse_object_graph(data: bytes, where: str) -> ObjectGraph:
     node_paths = _node_paths(proto)
     key_paths, key_nodes = _key_paths(proto, node_paths)
     slots = _slots(proto, node_paths, where)
+    _add_slot_paths(proto, slots, node_paths, key_paths, key_nodes)
     return ObjectGraph(proto, node_paths, key_paths, key_nodes, slots)
 
 
@@ -139,6 +141,21 @@ def _slots(proto, node_paths: dict[int, list[str]], where: str) -> list[SlotVari
                 )
             )
     return slots
+
+
+def _add_slot_paths(proto, slots, node_paths, key_paths, key_nodes) -> None:
+    """Slot variables are no object's children; name them as TensorFlow's keys do:
+    ``<variable path>/.OPTIMIZER_SLOT/<optimizer path>/<slot name>``."""
+    for slot in slots:
+        originals = node_paths.get(slot.original_node)
+        if not originals or slot.slot_node in node_paths:
+            continue
+        path = f"{originals[0]}/.OPTIMIZER_SLOT/{slot.optimizer_path}/{slot.slot_name}"
+        node_paths[slot.slot_node] = [path]
+        for attr in proto.nodes[slot.slot_node].attributes:
+            suffix = "" if attr.name == VARIABLE_VALUE else attr.name
+            key_paths.setdefault(attr.checkpoint_key, []).append(_join(path, suffix))
+            key_nodes.setdefault(attr.checkpoint_key, slot.slot_node)
 
 
 def _keys(proto, node_id: int) -> tuple[str, ...]:
