@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -131,3 +132,28 @@ def test_partial_reads(tmp_path, index) -> None:
     with lw.open(path) as ckpt:
         np.testing.assert_array_equal(ckpt["a"].read(index), values[index])
         np.testing.assert_array_equal(ckpt["a"].to_dask(chunks=(3, 6, 2))[index].compute(), values[index])
+
+
+def _write_fallback(path, value: int) -> None:
+    """A file whose one dataset needs the h5py fallback (scale-offset), written beside ``path`` and moved over it."""
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("so", data=np.full((20, 10), value, dtype="i4"), chunks=(5, 10), scaleoffset=0)
+    os.replace(tmp, path)
+
+
+def test_h5py_fallback_handle_is_the_checkpoints_own(tmp_path) -> None:
+    """A replaced file reads its new values through the fallback, and closing releases libhdf5's handle."""
+    path = tmp_path / "so.h5"
+    _write_fallback(path, 1)
+    with lw.open(path) as ckpt:
+        assert ckpt["so"].spec.layout == "h5py"
+        np.testing.assert_array_equal(ckpt["so"].read(), np.full((20, 10), 1, "i4"))
+    _write_fallback(path, 2)  # same path, new object
+    with lw.open(path) as ckpt:
+        np.testing.assert_array_equal(ckpt["so"].read(), np.full((20, 10), 2, "i4"))
+        np.testing.assert_array_equal(lw.load(ckpt)["so"], np.full((20, 10), 2, "i4"))
+    with h5py.File(path, "r") as f:  # default locking: no handle of ours is left open on the file
+        np.testing.assert_array_equal(f["so"][()], np.full((20, 10), 2, "i4"))
+    with h5py.File(path, "a") as f:  # a writer needs the file unlocked too
+        f["so"][0, 0] = 3
