@@ -233,7 +233,9 @@ def report(args: argparse.Namespace, url: str, target: Path) -> None:
     levels = args.concurrency.split(",")
     indexed = [f"lw-index-c{c}" for c in levels] if "lw-index" in only else []
     methods += [f"lw-c{c}" for c in levels] if "lw" in only else []
-    index = target.parent / (target.name + lw.index.INDEX_SUFFIX)
+    from lazyweights.formats.index import INDEX_SUFFIX
+
+    index = target.parent / (target.name + INDEX_SUFFIX)
     index.unlink(missing_ok=True)
     results: dict[str, dict[str, float]] = {}
     server = url.rsplit("/", 1)[0]
