@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export KERAS_BACKEND := torch
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench fuzz lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# the full fuzz run (10,000 mutated checkpoints against h5py); `make test` runs a seeded 120 of them
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --seed 1 --count 10000
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py

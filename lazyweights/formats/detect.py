@@ -14,6 +14,7 @@ import contextlib
 import json
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,11 +159,22 @@ def _parse_keras_zip(source: Source) -> Manifest:
     return _with_attrs(manifest, attrs)
 
 
+# config.json / metadata.json of a .keras archive: a real config is kilobytes to a few MiB; a member
+# declaring more is refused before it is inflated (a 0.4 MB archive can inflate to gigabytes)
+MAX_JSON_MEMBER_BYTES = 64 << 20
+
+
 def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
+    """A JSON member of the archive, size-checked before it is inflated; damage of any kind is a FormatError."""
+    declared = archive.getinfo(name).file_size
+    if declared > MAX_JSON_MEMBER_BYTES:
+        raise FormatError(f"{url}: {name} in the archive declares {declared} bytes; at most {MAX_JSON_MEMBER_BYTES}")
     try:
         return json.loads(archive.read(name))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{url}: {name} in the archive is not valid JSON: {exc}") from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # zipfile's own failures
+        raise FormatError(f"{url}: {name} in the archive cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
 def _with_attrs(manifest: Manifest, members: dict[str, Any]) -> Manifest:

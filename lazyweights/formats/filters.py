@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, LazyWeightsError, UnsupportedError
 from ..manifest import Filter
 
 __all__ = ["decode_chunk", "has_codecs"]
@@ -85,7 +85,12 @@ def decode_chunk(raw: bytes, filters: Sequence[Filter], mask: int, itemsize: int
         entry = _DECODERS.get(f.id)
         if entry is None:
             raise UnsupportedError(f"HDF5 filter {f.name!r} (id {f.id}) has no decoder")
-        data = entry[0](data, f, itemsize, chunk_nbytes)
+        try:
+            data = entry[0](data, f, itemsize, chunk_nbytes)
+        except LazyWeightsError:
+            raise
+        except Exception as exc:  # codecs raise zlib.error, RuntimeError, ValueError...: one translation, here
+            raise FormatError(f"HDF5 filter {f.name!r} (id {f.id}) cannot decode the chunk: {exc}") from exc
     if len(data) != chunk_nbytes:
         raise FormatError(f"a decoded chunk has {len(data)} bytes, expected {chunk_nbytes}")
     return data
