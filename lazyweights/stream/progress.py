@@ -1,19 +1,31 @@
-"""Progress display: a rich bar of bytes loaded, or a caller's callback, or nothing."""
+"""Progress display: a rich bar of bytes loaded, a caller's callable or fsspec ``Callback``, or nothing.
+
+The bar counts in binary units (KiB, MiB/s), as every figure lazyweights prints does.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["ProgressArg", "progress_callback"]
 
-ProgressArg = bool | Callable[[int], None] | None
+ProgressArg = Any  # bool | Callable[[int], None] | fsspec.callbacks.Callback | None
 
 
 @contextlib.contextmanager
 def progress_callback(progress: ProgressArg, total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """Yield a callable taking byte increments: a rich bar when ``progress`` is True."""
+    """Yield a callable taking byte increments: a rich bar when ``progress`` is True.
+
+    An fsspec ``Callback`` (anything with ``set_size`` and ``relative_update``)
+    is told the total first, then each increment, as fsspec's own copies do.
+    """
+    if hasattr(progress, "relative_update") and hasattr(progress, "set_size"):
+        progress.set_size(total)
+        yield progress.relative_update
+        return
     if callable(progress):
         yield progress
         return
