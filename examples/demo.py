@@ -33,13 +33,13 @@ BUDGET = 64 << 20
 MiB = 1 << 20
 
 
-def build_checkpoint(path: Path) -> None:
-    """Save an MLP of 24 Dense layers of 2048x2048 (~384 MiB of float32) with Keras 3's ``model.save``."""
+def build_checkpoint(path: Path, width: int = 2048, depth: int = 24) -> None:
+    """Save an MLP of ``depth`` Dense layers of ``width`` x ``width`` (by default ~384 MiB of float32) with Keras 3."""
     import keras
 
     keras.utils.set_random_seed(0)
-    layers = [keras.layers.Dense(2048, name=f"dense_{i}") for i in range(24)]
-    model = keras.Sequential([keras.Input((2048,)), *layers], name="demo_mlp")
+    layers = [keras.layers.Dense(width, name=f"dense_{i}") for i in range(depth)]
+    model = keras.Sequential([keras.Input((width,)), *layers], name="demo_mlp")
     model.save(path)
 
 
@@ -61,38 +61,46 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def describe(ckpt: lw.Checkpoint) -> None:
-    """Print what opening read: format, layers that hold weights, weights and bytes; one weight's first rows."""
+def describe(ckpt: lw.Checkpoint) -> int:
+    """Print what opening read: format, layers that hold weights, weights and bytes; one weight's first rows.
+
+    Returns the number of layers with weights (the model object itself, listed too, holds none).
+    """
     layers = [layer for layer in ckpt.layers if layer.weights]
     print(f"{ckpt.format}: {len(layers)} layers with weights, {len(ckpt)} weights, {ckpt.nbytes / MiB:.0f} MiB")
     kernel = ckpt["dense_0/kernel"]  # found by the layer's own name; the file's key is an object path
     print(f"dense_0/kernel is {kernel.key} {kernel.shape} {kernel.dtype}; rows 0-1, columns 0-3 through dask:")
     print(kernel.to_dask()[:2, :4].compute())
+    return len(layers)
 
 
-def local_load(ckpt: lw.Checkpoint) -> None:
+def local_load(ckpt: lw.Checkpoint, budget: int = BUDGET) -> lw.LoadReport:
     """Fill preallocated arrays from the local file and say what memory the load itself took."""
     out = {w.key: np.ones(w.shape, w.dtype) for w in ckpt.weights}  # e.g. a model's own parameters
     before = rss_mib()
     reset_peak_rss()
-    report = ckpt.load(out=out, max_memory=BUDGET, progress=True)
+    report = ckpt.load(out=out, max_memory=budget, progress=True)
     above = peak_rss_mib() - before
     print(f"local: {report.bytes_loaded / MiB:.0f} MiB in {report.seconds:.2f} s, {report.throughput / MiB:.0f} MiB/s")
     print(
         f"local: reads go from the file straight into the arrays: peak RSS {above:.0f} MiB above them, "
-        f"{report.peak_in_flight / MiB:.1f} MiB staged of the {BUDGET / MiB:.0f} MiB budget"
+        f"{report.peak_in_flight / MiB:.1f} MiB staged of the {budget / MiB:.0f} MiB budget"
     )
+    return report
 
 
-def remote_load(path: Path) -> None:
-    """Serve ``path`` over HTTP on loopback, open and load it under the budget, and count what crossed the wire."""
+def remote_load(path: Path, budget: int = BUDGET) -> tuple[lw.LoadReport, int, int]:
+    """Serve ``path`` over HTTP on loopback, open and load it under the budget, and count what crossed the wire.
+
+    Returns the load's report, and the requests and bytes the server answered for the load (the open excluded).
+    """
     size = path.stat().st_size
     with serve(path.parent) as server:
         url = f"{server.url}/{path.name}"
         with lw.open(url, index=False) as ckpt:
             opened = (server.count("GET") + server.count("HEAD"), server.bytes_sent)
             server.reset()
-            loaded = ckpt.load(max_memory=BUDGET, progress=True)  # new arrays, allocated as each weight lands
+            loaded = ckpt.load(max_memory=budget, progress=True)  # new arrays, allocated as each weight lands
             report = loaded.report
         requests, fetched = server.count("GET") + server.count("HEAD"), server.bytes_sent
     print(f"http: opening took {opened[0]} requests and {opened[1] / 1024:.0f} KiB of the {size / MiB:.0f} MiB file")
@@ -102,9 +110,10 @@ def remote_load(path: Path) -> None:
         f"({fetched / size:.0%})"
     )
     print(
-        f"http: peak in flight {report.peak_in_flight / MiB:.1f} MiB of the {BUDGET / MiB:.0f} MiB budget "
+        f"http: peak in flight {report.peak_in_flight / MiB:.1f} MiB of the {budget / MiB:.0f} MiB budget "
         f"for a {report.bytes_loaded / MiB:.0f} MiB model (arrays are allocated under the budget as bytes arrive)"
     )
+    return report, requests, fetched
 
 
 def main() -> None:
