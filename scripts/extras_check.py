@@ -168,7 +168,7 @@ def main() -> int:
     only = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp, serve(tmp) as http, s3_server() as s3, gcs_server() as gcs:
         paths = fixtures(Path(tmp))
-        s3.fs().mkdir("lw-extras")
+        s3.bucket("lw-extras", versioned=False)
         s3.fs().put_file(paths["h5"], "lw-extras/model.h5")
         gcs.fs().put_file(paths["h5"], f"{gcs.bucket}/model.h5")
         paths.update(http=f"{http.url}/model.h5", s3=s3.options, gcs=gcs.options)
