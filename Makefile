@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export KERAS_BACKEND := torch
 
-.PHONY: install test demo bench fuzz lint clean
+.PHONY: install test demo bench fuzz lint extras-check clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lazyweights tests benchmarks examples scripts
+
+# each extra alone, in a fresh interpreter with the other extras' modules hidden, exercised once (README "Install")
+extras-check: $(STAMP)
+	$(BIN)/python scripts/extras_check.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -12,6 +12,7 @@ from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
     DestinationExistsError,
     FormatError,
+    InvalidArgumentError,
     LazyWeightsError,
     MismatchError,
     MissingDependencyError,
@@ -27,7 +28,7 @@ from .errors import (
 from .formats.index import write_index
 from .manifest import Manifest
 from .stream import LoadReport
-from .stream.budget import parse_bytes
+from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .targets.shard import Shard
 from .tools.export import export
 from .tools.mirror import MirrorReport, mirror
@@ -36,10 +37,12 @@ from .tools.verify import Difference, VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_MEMORY",
     "Checkpoint",
     "DestinationExistsError",
     "Difference",
     "FormatError",
+    "InvalidArgumentError",
     "Layer",
     "LazyWeightsError",
     "LoadReport",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from .manifest import Manifest, WeightSpec
 from .read import dask as lazy
 from .storage import Source, get_source, release_source
 from .stream import Group, LoadReport, Target, execute
-from .stream.budget import parse_bytes
+from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.numpy import plan_numpy
 from .targets.shard import ShardArg
+from .targets.torch.layouts import keras_names
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open", "opened"]
 
@@ -93,6 +95,9 @@ class Checkpoint:
         self._by_name: dict[str, list[str]] = {}
         for spec in manifest.weights:
             self._by_name.setdefault(spec.name, []).append(spec.key)
+        for short, key in _layer_names(manifest):
+            if short not in manifest:
+                self._by_name.setdefault(short, []).append(key)
 
     # -- description ----------------------------------------------------------
 
@@ -130,8 +135,34 @@ class Checkpoint:
     def keys(self) -> list[str]:
         return self.manifest.keys
 
+    def layer(self, name: str) -> Layer:
+        """The layer called ``name``: its path in the file, or its own name (a Keras 3 layer's ``alias``).
+
+        Keras 3 paths follow class order, not names: the layer a user called
+        ``dense_1`` may be stored at ``layers/dense``, so the path is tried
+        first, then the layer's own name.  A name that several layers carry
+        raises :class:`MissingKeyError` listing them.
+        """
+        layers = self.layers
+        found = (
+            [la for la in layers if la.name == name]
+            or [la for la in layers if la.alias == name]
+            or [la for la in layers if la.alias is None and la.name.rsplit("/", 1)[-1] == name]
+        )
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise MissingKeyError(f"{self.url}: {name!r} names {len(found)} layers {[la.name for la in found]}")
+        close = difflib.get_close_matches(name, [la.alias or la.name for la in layers], n=3)
+        raise MissingKeyError(f"{self.url}: no layer {name!r}" + (f"; close: {close}" if close else ""))
+
     def resolve(self, key: str) -> WeightSpec:
-        """The spec for a key, or for a weight name that only one weight has (``dense_1/kernel:0``)."""
+        """The spec for a key, or for a name only one weight has.
+
+        Names: the weight's own (``dense_1/kernel:0`` in a Keras 2 file), and in
+        Keras 3 files ``<layer name>/<variable>`` (``dense_1/kernel``, where the
+        layer's class tells the variable's role) or ``<layer name>/<index>``.
+        """
         if key in self.manifest:
             return self.manifest[key]
         matches = self._by_name.get(key, [])
@@ -165,7 +196,7 @@ class Checkpoint:
         self,
         out: Mapping[str, Any] | Sequence[Any] | None = None,
         *,
-        max_memory: int | str | None = None,
+        max_memory: int | str | None = DEFAULT_MAX_MEMORY,
         concurrency: int | None = None,
         part_size: int | str | None = None,
         progress: ProgressArg = False,
@@ -193,7 +224,7 @@ class Checkpoint:
         groups: Sequence[Group],
         report: LoadReport,
         *,
-        max_memory: int | str | None = None,
+        max_memory: int | str | None = DEFAULT_MAX_MEMORY,
         concurrency: int | None = None,
         part_size: int | str | None = None,
         progress: ProgressArg = False,
@@ -226,6 +257,21 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _layer_names(manifest: Manifest) -> Iterator[tuple[str, str]]:
+    """Keras 3 files number their variables (``layers/dense_1/vars/0``): yield ``dense_1/kernel`` and
+    ``dense_1/0`` style names for them, from each layer's own name and the variable's role."""
+    if manifest.format not in ("keras-v3", "keras-zip"):
+        return
+    roles = keras_names(manifest)
+    for layer in manifest.layers:
+        short = layer.alias or layer.name.rsplit("/", 1)[-1]
+        for i, key in enumerate(layer.keys):
+            yield f"{short}/{i}", key
+            role = roles[key].role if key in roles else None
+            if role:
+                yield f"{short}/{role}", key
 
 
 class LoadedWeights(dict):
@@ -295,7 +341,7 @@ def load(
     out: Mapping[str, Any] | Sequence[Any] | None = None,
     *,
     storage_options: Mapping[str, Any] | None = None,
-    max_memory: int | str | None = None,
+    max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
     part_size: int | str | None = None,
     progress: ProgressArg = False,
@@ -311,8 +357,10 @@ def load(
     ``set_weights``), writes in place and returns the :class:`LoadReport`.
     Every destination is checked before anything is read.
 
-    ``max_memory`` ("256MiB", bytes, or None for unlimited) bounds the bytes
-    held in flight beyond the destination arrays; ``concurrency`` is the
+    ``max_memory`` ("256MiB", bytes, or None for unlimited; default
+    ``DEFAULT_MAX_MEMORY``, 256 MiB, the same as ``lwk.load_weights`` and
+    ``lwt.load_state_dict``) bounds the bytes held in flight beyond the
+    destination arrays; ``concurrency`` is the
     number of reads in flight (default: 2 x cores locally, 16 remotely);
     ``progress=True`` shows a progress bar, or pass a callable taking byte
     increments.

@@ -53,6 +53,10 @@ class FormatError(LazyWeightsError, ValueError):
     """The file is not a checkpoint lazyweights reads, or its metadata is malformed."""
 
 
+class InvalidArgumentError(LazyWeightsError, ValueError):
+    """An argument outside its valid values (a budget of 0 bytes, ``concurrency=0``); the CLI refuses the same."""
+
+
 class TruncatedFileError(FormatError):
     """The file ends before the end its own metadata declares."""
 

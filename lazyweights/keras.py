@@ -23,7 +23,7 @@ from typing import Any
 from . import checkpoint as _checkpoint
 from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError, require
 from .stream import LoadReport
-from .stream.budget import parse_bytes
+from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
 from .targets.keras.config import is_keras2_config, translate_config
@@ -46,7 +46,7 @@ def load_weights(
     skip_mismatch: bool = False,
     reshape: bool = False,
     storage_options: Mapping[str, Any] | None = None,
-    max_memory: int | str | None = None,
+    max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
     progress: ProgressArg = False,
 ) -> LoadReport:
@@ -57,7 +57,9 @@ def load_weights(
     whose weight count or shapes disagree; ``reshape`` accepts a saved array
     of another shape but the same size.  Keras 3 ``.weights.h5``/``.keras``
     files match by object path, as Keras 3 does.  Values are cast to each
-    variable's dtype.  Returns the :class:`~lazyweights.LoadReport`.
+    variable's dtype.  ``max_memory`` bounds the bytes in flight (default
+    ``DEFAULT_MAX_MEMORY``, 256 MiB, as ``lw.load`` and ``lwt.load_state_dict``;
+    None: unbounded).  Returns the :class:`~lazyweights.LoadReport`.
     """
     with _checkpoint.opened(src, storage_options) as ckpt:
         if not model.built:
@@ -85,7 +87,7 @@ def load_model(
     compile: bool = True,
     safe_mode: bool = True,
     storage_options: Mapping[str, Any] | None = None,
-    max_memory: int | str | None = None,
+    max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
     progress: ProgressArg = False,
 ) -> Any:

@@ -42,7 +42,7 @@ from .checkpoint import open as open_checkpoint
 from .errors import LazyWeightsError, ObjectChangedError, UnsupportedError, require
 from .manifest import Manifest
 from .storage import get_source
-from .stream.budget import parse_bytes
+from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.plan import STAGED_PART_BYTES
 from .stream.progress import ProgressArg
 from .targets.shard import ShardArg
@@ -64,8 +64,9 @@ def load_state_dict(
     layout: Literal["keras"] | None = None,
     strict: bool = True,
     device: str | torch.device | None = None,
-    max_memory: int | str | None = "256MiB",
+    max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     *,
+    assign: bool = False,
     shard: ShardArg = None,
     replicated: Literal["read", "broadcast"] = "read",
     storage_options: Mapping[str, Any] | None = None,
@@ -89,7 +90,15 @@ def load_state_dict(
         Keras does not keep.
     strict
         Like torch: missing or unexpected names raise :class:`MismatchError`
-        listing them; ``strict=False`` returns them in the report.
+        listing them; ``strict=False`` returns them in the report, which
+        unpacks as ``missing, unexpected = report``.
+    assign
+        Like torch's ``assign=True``: the module's tensors are replaced by new
+        ones (on their own devices) instead of filled in place; tensors on the
+        ``meta`` device are always assigned.
+    max_memory
+        Bound on bytes in flight: ``DEFAULT_MAX_MEMORY`` (256 MiB), as
+        ``lw.load`` and ``lwk.load_weights``; None: unbounded.
     device
         Where tensors on the ``meta`` device are materialised (default CPU);
         other tensors are written where they are.
@@ -100,7 +109,7 @@ def load_state_dict(
         raise UnsupportedError(f"layout {layout!r} is not known; expected None or 'keras'")
     if replicated not in ("read", "broadcast"):
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
-    options = Options(mapping, layout, strict, device, shard, replicated)
+    options = Options(mapping, layout, strict, device, shard, replicated, assign)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
     opener = _open_shared if replicated == "broadcast" else None
     with opened(src, storage_options, opener=opener) as ckpt:
@@ -148,7 +157,7 @@ def _load(module: torch.nn.Module, ckpt: Checkpoint, options: Options, run: dict
     slots, report = target.bind(module, ckpt.manifest, ckpt.format, names, state, options)
     broadcast = options.replicated == "broadcast"
     reader_rank = not broadcast or _rank() == 0
-    materialised = target.materialise(slots, options.device)
+    materialised = target.materialise(slots, options.device, options.assign)
     part_bytes = parse_bytes(run["part_size"]) or STAGED_PART_BYTES
     groups = [g for s in slots if reader_rank or s.box is not None for g in target.slot_groups(s, part_bytes)]
     ckpt.execute(groups, report, **run)

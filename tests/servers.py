@@ -1,46 +1,24 @@
-"""A real HTTP/1.1 server with Range support, on a loopback port chosen by the OS.
+"""The product's Range HTTP server (:mod:`lazyweights.tools.serve`) plus what tests need of a bad server.
 
-Serves files from a directory and counts what it sends, so tests can assert
-how many requests and bytes a read cost.  Honours ``If-Match`` (412 when the
-file's ETag changed), can require request headers (403 without them), and
-injects faults on demand: an error status, a body cut short, a connection
-closed before any response.  Started and stopped by the tests.
+Adds, on demand: required request headers (403 without them) and injected
+faults consumed by the next GETs (an error status, a body cut short, a
+connection closed before any response).  Started and stopped by the tests
+on a loopback port chosen by the OS.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from lazyweights.tools import serve as product
 
-class RangeHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # socketserver's default backlog of 5 drops SYNs of concurrent clients: 1 s stalls
 
-    handler_class: type[BaseHTTPRequestHandler]  # RangeHandler, set below; subclasses may swap in their own
-
+class RangeHTTPServer(product.RangeHTTPServer):
     def __init__(self, root: Path):
-        self.root = Path(root)
-        self.lock = threading.Lock()
-        self.requests: list[tuple[str, str, int]] = []  # (method, path, bytes sent)
-        self.faults: list[
-            tuple[str, int]
-        ] = []  # consumed by the next GETs: ("status", code) | ("short", n): last n bytes cut | ("reset", 0)
+        self.faults: list[tuple[str, int]] = []  # ("status", code) | ("short", n): last n bytes cut | ("reset", 0)
         self.required_headers: dict[str, str] = {}  # requests lacking these get 403
-        super().__init__(("127.0.0.1", 0), self.handler_class)
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    @property
-    def bytes_sent(self) -> int:
-        with self.lock:
-            return sum(n for _, _, n in self.requests)
+        super().__init__(root)
 
     def reset(self) -> None:
         with self.lock:
@@ -52,129 +30,39 @@ class RangeHTTPServer(ThreadingHTTPServer):
         with self.lock:
             self.faults.extend(faults)
 
-    def count(self, method: str = "GET") -> int:
-        with self.lock:
-            return sum(1 for m, _, _ in self.requests if m == method)
-
     def _next_fault(self) -> tuple[str, int] | None:
         with self.lock:
             return self.faults.pop(0) if self.faults else None
 
-    def __enter__(self) -> RangeHTTPServer:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class RangeHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
+class RangeHandler(product.RangeHandler):
     server: RangeHTTPServer
 
-    def log_message(self, *args: object) -> None:  # keep test output clean
-        pass
-
-    def _file(self) -> Path | None:
+    def _refused(self) -> bool:
         for name, value in self.server.required_headers.items():
             if self.headers.get(name) != value:
                 self._record(0)
                 self.send_error(403)
-                return None
-        path = (self.server.root / self.path.split("?")[0].lstrip("/")).resolve()
-        if self.server.root.resolve() not in path.parents or not path.is_file():
-            self._record(0)
-            self.send_error(404)
-            return None
-        return path
-
-    def _record(self, nbytes: int) -> None:
-        with self.server.lock:
-            self.server.requests.append((self.command, self.path, nbytes))
-
-    @staticmethod
-    def _etag(path: Path) -> str:
-        return f'"{path.stat().st_mtime_ns:x}"'
-
-    def _fault(self) -> tuple[str, int] | None:
-        """Apply an injected fault; returns it when the response is a short body still to be sent."""
+                return True
+        if self.command != "GET":
+            return False
+        self._short = 0
         fault = self.server._next_fault()
         if fault is None:
-            return None
+            return False
         kind, value = fault
-        if kind == "status":
-            self._record(0)
-            self.send_error(value)
-            return ("handled", 0)
-        if kind == "reset":
-            self._record(0)
-            self.close_connection = True
-            return ("handled", 0)
-        return fault
-
-    def do_HEAD(self) -> None:
-        path = self._file()
-        if path is None:
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", self._etag(path))
+        if kind == "short":
+            self._short = value
+            return False
         self._record(0)
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        path = self._file()
-        if path is None:
-            return
-        fault = self._fault()
-        if fault is not None and fault[0] == "handled":
-            return
-        if "If-Match" in self.headers and self.headers["If-Match"] != self._etag(path):
-            self._record(0)
-            self.send_error(412)
-            return
-        size = path.stat().st_size
-        start, end, status = 0, size - 1, 200
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-        if match:
-            a, b = match.groups()
-            if a == "":
-                start, end = max(0, size - int(b)), size - 1
-            else:
-                start, end = int(a), min(size - 1, int(b)) if b else size - 1
-            status = 206
-            if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        length = end - start + 1
-        self.send_response(status)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", self._etag(path))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self._record(length)  # recorded before the body goes out, so a client that has it sees the count
-        self.end_headers()
-        self._send_body(path, start, length if fault is None else max(0, length - fault[1]))
-        if fault is not None:  # a short body: hang up, so the client sees fewer bytes than Content-Length said
+        if kind == "status":
+            self.send_error(value)
+        else:  # "reset": hang up without an answer
             self.close_connection = True
+        return True
 
-    def _send_body(self, path: Path, start: int, length: int) -> None:
-        with open(path, "rb") as f:
-            f.seek(start)
-            remaining = length
-            while remaining:
-                data = f.read(min(remaining, 1 << 20))
-                if not data:
-                    break
-                self.wfile.write(data)
-                remaining -= len(data)
+    def _cut(self) -> int:
+        return getattr(self, "_short", 0)
 
 
 RangeHTTPServer.handler_class = RangeHandler

@@ -213,3 +213,15 @@ def test_remote_store_members_reuse_the_filesystem_and_are_checked(http_server, 
             store.verify()  # unpinned members are re-stat-ed
     finally:
         mem.rm("/lw-members.zarr", recursive=True)
+
+
+def test_a_missing_remote_file_costs_at_most_two_requests(http_server) -> None:
+    """A file name is decided by the URL: no zarr marker probes (they cost 6 more requests over HTTP)."""
+    http_server.reset()
+    with pytest.raises(lw.StorageError, match="no such file"):
+        lw.open(f"{http_server.url}/no-such-model.h5")
+    assert len(http_server.requests) <= 2, http_server.requests
+    http_server.reset()
+    with pytest.raises(lw.StorageError):
+        lw.open(f"{http_server.url}/no-such-mirror.zarr")  # a store name: its root markers are looked for
+    assert any(path.endswith("/zarr.json") for _, path, _ in http_server.requests)

@@ -213,3 +213,45 @@ def test_tensors_without_shared_memory_are_filled_part_by_part(tmp_path, shard) 
     np.testing.assert_array_equal(module.w.detach().numpy(), values[rows])
     assert report.peak_in_flight <= 512 << 10 < values[rows].nbytes  # never the whole weight in host memory
     assert report.requests >= values[rows].nbytes // (256 << 10)
+
+
+def test_report_unpacks_and_strict_assign_are_torchs(keras_cnn) -> None:
+    """``missing, unexpected = report``, and ``strict``/``assign`` as ``torch.nn.Module.load_state_dict`` has them."""
+    import inspect
+
+    ours = inspect.signature(lwt.load_state_dict).parameters
+    theirs = inspect.signature(torch.nn.Module.load_state_dict).parameters
+    for name in ("strict", "assign"):
+        assert ours[name].default == theirs[name].default, name
+
+    class Other(Twin):
+        def __init__(self):
+            super().__init__()
+            del self.head
+            self.extra = torch.nn.Linear(2, 2)
+
+    missing, unexpected = lwt.load_state_dict(Other(), keras_cnn["weights"], layout="keras", strict=False)
+    expected = Other().load_state_dict(Twin().state_dict(), strict=False)  # the oracle: torch on the same names
+    assert (missing, unexpected) == (expected.missing_keys, expected.unexpected_keys)
+
+
+def test_assign_replaces_the_modules_tensors(keras_cnn) -> None:
+    twin = Twin()
+    twin.fc.weight.requires_grad_(False)
+    before = {n: p for n, p in twin.named_parameters()}
+    lwt.load_state_dict(twin, keras_cnn["keras"], layout="keras", assign=True)
+    for name, p in twin.named_parameters():
+        assert p is not before[name], name  # assigned, like torch's assign=True
+        assert p.requires_grad == before[name].requires_grad, name
+    np.testing.assert_allclose(_outputs(twin, keras_cnn["inputs"]), keras_cnn["expected"], atol=1e-5, rtol=1e-5)
+
+
+def test_one_default_budget_for_the_three_loaders() -> None:
+    import inspect
+
+    from lazyweights import keras as lwk
+    from lazyweights.stream.budget import DEFAULT_MAX_MEMORY
+
+    for fn in (lw.load, lwk.load_weights, lwk.load_model, lwt.load_state_dict):
+        assert inspect.signature(fn).parameters["max_memory"].default == DEFAULT_MAX_MEMORY, fn
+    assert lw.parse_bytes(DEFAULT_MAX_MEMORY) == 256 << 20

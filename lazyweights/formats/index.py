@@ -28,7 +28,7 @@ from typing import Any
 import fsspec
 import platformdirs
 
-from ..errors import FormatError, LazyWeightsError
+from ..errors import FormatError, LazyWeightsError, StorageError
 from ..manifest import Manifest
 from ..storage import Pin, Source, get_source, release_source
 from .detect import parse
@@ -167,5 +167,12 @@ def write_index(
     else:
         target = os.fspath(path)
         fs, fspath = fsspec.core.url_to_fs(target, **dict(path_options or {}))
-    fs.pipe_file(fspath, text.encode())
+    try:
+        fs.pipe_file(fspath, text.encode())
+    except Exception as exc:  # a read-only store (HTTP answers PUT with 405/501), no permission, no bucket
+        why = (str(exc).splitlines() or [""])[0]
+        raise StorageError(
+            f"{source.url}: cannot write the index to {target} ({type(exc).__name__}: {why}); "
+            "write it where you can with path= (CLI: --output), e.g. a local file or another bucket"
+        ) from exc
     return target

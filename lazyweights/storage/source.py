@@ -353,7 +353,15 @@ class Source:
             )
 
     def _is_store_prefix(self) -> bool:
-        """Whether a zarr root metadata object lives under this URL (object stores have no directories)."""
+        """Whether a zarr root metadata object lives under this URL (object stores have no directories).
+
+        Decided by the URL first: a last segment with an extension other than
+        ``.zarr`` (``model.h5``) names an object, so a missing file costs the
+        stat alone, not a probe per marker.
+        """
+        name = self.path.rstrip("/").rsplit("/", 1)[-1]
+        if not self.path.endswith("/") and "." in name.lstrip(".") and not name.endswith(".zarr"):
+            return False
         for marker in STORE_MARKERS:
             try:
                 self.fs.info(f"{self.path.rstrip('/')}/{marker}")  # a HEAD over HTTP, not a download

@@ -15,9 +15,13 @@ import re
 import threading
 from collections.abc import Iterator
 
-from ..errors import LazyWeightsError
+from ..errors import InvalidArgumentError
 
-__all__ = ["ByteBudget", "parse_bytes"]
+__all__ = ["DEFAULT_MAX_MEMORY", "ByteBudget", "check_concurrency", "parse_bytes"]
+
+# The one default budget of ``lw.load``, ``lwk.load_weights``/``load_model`` and ``lwt.load_state_dict``:
+# large enough for full-speed remote reads (16 parts of 16 MiB), small beside any model worth streaming.
+DEFAULT_MAX_MEMORY = "256MiB"
 
 _UNITS = {
     "": 1, "b": 1,
@@ -30,12 +34,20 @@ def parse_bytes(value: int | str | None) -> int | None:
     """``"256MiB"`` → 268435456; ints pass through; None means unlimited."""
     if value is None or isinstance(value, int):
         if isinstance(value, int) and value <= 0:
-            raise LazyWeightsError(f"a byte budget must be positive, got {value}")
+            raise InvalidArgumentError(f"a byte budget must be positive, got {value}")
         return value
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
     if not match or match.group(2).lower() not in _UNITS:
-        raise LazyWeightsError(f"cannot read {value!r} as a size; expected e.g. 64MiB, 1.5GB or 1048576")
+        raise InvalidArgumentError(f"cannot read {value!r} as a size; expected e.g. 64MiB, 1.5GB or 1048576")
     return parse_bytes(int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
+
+
+def check_concurrency(concurrency: int | None) -> int | None:
+    """``concurrency`` if valid: None (the default) or at least 1 read in flight."""
+    if concurrency is not None and (isinstance(concurrency, bool) or int(concurrency) != concurrency
+                                    or concurrency < 1):  # fmt: skip
+        raise InvalidArgumentError(f"concurrency must be a whole number of reads >= 1 (or None), got {concurrency!r}")
+    return concurrency
 
 
 class ByteBudget:

@@ -38,7 +38,7 @@ from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value
 from ..storage import Source
 from . import plan
-from .budget import ByteBudget
+from .budget import ByteBudget, check_concurrency
 from .plan import Group, Target
 from .report import LoadReport
 
@@ -154,7 +154,7 @@ def execute(
     Raises the first error a unit raised; if caller-owned destinations were
     already written, as :class:`PartialLoadError` naming them.
     """
-    concurrency = concurrency or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
+    concurrency = check_concurrency(concurrency) or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
     remote_total = None if source.is_local else sum(t.nbytes for g in groups for t in g.targets)
     parts = plan.PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
     budget = ByteBudget(max_memory)

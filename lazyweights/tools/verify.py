@@ -36,7 +36,7 @@ class Difference:
     """One way the two checkpoints differ: ``what`` differs for ``key``, with each side's value."""
 
     key: str
-    what: str  # "missing", "shape", "dtype", "values", "unreadable", "order", "layers", "attribute", "corrupt"
+    what: str  # "missing", "shape", "dtype", "values", "unreadable", "order", "layers", "attribute", "corrupt", "count"
     a: Any
     b: Any
     side: str | None = None  # for "corrupt": the side whose data disagrees with its recorded checksum
@@ -87,6 +87,8 @@ def verify(
     b: Url | Checkpoint,
     *,
     storage_options: Mapping[str, Any] | None = None,
+    b_storage_options: Mapping[str, Any] | None = None,
+    weights_only: bool = False,
     max_memory: int | str | None = None,
     concurrency: int | None = None,
     progress: ProgressArg = False,
@@ -98,25 +100,35 @@ def verify(
     Checks the layer order, weight keys and order, shapes, dtypes and root
     attributes, then hashes every weight present in both (optimizer weights
     included).  Use ``report.ok`` or ``report.raise_if_different()``.
+
+    ``weights_only=True`` compares only the model's weights, paired by
+    position (Keras's ``get_weights()`` order), so two saves of one model in
+    different formats (``.h5`` and ``.keras``, whose keys differ) compare
+    equal when their values do.  ``storage_options`` are ``a``'s, and
+    ``b``'s too unless ``b_storage_options`` are given.
     """
     start = time.perf_counter()
-    with opened(a, storage_options) as ca, opened(b, storage_options) as cb:
+    b_options = storage_options if b_storage_options is None else b_storage_options
+    with opened(a, storage_options) as ca, opened(b, b_options) as cb:
         report = VerifyReport(a=ca.url, b=cb.url)
-        report.differences.extend(_structure(ca.manifest, cb.manifest))
-        common = _comparable(ca.manifest, cb.manifest)
-        total = 2 * sum(s.nbytes for s in common)
+        if weights_only:
+            pairs = _by_position(ca.manifest, cb.manifest, report.differences)
+        else:
+            report.differences.extend(_structure(ca.manifest, cb.manifest))
+            pairs = [(s, cb.manifest[s.key]) for s in _comparable(ca.manifest, cb.manifest)]
+        total = sum(x.nbytes + y.nbytes for x, y in pairs)
         budget = parse_bytes(max_memory)
         with progress_callback(progress, total, "verifying") as tick:
-            da, na = _digests(ca, common, budget, concurrency, tick)
-            db, nb = _digests(cb, [cb.manifest[s.key] for s in common], budget, concurrency, tick)
+            da, na = _digests(ca, [x for x, _ in pairs], budget, concurrency, tick)
+            db, nb = _digests(cb, [y for _, y in pairs], budget, concurrency, tick)
         report.bytes_hashed = na + nb
-        for spec in common:
-            report.differences.extend(_compare_values(spec.key, da[spec.key], db[spec.key]))
+        for x, y in pairs:
+            report.differences.extend(_compare_values(_label(x, y), da[x.key], db[y.key]))
         for ckpt, digests, side in ((ca, da, "a"), (cb, db, "b")):
             report.differences.extend(_recorded(ckpt, digests, side))
         bad = {d.key for d in report.differences}
-        report.digests = {s.key: da[s.key] for s in common if s.key not in bad}
-        report.checked = len(common)
+        report.digests = {x.key: da[x.key] for x, y in pairs if _label(x, y) not in bad}
+        report.checked = len(pairs)
     report.seconds = time.perf_counter() - start
     logger.info("%s", report)
     return report
@@ -147,6 +159,26 @@ def _structure(ma: Manifest, mb: Manifest) -> list[Difference]:
         if va != vb:
             out.append(Difference(f"<attrs.{name}>", "attribute", _short(va), _short(vb)))
     return out
+
+
+def _label(x: WeightSpec, y: WeightSpec) -> str:
+    """A pair's name in differences: the key, or both keys where the formats name the weight differently."""
+    return x.key if x.key == y.key else f"{x.key} = {y.key}"
+
+
+def _by_position(ma: Manifest, mb: Manifest, differences: list[Difference]) -> list[tuple[WeightSpec, WeightSpec]]:
+    """Model weights paired by position; a count, shape or dtype that differs is a difference, not a pair."""
+    if len(ma.weights) != len(mb.weights):
+        differences.append(Difference("<weights>", "count", len(ma.weights), len(mb.weights)))
+    pairs = []
+    for x, y in zip(ma.weights, mb.weights, strict=False):  # the shorter list: the count differs above
+        if x.shape != y.shape:
+            differences.append(Difference(_label(x, y), "shape", x.shape, y.shape))
+        elif not _same_dtype(x.np_dtype, y.np_dtype):
+            differences.append(Difference(_label(x, y), "dtype", x.dtype, y.dtype))
+        else:
+            pairs.append((x, y))
+    return pairs
 
 
 def _short(value: Any) -> Any:

@@ -15,7 +15,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["is_keras2_config", "layer_classes", "layer_configs", "optimizer_slot_key", "translate_config"]
+__all__ = [
+    "RNN_CELLS", "is_keras2_config", "layer_classes", "layer_configs", "layer_nodes", "optimizer_slot_key",
+    "translate_config",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def is_keras2_config(attrs: dict[str, Any]) -> bool:
 def layer_configs(config: Any) -> Iterator[dict[str, Any]]:
     """Every ``{"class_name": ..., "config": {...}}`` node, nested models included, depth first."""
     if isinstance(config, dict):
-        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
+        if _is_node(config):
             yield config
         for value in config.values():
             yield from layer_configs(value)
@@ -54,10 +57,40 @@ def layer_configs(config: Any) -> Iterator[dict[str, Any]]:
             yield from layer_configs(value)
 
 
+# Where a layer's config holds other layers: models, wrappers (Bidirectional, TimeDistributed), RNN cells.
+_LAYER_KEYS = ("layers", "layer", "forward_layer", "backward_layer", "cell", "cells")
+# The cell class Keras 3 builds inside each recurrent layer (not in its config, but in the file: ``lstm/cell``).
+RNN_CELLS = {
+    "LSTM": "LSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleRNNCell",
+    "ConvLSTM1D": "ConvLSTMCell", "ConvLSTM2D": "ConvLSTMCell", "ConvLSTM3D": "ConvLSTMCell",
+}  # fmt: skip
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("class_name"), str) and isinstance(
+        value.get("config"), dict
+    )
+
+
+def layer_nodes(config: Any) -> Iterator[dict[str, Any]]:
+    """The model node and every layer in it (nested models, wrapped layers, RNN cells), depth first.
+
+    Only layers: dtype policies, initializers, regularizers, optimizers and
+    losses are class nodes too, but sit under other keys.
+    """
+    if not _is_node(config):
+        return
+    yield config
+    for key in _LAYER_KEYS:
+        value = config["config"].get(key)
+        for item in value if isinstance(value, list) else [value]:
+            yield from layer_nodes(item)
+
+
 def layer_classes(config: Any) -> dict[str, str]:
-    """Layer name → class name for every named node of a Keras model config (first occurrence wins)."""
+    """Layer name → class name for the model and every layer of a Keras model config (first occurrence wins)."""
     found: dict[str, str] = {}
-    for node in layer_configs(config):
+    for node in layer_nodes(config):
         name = node["config"].get("name")
         if isinstance(name, str):
             found.setdefault(name, node["class_name"])

@@ -18,7 +18,7 @@ are :mod:`lazyweights.torch`'s (the facade).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -65,6 +65,10 @@ class ModuleLoadReport(LoadReport):
     unexpected_keys: list[str] = field(default_factory=list)
     broadcast: list[str] = field(default_factory=list)
 
+    def __iter__(self) -> Iterator[list[str]]:
+        """``missing, unexpected = report``, as torch's ``load_state_dict`` and safetensors' ``load_model``."""
+        return iter((self.missing_keys, self.unexpected_keys))
+
 
 @dataclass
 class Slot:
@@ -86,6 +90,7 @@ class Options:
     device: str | torch.device | None
     shard: ShardArg
     replicated: str
+    assign: bool = False
 
 
 def names(
@@ -168,12 +173,21 @@ def strict_message(url: str, module: torch.nn.Module, report: ModuleLoadReport, 
     return "\n\t".join(lines)
 
 
-def materialise(slots: list[Slot], device: str | torch.device | None) -> dict[int, torch.Tensor]:
-    """Give every slot a real destination; meta tensors get one new tensor each on ``device``."""
+def materialise(
+    slots: list[Slot], device: str | torch.device | None, assign: bool = False
+) -> dict[int, torch.Tensor]:
+    """Give every slot a real destination; meta tensors get one new tensor each on ``device``.
+
+    With ``assign`` (torch's ``load_state_dict(assign=True)``) every tensor gets a
+    new one, on its own device, that replaces it in the module afterwards.
+    """
     made: dict[int, torch.Tensor] = {}
     for slot in slots:
-        if slot.tensor.is_meta:
-            slot.dest = torch.empty(slot.tensor.shape, dtype=slot.tensor.dtype, device=device or "cpu")
+        if id(slot.tensor) in made:  # tied names: one tensor
+            slot.dest = made[id(slot.tensor)]
+        elif slot.tensor.is_meta or assign:
+            where = (device or "cpu") if slot.tensor.is_meta else slot.tensor.device
+            slot.dest = torch.empty(slot.tensor.shape, dtype=slot.tensor.dtype, device=where)
             made[id(slot.tensor)] = slot.dest
         else:
             slot.dest = slot.tensor.detach()
