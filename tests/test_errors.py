@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -197,3 +199,14 @@ def test_errors_are_builtin_subclasses() -> None:
 def test_open_while_h5py_holds_the_file(small_h5) -> None:
     with h5py.File(small_h5, "r") as held, lw.open(small_h5) as ckpt:  # default locking in the caller's handle
         np.testing.assert_array_equal(ckpt["dense/bias"].read(), held["dense/bias"][()])
+
+
+HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in HOSTILE.glob("*.keras")))
+def test_damaged_keras_archives_are_format_errors(name: str) -> None:
+    """Fuzzer-found .keras archives (bad CRCs, versions, methods, names, offsets, a config.json deflate bomb):
+    each is a FormatError naming the file, never zipfile's, zlib's or the codec's own exception."""
+    with pytest.raises(lw.FormatError, match=re.escape(name)):
+        lw.open(HOSTILE / name, index=False)

@@ -123,13 +123,21 @@ def _member_data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+# What zipfile raises on a damaged archive besides BadZipFile: a bad version or method (NotImplementedError), a
+# truncated member (EOFError), bad deflate data (zlib.error), a seek before the start (OSError EINVAL), a
+# non-UTF-8 name (UnicodeDecodeError).  StorageError is an OSError too, so it is re-raised as itself first.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, UnicodeDecodeError, ValueError, OSError)
+
+
 def _parse_keras_zip(source: Source) -> Manifest:
     raw = source.open_file()
     try:
         try:
             archive = zipfile.ZipFile(raw)
-        except zipfile.BadZipFile as exc:
-            raise FormatError(f"{source.url}: a damaged zip archive: {exc}") from exc
+        except LazyWeightsError:
+            raise
+        except _ZIP_ERRORS as exc:
+            raise FormatError(f"{source.url}: a damaged zip archive: {type(exc).__name__}: {exc}") from exc
         names = archive.namelist()
         if _KERAS_MEMBER not in names:
             raise FormatError(
@@ -171,9 +179,11 @@ def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
         raise FormatError(f"{url}: {name} in the archive declares {declared} bytes; at most {MAX_JSON_MEMBER_BYTES}")
     try:
         return json.loads(archive.read(name))
+    except LazyWeightsError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{url}: {name} in the archive is not valid JSON: {exc}") from exc
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # zipfile's own failures
+    except _ZIP_ERRORS as exc:
         raise FormatError(f"{url}: {name} in the archive cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
