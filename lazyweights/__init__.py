@@ -10,12 +10,16 @@
 
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
+    CompileError,
     DestinationExistsError,
     FormatError,
     LazyWeightsError,
     MismatchError,
     MissingDependencyError,
     MissingKeyError,
+    ModelConfigError,
+    ModelConfigTypeError,
+    NotFoundError,
     ObjectChangedError,
     PartialLoadError,
     ShardError,
@@ -23,6 +27,7 @@ from .errors import (
     TruncatedFileError,
     UnsafeCheckpointError,
     UnsupportedError,
+    UsageError,
 )
 from .formats.index import write_index
 from .manifest import Manifest
@@ -37,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
+    "CompileError",
     "DestinationExistsError",
     "Difference",
     "FormatError",
@@ -49,6 +55,9 @@ __all__ = [
     "MissingDependencyError",
     "MirrorReport",
     "MissingKeyError",
+    "ModelConfigError",
+    "ModelConfigTypeError",
+    "NotFoundError",
     "ObjectChangedError",
     "PartialLoadError",
     "Shard",
@@ -57,6 +66,7 @@ __all__ = [
     "TruncatedFileError",
     "UnsafeCheckpointError",
     "UnsupportedError",
+    "UsageError",
     "VerifyReport",
     "Weight",
     "__version__",
