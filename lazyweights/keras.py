@@ -51,6 +51,7 @@ Url = str | os.PathLike[str] | BinaryIO
 _V3 = ("keras-v3", "keras-zip")
 _ARRAY_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
 _UNZIPPED_WEIGHTS = "model.weights.h5"  # an unzipped .keras: a folder of config.json and this
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5", ".json")  # what Keras opens by extension
 
 
 def load_weights(
@@ -170,11 +171,18 @@ def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tup
             unzipped = _unzipped(src, storage_options)
             if unzipped is None:
                 if _not_found(exc):
-                    raise NotFoundError(f"File not found: filepath={src}. ({exc})") from exc
+                    raise NotFoundError(_not_found_message(src, exc)) from exc
                 raise
             ckpt = stack.enter_context(_checkpoint.opened(unzipped[0], storage_options))
             config = unzipped[1]
         yield ckpt, config
+
+
+def _not_found_message(src: Any, exc: BaseException) -> str:
+    """Keras's words for a missing file: "File format not supported" where it would not even look, by extension."""
+    if str(src).endswith(_KERAS_SUFFIXES):
+        return f"File not found: filepath={src}. ({exc})"
+    return f"File format not supported: filepath={src}, and there is no file there either ({exc})"
 
 
 def _not_found(exc: BaseException | None) -> bool:
