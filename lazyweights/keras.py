@@ -181,7 +181,7 @@ def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tup
 def _not_found_message(src: Any, exc: BaseException) -> str:
     """Keras's words for a missing file: "File format not supported" where it would not even look, by extension."""
     if str(src).endswith(_KERAS_SUFFIXES):
-        return f"File not found: filepath={src}. ({exc})"
+        return f"File not found: filepath={src}. Please ensure the file is an accessible `.keras` zip file. ({exc})"
     return f"File format not supported: filepath={src}, and there is no file there either ({exc})"
 
 

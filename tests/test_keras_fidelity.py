@@ -87,8 +87,8 @@ def test_objects_to_skip_like_keras(saved) -> None:
     ours, theirs = _model(seed=1), _model(seed=1)
     lwk.load_weights(ours, paths["weights"], objects_to_skip=[ours.layers[0]])
     theirs.load_weights(paths["weights"], objects_to_skip=[theirs.layers[0]])
-    for a, b in zip(ours.weights, theirs.weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
     assert not np.array_equal(
         ours.layers[0].get_weights()[0], keras.saving.load_model(paths["keras"]).layers[0].get_weights()[0]
     )
@@ -261,3 +261,26 @@ def test_uncompilable_field_is_named_or_best_effort(tmp_path) -> None:
     assert not model.compiled
     np.testing.assert_array_equal(model.predict(X, verbose=0), expected)
     assert not lwk.load_model(path, compile=False).compiled
+
+
+def test_config_decompression_bomb_refused_before_inflating(saved, tmp_path, monkeypatch) -> None:
+    """A .keras whose config.json declares more than the limit is refused from its zip header, never inflated."""
+    import zipfile
+
+    from lazyweights.formats import detect
+
+    paths, _ = saved
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(paths["keras"]) as good, zipfile.ZipFile(bomb, "w") as evil:
+        for info in good.infolist():
+            data = good.read(info)
+            if info.filename == "config.json":
+                data = data[:-1] + b" " * 300_000 + data[-1:]  # still valid JSON, compresses to almost nothing
+                evil.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                evil.writestr(info, data)
+    monkeypatch.setattr(detect, "JSON_MEMBER_LIMIT", 100_000)
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a, **k: pytest.fail("inflated a member"))
+    with pytest.raises(ValueError, match="decompression bomb") as info:
+        lwk.load_model(bomb)
+    assert isinstance(info.value, lw.FormatError)

@@ -122,6 +122,9 @@ def _member_data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+JSON_MEMBER_LIMIT = 64 << 20  # Keras's config.json/metadata.json: kilobytes, a few MB for the largest models
+
+
 def _parse_keras_zip(source: Source) -> Manifest:
     raw = source.open_file()
     try:
@@ -159,6 +162,13 @@ def _parse_keras_zip(source: Source) -> Manifest:
 
 
 def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
+    """A JSON member, refused before inflating when it declares more than :data:`JSON_MEMBER_LIMIT` bytes."""
+    info = archive.getinfo(name)
+    if info.file_size > JSON_MEMBER_LIMIT:
+        raise FormatError(
+            f"{url}: {name} declares {info.file_size} bytes uncompressed ({info.compress_size} stored), over the "
+            f"{JSON_MEMBER_LIMIT}-byte limit for a config; refused as a possible decompression bomb"
+        )
     try:
         return json.loads(archive.read(name))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

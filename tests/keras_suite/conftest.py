@@ -35,6 +35,12 @@ FAILS_WITH_KERAS: dict[str, str] = {}
 OTHER_BRANCH: tuple[str, ...] = ()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The markers Keras's own conftest declares (the torch backend trains, so they select nothing out)."""
+    for marker in ("requires_trainable_backend", "large"):
+        config.addinivalue_line("markers", f"{marker}: Keras's test marker")
+
+
 def _upstream(item: pytest.Item) -> bool:
     return UPSTREAM_DIR in Path(str(item.path)).parents
 
