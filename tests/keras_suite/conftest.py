@@ -5,9 +5,11 @@ and extracts the three test modules of :data:`UPSTREAM` here; they are not
 part of the repository.  Every test collected from ``upstream/`` runs with
 the loads of :mod:`.redirect` patched in; ``LW_KERAS_SUITE=keras`` runs them
 against Keras itself instead (the baseline the expected failures below are
-judged against).  Tests listed in :data:`EXPECTED_FAILURES` are marked
-``xfail`` with their reason; strict, so a fix shows up as a failure to
-update the list.
+judged against).  Tests that fail with Keras itself (:data:`FAILS_WITH_KERAS`)
+or through lazyweights (:data:`EXPECTED_FAILURES`, strict, so a fix shows up
+as a failure to update the list) are marked ``xfail`` with their reason;
+:data:`OTHER_BRANCH` lists, not strictly, those another branch fixes.
+The three modules take about two minutes.
 """
 
 from __future__ import annotations
