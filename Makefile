@@ -49,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build .pytest_cache .hypothesis *.egg-info $(KERAS_SUITE)
