@@ -5,7 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export KERAS_BACKEND := torch
 
-.PHONY: install test demo bench fuzz lint extras-check clean
+.PHONY: install test demo bench fuzz lint extras-check clean keras-suite
+
+# Keras's own saving tests, from the source distribution of the pinned Keras, run through lazyweights
+# (tests/keras_suite): downloaded once into .venv, extracted into the (git-ignored) upstream folder.
+KERAS_VERSION := $(shell sed -n 's/^keras==//p' constraints.txt)
+KERAS_SDIST   := $(VENV)/sdists/keras-$(KERAS_VERSION).tar.gz
+KERAS_SUITE   := tests/keras_suite/upstream
+KERAS_TESTS   := keras/src/saving/saving_lib_test.py keras/src/saving/saving_api_test.py \
+                 keras/src/legacy/saving/legacy_h5_format_test.py
 
 install: $(STAMP)
 
@@ -18,7 +26,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+$(KERAS_SDIST): | $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: keras==$(KERAS_VERSION) -d $(VENV)/sdists
+
+$(KERAS_SUITE)/.keras-$(KERAS_VERSION): $(KERAS_SDIST)
+	rm -rf $(KERAS_SUITE) && mkdir -p $(KERAS_SUITE)
+	for f in $(KERAS_TESTS); do tar -xzOf $< keras-$(KERAS_VERSION)/$$f > $(KERAS_SUITE)/$$(basename $$f); done
+	touch $@
+
+keras-suite: $(KERAS_SUITE)/.keras-$(KERAS_VERSION)
+
+test: $(STAMP) keras-suite
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -39,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build .pytest_cache .hypothesis *.egg-info $(KERAS_SUITE)

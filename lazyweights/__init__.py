@@ -10,6 +10,7 @@
 
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
+    CompileError,
     DestinationExistsError,
     FormatError,
     InvalidArgumentError,
@@ -17,6 +18,9 @@ from .errors import (
     MismatchError,
     MissingDependencyError,
     MissingKeyError,
+    ModelConfigError,
+    ModelConfigTypeError,
+    NotFoundError,
     ObjectChangedError,
     PartialLoadError,
     ShardError,
@@ -24,6 +28,7 @@ from .errors import (
     TruncatedFileError,
     UnsafeCheckpointError,
     UnsupportedError,
+    UsageError,
 )
 from .formats.index import write_index
 from .manifest import Manifest
@@ -39,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_MEMORY",
     "Checkpoint",
+    "CompileError",
     "DestinationExistsError",
     "Difference",
     "FormatError",
@@ -52,6 +58,9 @@ __all__ = [
     "MissingDependencyError",
     "MirrorReport",
     "MissingKeyError",
+    "ModelConfigError",
+    "ModelConfigTypeError",
+    "NotFoundError",
     "ObjectChangedError",
     "PartialLoadError",
     "Shard",
@@ -60,6 +69,7 @@ __all__ = [
     "TruncatedFileError",
     "UnsafeCheckpointError",
     "UnsupportedError",
+    "UsageError",
     "VerifyReport",
     "Weight",
     "__version__",

@@ -7,12 +7,17 @@ keeps working::
     LazyWeightsError
      ├── FormatError(ValueError)             not a checkpoint, or a malformed one
      │    ├── TruncatedFileError             file shorter than its own metadata says
-     │    └── UnsafeCheckpointError          external links/storage, virtual datasets
+     │    ├── UnsafeCheckpointError          external links/storage, virtual datasets
+     │    ├── ModelConfigError               Keras cannot build a model from the saved config
+     │    │    └── ModelConfigTypeError(TypeError)  ... where Keras raises TypeError (no from_config)
+     │    └── CompileError                   a saved training config field that cannot be compiled
      ├── UnsupportedError(NotImplementedError)  a valid layout lazyweights cannot decode
      ├── MissingKeyError(KeyError)           a requested weight is not in the checkpoint
      ├── MismatchError(ValueError)           destination shape/dtype/count disagrees
      ├── ShardError(ValueError)              a shard spec that cannot apply (rank out of range, uneven split)
+     ├── UsageError(ValueError)              a call that does not fit its input (unbuilt model, option/format)
      ├── StorageError(OSError)               the storage layer failed or returned wrong bytes
+     │    ├── NotFoundError(FileNotFoundError, ValueError)  no file there (Keras: ValueError "File not found")
      │    ├── ObjectChangedError             the object changed while it was being read
      │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      ├── PartialLoadError                    a load failed after writing into ``out``
@@ -28,12 +33,16 @@ from collections.abc import Sequence
 from types import ModuleType
 
 __all__ = [
+    "CompileError",
     "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
     "MismatchError",
     "MissingDependencyError",
     "MissingKeyError",
+    "ModelConfigError",
+    "ModelConfigTypeError",
+    "NotFoundError",
     "ObjectChangedError",
     "PartialLoadError",
     "ShardError",
@@ -41,6 +50,7 @@ __all__ = [
     "TruncatedFileError",
     "UnsafeCheckpointError",
     "UnsupportedError",
+    "UsageError",
     "require",
 ]
 
@@ -65,6 +75,18 @@ class UnsafeCheckpointError(FormatError):
     """The checkpoint would make the loader read outside itself (external links, external storage)."""
 
 
+class ModelConfigError(FormatError):
+    """Keras cannot build a model from the checkpoint's saved config."""
+
+
+class ModelConfigTypeError(ModelConfigError, TypeError):
+    """Keras cannot build the model, and raises ``TypeError`` there (a custom object without ``from_config``)."""
+
+
+class CompileError(FormatError):
+    """A field of the saved training config (optimizer, loss, metrics) that cannot be compiled; names the field."""
+
+
 class UnsupportedError(LazyWeightsError, NotImplementedError):
     """A valid layout or filter that lazyweights cannot decode."""
 
@@ -84,8 +106,16 @@ class ShardError(LazyWeightsError, ValueError):
     """A shard spec that cannot apply: a rank out of range, an uneven split refused, a bad slice."""
 
 
+class UsageError(LazyWeightsError, ValueError):
+    """A call that does not fit its input: an unbuilt model, an option the checkpoint's format does not take."""
+
+
 class StorageError(LazyWeightsError, OSError):
     """The storage layer failed, or returned other bytes than were asked for."""
+
+
+class NotFoundError(StorageError, FileNotFoundError, ValueError):
+    """No file or object at the URL.  Also a ``ValueError``: Keras raises one for a missing model file."""
 
 
 class ObjectChangedError(StorageError):

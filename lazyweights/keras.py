@@ -13,20 +13,33 @@ their optimizer slots are restored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
 
 from . import checkpoint as _checkpoint
-from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError, require
+from .errors import (
+    CompileError,
+    FormatError,
+    MismatchError,
+    ModelConfigError,
+    ModelConfigTypeError,
+    NotFoundError,
+    StorageError,
+    UnsafeCheckpointError,
+    UsageError,
+    require,
+)
+from .storage import file_object_url, get_source, is_file_object
 from .stream import LoadReport
 from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
-from .targets.keras.config import is_keras2_config, translate_config
+from .targets.keras.config import is_keras2_config, translate_config, translate_training_config
 
 require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
@@ -34,8 +47,11 @@ __all__ = ["load_model", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
-Url = str | os.PathLike[str]
+Url = str | os.PathLike[str] | BinaryIO
 _V3 = ("keras-v3", "keras-zip")
+_ARRAY_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
+_UNZIPPED_WEIGHTS = "model.weights.h5"  # an unzipped .keras: a folder of config.json and this
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5", ".json")  # what Keras opens by extension
 
 
 def load_weights(
@@ -45,6 +61,7 @@ def load_weights(
     by_name: bool = False,
     skip_mismatch: bool = False,
     reshape: bool = False,
+    objects_to_skip: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
@@ -56,25 +73,32 @@ def load_weights(
     name; ``skip_mismatch`` skips (with a warning, and in the report) layers
     whose weight count or shapes disagree; ``reshape`` accepts a saved array
     of another shape but the same size.  Keras 3 ``.weights.h5``/``.keras``
-    files match by object path, as Keras 3 does.  Values are cast to each
-    variable's dtype.  ``max_memory`` bounds the bytes in flight (default
-    ``DEFAULT_MAX_MEMORY``, 256 MiB, as ``lw.load`` and ``lwt.load_state_dict``;
-    None: unbounded).  Returns the :class:`~lazyweights.LoadReport`.
+    files match by object path, as Keras 3 does; ``objects_to_skip`` (layers
+    or other Keras objects of ``model``) leaves those objects as they are, for
+    ``.weights.h5`` files as in Keras.  ``src`` may also be a binary file
+    object.  Values are cast to each variable's dtype.  ``max_memory`` bounds
+    the bytes in flight (default ``DEFAULT_MAX_MEMORY``, 256 MiB, as
+    ``lw.load`` and ``lwt.load_state_dict``; None: unbounded).  Returns the
+    :class:`~lazyweights.LoadReport`.
     """
-    with _checkpoint.opened(src, storage_options) as ckpt:
+    with _opened(src, storage_options) as (ckpt, _):
         if not model.built:
-            raise LazyWeightsError(
-                f"{ckpt.url}: the model has not been built; build it (call it on data or use build()) before "
-                "loading weights into it"
+            raise UsageError(
+                f"{ckpt.url}: You are loading weights into a model that has not yet been built. Try building the "
+                "model first by calling it on some data or by using `build()`."
+            )
+        if objects_to_skip is not None and ckpt.format in ("keras-zip", "keras-h5"):
+            raise UsageError(
+                f"{ckpt.url}: `objects_to_skip` only supports loading '.weights.h5' files; this is a {ckpt.format} file"
             )
         with _loader(ckpt, max_memory, concurrency, progress) as loader:
             if ckpt.format in _V3:
                 if by_name:
-                    raise LazyWeightsError(
-                        f"{ckpt.url}: `by_name` only supports legacy '.h5' files; this is a {ckpt.format} file, "
-                        "matched by object path"
+                    raise UsageError(
+                        f"{ckpt.url}: `by_name` only supports loading legacy '.h5' or '.hdf5' files; this is a "
+                        f"{ckpt.format} file, matched by object path"
                     )
-                _load_v3(model, ckpt, loader, skip_mismatch)
+                _load_v3(model, ckpt, loader, skip_mismatch, objects_to_skip)
             else:
                 _load_legacy(model, ckpt, loader, by_name=by_name, skip_mismatch=skip_mismatch, reshape=reshape)
         return loader.report
@@ -84,7 +108,7 @@ def load_model(
     src: Url | _checkpoint.Checkpoint,
     *,
     custom_objects: Mapping[str, Any] | None = None,
-    compile: bool = True,
+    compile: bool | str = True,
     safe_mode: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     max_memory: int | str | None = DEFAULT_MAX_MEMORY,
@@ -93,31 +117,95 @@ def load_model(
 ) -> Any:
     """Build a model from the checkpoint's config and stream its weights (and optimizer state) in.
 
-    ``.keras`` archives use their ``config.json``; full-model ``.h5`` files
-    their ``model_config`` (Keras 2 configs are translated for Keras 3).
+    ``.keras`` archives use their ``config.json`` (so does an unzipped
+    ``.keras``: a folder holding ``config.json`` and ``model.weights.h5``);
+    full-model ``.h5`` files their ``model_config`` (Keras 2 configs are
+    translated for Keras 3).  ``src`` may also be a binary file object.
     ``safe_mode=True`` refuses configs that would run arbitrary code (Lambda
-    layers); ``compile=True`` compiles from the saved training config and
-    restores the optimizer state, warning and keeping a fresh optimizer when
-    it does not fit, like Keras.
+    layers); ``compile=True`` compiles from the saved training config
+    (Keras 2 optimizer, loss and metric configs translated) and restores the
+    optimizer state, warning and keeping a fresh optimizer when it does not
+    fit, like Keras.  A training config that still cannot be compiled raises
+    :class:`~lazyweights.CompileError` naming the field; with
+    ``compile="best_effort"`` it warns and returns the model uncompiled.
     """
-    with _checkpoint.opened(src, storage_options) as ckpt, _loader(ckpt, max_memory, concurrency, progress) as loader:
-        if ckpt.model_config is None:
+    if compile not in (True, False, "best_effort"):
+        raise UsageError(f"compile must be True, False or 'best_effort', not {compile!r}")
+    with _opened(src, storage_options) as (ckpt, config), _loader(ckpt, max_memory, concurrency, progress) as loader:
+        if config is None:
             raise FormatError(
                 f"{ckpt.url}: No model config found in the file ({ckpt.format}); load_model needs a .keras archive "
                 "or a full-model .h5 (model.save); use load_weights into a model you build"
             )
         if ckpt.format in _V3:
-            model = _build(ckpt, lambda: _v3_model(ckpt, custom_objects, compile, safe_mode))
+            model = _build(ckpt, lambda: _v3_model(config, custom_objects, bool(compile), safe_mode))
             _load_v3(model, ckpt, loader, skip_mismatch=False)
             return model
         model = _build(ckpt, lambda: _legacy_model(ckpt, custom_objects, safe_mode))
         matched = _load_legacy(model, ckpt, loader, by_name=False, skip_mismatch=False, reshape=False)
         if compile:
-            _compile_legacy(model, ckpt, loader, custom_objects, matched)
+            _compile_legacy(model, ckpt, loader, custom_objects, matched, best_effort=compile == "best_effort")
         return model
 
 
 # -- shared plumbing -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tuple[_checkpoint.Checkpoint, Any]]:
+    """The checkpoint at ``src`` and its model config, opened as Keras takes a model file.
+
+    ``src`` is a URL or path, an open :class:`~lazyweights.Checkpoint`, a
+    binary file object (read in place, never indexed), or an unzipped
+    ``.keras`` folder (its ``model.weights.h5`` opened, its ``config.json``
+    read).  A missing file raises :class:`~lazyweights.NotFoundError`, a
+    ``ValueError`` as in Keras.
+    """
+    if is_file_object(src):
+        with file_object_url(src) as url, _checkpoint.opened(url, index=False) as ckpt:
+            yield ckpt, ckpt.model_config
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            ckpt = stack.enter_context(_checkpoint.opened(src, storage_options))
+            config = ckpt.model_config
+        except (StorageError, FormatError) as exc:
+            unzipped = _unzipped(src, storage_options)
+            if unzipped is None:
+                if _not_found(exc):
+                    raise NotFoundError(_not_found_message(src, exc)) from exc
+                raise
+            ckpt = stack.enter_context(_checkpoint.opened(unzipped[0], storage_options))
+            config = unzipped[1]
+        yield ckpt, config
+
+
+def _not_found_message(src: Any, exc: BaseException) -> str:
+    """Keras's words for a missing file: "File format not supported" where it would not even look, by extension."""
+    if str(src).endswith(_KERAS_SUFFIXES):
+        return f"File not found: filepath={src}. Please ensure the file is an accessible `.keras` zip file. ({exc})"
+    return f"File format not supported: filepath={src}, and there is no file there either ({exc})"
+
+
+def _not_found(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, FileNotFoundError) and not isinstance(exc, NotFoundError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _unzipped(src: Any, storage_options: Mapping[str, Any] | None) -> tuple[str, Any] | None:
+    """``(weights URL, config)`` of an unzipped ``.keras`` folder at ``src`` (local or remote); else None."""
+    if isinstance(src, _checkpoint.Checkpoint):
+        return None
+    base = os.fspath(src).rstrip("/")
+    try:
+        source = get_source(f"{base}/config.json", storage_options, refresh=True)
+        config = json.loads(source.read(0, source.size))
+    except (StorageError, ValueError):
+        return None
+    return f"{base}/{_UNZIPPED_WEIGHTS}", config
 
 
 class _loader:
@@ -164,10 +252,16 @@ def _load_legacy(
     return matched
 
 
-def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
+def _load_v3(
+    model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool, objects_to_skip: Any = None
+) -> None:
     from keras.src.saving import saving_lib
 
-    store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
+    with warnings.catch_warnings():
+        # Recording the model's variable paths runs Keras's optimizer save_own_variables, whose variable.numpy()
+        # makes numpy 2 warn once per variable about Keras's Variable.__array__ signature; nothing of ours.
+        warnings.filterwarnings("ignore", _ARRAY_COPY_WARNING, DeprecationWarning)
+        store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
     failed: set[int] = set()
     errors: dict[int, Any] = {}
     saving_lib._load_state(
@@ -176,7 +270,7 @@ def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip
         assets_store=None,
         inner_path="",
         skip_mismatch=skip_mismatch,
-        visited_saveables=set(),
+        visited_saveables={id(obj) for obj in objects_to_skip or ()},  # Keras's own way to skip objects
         failed_saveables=failed,
         error_msgs=errors,
     )
@@ -204,7 +298,8 @@ def _build(ckpt: _checkpoint.Checkpoint, make: Any) -> Any:
                 f"{ckpt.url}: the model config would run arbitrary code ({text.splitlines()[0]}); pass "
                 "safe_mode=False only if you trust this file"
             ) from exc
-        raise FormatError(
+        error = ModelConfigTypeError if isinstance(exc, TypeError) else ModelConfigError
+        raise error(
             f"{ckpt.url}: Keras cannot build the model from its config: {text}. If the model uses custom layers "
             "or functions, pass them as custom_objects={'Name': Class}"
         ) from exc
@@ -222,12 +317,10 @@ def _legacy_model(ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any
         return saving_utils.model_from_config(config, custom_objects=dict(custom_objects or {}))
 
 
-def _v3_model(
-    ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any] | None, compile: bool, safe_mode: bool
-) -> Any:
+def _v3_model(config: Any, custom_objects: Mapping[str, Any] | None, compile: bool, safe_mode: bool) -> Any:
     from keras.src.saving import saving_lib
 
-    return saving_lib._model_from_config(json.dumps(ckpt.model_config), dict(custom_objects or {}), compile, safe_mode)
+    return saving_lib._model_from_config(json.dumps(config), dict(custom_objects or {}), compile, safe_mode)
 
 
 # -- compiling and optimizer state (legacy .h5) -------------------------------------------------------
@@ -239,6 +332,8 @@ def _compile_legacy(
     loader: KerasLoader,
     custom_objects: Mapping[str, Any] | None,
     matched: dict[str, Any],
+    *,
+    best_effort: bool = False,
 ) -> None:
     from keras.src.legacy.saving import saving_utils
 
@@ -250,37 +345,72 @@ def _compile_legacy(
             stacklevel=3,
         )
         return
-    model.compile(**_compile_args(ckpt, custom_objects))
+    try:
+        args = _compile_args(ckpt, custom_objects)
+        _field(ckpt, "training_config", lambda: model.compile(**args))
+    except CompileError as exc:
+        if not best_effort:
+            raise
+        warnings.warn(f"{exc}; compile='best_effort': the model is returned uncompiled", UserWarning, stacklevel=3)
+        return
     saving_utils.try_build_compiled_arguments(model)
     if ckpt.optimizer_weights:
         _restore_optimizer(model, ckpt, loader, matched)
 
 
 def _compile_args(ckpt: _checkpoint.Checkpoint, custom_objects: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Keras's compile arguments from ``training_config``.
+    """Keras's compile arguments from ``training_config`` (a Keras 1/2 one translated first).
 
     Keras 3 cannot deserialise the plain-function losses its own legacy writer
     records (``'keras.metrics.mse' ... is not a KerasSaveable subclass``, so
     ``keras.models.load_model`` fails on them); such losses and metrics are
-    passed to ``compile`` by name instead, which Keras resolves itself.
+    passed to ``compile`` by name instead, which Keras resolves itself, after
+    checking each field so that one that cannot compile is named.
     """
     from keras.src.legacy.saving import saving_utils
 
     config, objects = ckpt.training_config, dict(custom_objects or {})
+    if is_keras2_config(ckpt.attrs):
+        config = translate_training_config(config)
     try:
         return saving_utils.compile_args_from_training_config(config, objects)
-    except (ValueError, TypeError) as exc:
-        if not isinstance(config.get("loss"), (str, dict, list)):
-            raise FormatError(f"{ckpt.url}: cannot compile from the saved training config: {exc}") from exc
-        logger.info("%s: compiling with the saved loss/metric names (%s)", ckpt.url, exc)
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.info("%s: compiling field by field (%s)", ckpt.url, exc)
     keras = import_keras()
+    with keras.saving.CustomObjectScope(objects):
+        optimizer = _field(ckpt, "optimizer_config", lambda: keras.optimizers.deserialize(config["optimizer_config"]))
+        for field, get in (("loss", keras.losses.get), ("metrics", keras.metrics.get)):
+            for name in _named(config.get(field)):
+                _field(ckpt, f"{field} ({name!r})", lambda get=get, name=name: get(name))
     return {
-        "optimizer": keras.optimizers.deserialize(config["optimizer_config"], custom_objects=objects),
-        "loss": config["loss"],
+        "optimizer": optimizer,
+        "loss": config.get("loss"),
         "metrics": config.get("metrics"),
         "loss_weights": config.get("loss_weights"),
         "weighted_metrics": config.get("weighted_metrics"),
     }
+
+
+def _named(config: Any) -> Iterator[Any]:
+    """The losses/metrics of a nested per-output config that Keras resolves by itself (names compile knows aside)."""
+    if isinstance(config, list):
+        for item in config:
+            yield from _named(item)
+    elif isinstance(config, dict) and "class_name" not in config:
+        for item in config.values():
+            yield from _named(item)
+    elif config is not None and config not in ("accuracy", "acc", "crossentropy", "ce"):
+        yield config
+
+
+def _field(ckpt: _checkpoint.Checkpoint, field: str, make: Any) -> Any:
+    """``make()``; a Keras error becomes a :class:`CompileError` naming the training-config field."""
+    try:
+        return make()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CompileError(
+            f"{ckpt.url}: cannot compile from the saved training config: field {field} cannot be compiled: {exc}"
+        ) from exc
 
 
 def _restore_optimizer(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, matched: dict[str, Any]) -> None:

@@ -169,14 +169,17 @@ def _parse_keras_zip(source: Source) -> Manifest:
 
 # config.json / metadata.json of a .keras archive: a real config is kilobytes to a few MiB; a member
 # declaring more is refused before it is inflated (a 0.4 MB archive can inflate to gigabytes)
-MAX_JSON_MEMBER_BYTES = 64 << 20
+JSON_MEMBER_LIMIT = 64 << 20
 
 
 def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
-    """A JSON member of the archive, size-checked before it is inflated; damage of any kind is a FormatError."""
-    declared = archive.getinfo(name).file_size
-    if declared > MAX_JSON_MEMBER_BYTES:
-        raise FormatError(f"{url}: {name} in the archive declares {declared} bytes; at most {MAX_JSON_MEMBER_BYTES}")
+    """A JSON member, size-checked before it is inflated (:data:`JSON_MEMBER_LIMIT`); damage is a FormatError."""
+    info = archive.getinfo(name)
+    if info.file_size > JSON_MEMBER_LIMIT:
+        raise FormatError(
+            f"{url}: {name} declares {info.file_size} bytes uncompressed ({info.compress_size} stored), over the "
+            f"{JSON_MEMBER_LIMIT}-byte limit for a config; refused as a possible decompression bomb"
+        )
     try:
         return json.loads(archive.read(name))
     except LazyWeightsError:

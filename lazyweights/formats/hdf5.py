@@ -108,7 +108,7 @@ def child(group: h5py.Group, name: str, url: str) -> Any:
         raise FormatError(f"{url}: {group.name.rstrip('/')}/{name} does not exist")
     if isinstance(link, h5py.ExternalLink):
         raise UnsafeCheckpointError(
-            f"{url}: {group.name.rstrip('/')}/{name} is an external link to "
+            f"{url}: {group.name.rstrip('/')}/{name} is an ExternalLink (HDF5 external link) to "
             f"{link.filename}:{link.path}; lazyweights never follows links out of a checkpoint"
         )
     try:

@@ -4,6 +4,7 @@ The lowest stage: it knows URLs, objects and byte ranges, and no format.
 Everything above reads through a :class:`Source`.
 """
 
+from .fileobj import file_object_url, is_file_object
 from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile
 from .local import pread_into
 from .pinning import Pin, pin_of
@@ -17,7 +18,9 @@ __all__ = [
     "Pin",
     "Source",
     "WindowFile",
+    "file_object_url",
     "get_source",
+    "is_file_object",
     "pin_of",
     "pread_into",
     "release_source",

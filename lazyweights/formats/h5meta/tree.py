@@ -209,7 +209,7 @@ class Group(Node, Mapping):
                 node = target
             else:
                 raise UnsafeCheckpointError(
-                    f"{node.name}/{part}: external link to {link.filename}:{link.path} is never followed"
+                    f"{node.name}/{part}: ExternalLink (external link) to {link.filename}:{link.path} is never followed"
                 )
         return node, link
 

@@ -1,4 +1,4 @@
-"""Keras 2 → Keras 3 translation: layer configs and optimizer slot names.
+"""Keras 2 → Keras 3 translation: layer configs, training configs and optimizer slot names.
 
 Keras 3 refuses many configs tf-keras 2.x wrote (every MobileNet fails with
 "Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}").
@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "RNN_CELLS", "is_keras2_config", "layer_classes", "layer_configs", "layer_nodes", "optimizer_slot_key",
-    "translate_config",
+    "translate_config", "translate_training_config",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,122 @@ def translate_config(config: dict[str, Any]) -> dict[str, Any]:
                 args.setdefault(new, args.pop(old))
                 logger.info("Keras 2 config: renamed %s to %s in %s %r", old, new, cls, name)
     return config
+
+
+# -- training configs ------------------------------------------------------------------------
+
+# Keras's own optimizers: a Keras 2 file may name them "Custom>Adam" (tf-keras registered them so).
+BUILTIN_OPTIMIZERS = frozenset(
+    [
+        "Adadelta",
+        "Adafactor",
+        "Adagrad",
+        "Adam",
+        "AdamW",
+        "Adamax",
+        "Ftrl",
+        "Lamb",
+        "Lion",
+        "LossScaleOptimizer",
+        "Muon",
+        "Nadam",
+        "RMSprop",
+        "SGD",
+    ]
+)
+OPTIMIZER_RENAMED_ARGS = {"lr": "learning_rate"}
+# tf-keras 2.11+ arguments that say how tf-keras ran, not what the optimizer is.
+OPTIMIZER_REMOVED_ARGS = ("is_legacy_optimizer", "jit_compile")
+# tf.keras loss reductions Keras 3 names differently ("auto" meant sum over batch size outside distribution).
+LOSS_REDUCTIONS = {"auto": "sum_over_batch_size", "sum_over_batch_size": "sum_over_batch_size"}
+# Loss and metric names Keras 1/2 knew and Keras 3 does not.
+OLD_NAMES = {"cosine_proximity": "cosine_similarity", "cosine": "cosine_similarity"}
+
+
+def translate_training_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Keras 1/2 ``training_config`` that Keras 3 compiles; logs each change.
+
+    ``lr`` becomes ``learning_rate``; a non-zero Keras 2 ``decay`` (the learning
+    rate divided by ``1 + decay * iterations``) becomes Keras 3's equal
+    ``InverseTimeDecay`` schedule; ``Custom>Adam`` becomes ``Adam``; loss
+    ``reduction="auto"`` becomes ``"sum_over_batch_size"``; old loss and
+    metric names are renamed; metric wrappers whose function is saved by name
+    become that name.
+    """
+    config = copy.deepcopy(config)
+    if isinstance(config.get("optimizer_config"), dict):
+        config["optimizer_config"] = _translate_optimizer(config["optimizer_config"])
+    if "loss" in config:
+        config["loss"] = _translate_nested(config["loss"], _translate_loss)
+    for field in ("metrics", "weighted_metrics"):
+        if config.get(field) is not None:
+            config[field] = _translate_nested(config[field], _translate_metric)
+    return config
+
+
+def _translate_optimizer(node: dict[str, Any]) -> dict[str, Any]:
+    cls, args = node.get("class_name"), dict(node.get("config") or {})
+    if isinstance(cls, str) and cls.startswith("Custom>") and cls.removeprefix("Custom>") in BUILTIN_OPTIMIZERS:
+        logger.info("Keras 2 training config: optimizer %s is Keras's own %s", cls, cls.removeprefix("Custom>"))
+        node = {key: value for key, value in node.items() if key not in ("module", "registered_name")}
+        cls = node["class_name"] = cls.removeprefix("Custom>")
+    for old, new in OPTIMIZER_RENAMED_ARGS.items():
+        if old in args:
+            args.setdefault(new, args.pop(old))
+            logger.info("Keras 2 training config: renamed optimizer argument %s to %s", old, new)
+    for arg in OPTIMIZER_REMOVED_ARGS:
+        if arg in args:
+            logger.info("Keras 2 training config: dropped optimizer argument %s=%r", arg, args.pop(arg))
+    decay = args.pop("decay", None)
+    if decay:
+        rate = args.get("learning_rate", 0.001)
+        args["learning_rate"] = {
+            "module": "keras.optimizers.schedules",
+            "class_name": "InverseTimeDecay",
+            "config": {"initial_learning_rate": rate, "decay_steps": 1, "decay_rate": decay},
+            "registered_name": None,
+        }
+        logger.info("Keras 2 training config: decay=%r became an InverseTimeDecay learning-rate schedule", decay)
+    return {**node, "class_name": cls, "config": args}
+
+
+def _translate_nested(config: Any, translate: Any) -> Any:
+    """Apply ``translate`` to each loss/metric of a (possibly nested, per-output) list or dict."""
+    if isinstance(config, list):
+        return [_translate_nested(item, translate) for item in config]
+    if isinstance(config, dict) and "class_name" not in config:
+        return {key: _translate_nested(value, translate) for key, value in config.items()}
+    return translate(config)
+
+
+def _translate_loss(loss: Any) -> Any:
+    if isinstance(loss, str):
+        return _renamed(loss)
+    if isinstance(loss, dict) and isinstance(loss.get("config"), dict):
+        reduction = loss["config"].get("reduction")
+        if reduction in LOSS_REDUCTIONS and reduction != LOSS_REDUCTIONS[reduction]:
+            loss = {**loss, "config": {**loss["config"], "reduction": LOSS_REDUCTIONS[reduction]}}
+            logger.info("Keras 2 training config: loss reduction %r became %r", reduction, LOSS_REDUCTIONS[reduction])
+    return loss
+
+
+def _translate_metric(metric: Any) -> Any:
+    if isinstance(metric, str):
+        return _renamed(metric)
+    if isinstance(metric, dict) and metric.get("class_name") == "MeanMetricWrapper":
+        args = metric.get("config") or {}
+        if isinstance(args.get("fn"), str):  # Keras 3 cannot call a function saved by name; compile resolves names
+            name = args.get("name")
+            plain = name if name in ("accuracy", "acc", "crossentropy", "ce") else args["fn"]
+            logger.info("Keras 2 training config: metric wrapper %r became %r", name, plain)
+            return _renamed(plain)
+    return metric
+
+
+def _renamed(name: str) -> str:
+    if name in OLD_NAMES:
+        logger.info("Keras 2 training config: renamed %s to %s", name, OLD_NAMES[name])
+    return OLD_NAMES.get(name, name)
 
 
 # tf-keras 2.11+ optimizers name slots "<Optimizer>/<slot>/<variable name>:0";

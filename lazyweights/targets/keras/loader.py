@@ -111,6 +111,8 @@ def _pairs_by_name(
         index.setdefault(layer.name, []).append(layer)
     pairs = []
     for k, (name, specs) in enumerate(file_layers):
+        if not specs:
+            continue
         for layer in index.get(name, []):
             pair = _Pair(name, specs, layer, f"layer #{k} (named {layer.name})", legacy_weights(layer))
             if len(specs) == len(pair.variables):
@@ -211,11 +213,10 @@ def legacy_groups(
     ``matched``, when given, receives saved weight name → model variable for
     every weight that will be loaded (optimizer slots are named after them).
     """
-    file_layers = [(name, specs) for name, specs in file_layers if specs]
-    if by_name:
+    if by_name:  # Keras numbers layers by their place in the file's layer_names, weightless ones included
         pairs = _pairs_by_name(url, file_layers, model, skip_mismatch, report)
-    else:
-        pairs = _pairs_topological(url, file_layers, model)
+    else:  # ... and here among the layers that have weights
+        pairs = _pairs_topological(url, [(name, specs) for name, specs in file_layers if specs], model)
     groups = []
     for pair in pairs:
         problem = _check_pair(url, pair, reshape)
