@@ -27,6 +27,7 @@ from .stream.budget import parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
 from .targets.keras.config import is_keras2_config, translate_config
+from .targets.keras.object_graph import object_graph_groups, object_graph_optimizer_pairs, optimizer_groups
 
 require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 Url = str | os.PathLike[str]
 _V3 = ("keras-v3", "keras-zip")
+_TF = "tf-checkpoint"
 
 
 def load_weights(
@@ -66,7 +68,14 @@ def load_weights(
                 "loading weights into it"
             )
         with _loader(ckpt, max_memory, concurrency, progress) as loader:
-            if ckpt.format in _V3:
+            if ckpt.format == _TF:
+                if by_name or reshape:
+                    raise LazyWeightsError(
+                        f"{ckpt.url}: `by_name`/`reshape` only apply to legacy '.h5' files; a TensorFlow "
+                        "checkpoint is matched through its object graph"
+                    )
+                _load_tf(model, ckpt, loader, skip_mismatch)
+            elif ckpt.format in _V3:
                 if by_name:
                     raise LazyWeightsError(
                         f"{ckpt.url}: `by_name` only supports legacy '.h5' files; this is a {ckpt.format} file, "
@@ -160,6 +169,25 @@ def _load_legacy(
     )
     loader.run(groups)
     return matched
+
+
+def _load_tf(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
+    """A TensorFlow checkpoint through its object graph; then the optimizer state, if the model has one."""
+    graph = ckpt.attrs["object_graph"]
+    groups, matched = object_graph_groups(
+        ckpt.url, model, ckpt.manifest.weights, graph["paths"], skip_mismatch=skip_mismatch, report=loader.report
+    )
+    loader.run(groups)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not ckpt.manifest.optimizer:
+        return
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    pairs, unmatched = object_graph_optimizer_pairs(ckpt.url, model, ckpt.manifest.optimizer, graph, matched)
+    for key, why in unmatched:  # hyperparameters tf-keras kept as variables (beta_1, decay) have none in Keras 3
+        logger.info("%s", why)
+        loader.report.skipped.append((key, why))
+    loader.run(optimizer_groups(pairs))
 
 
 def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
