@@ -112,7 +112,14 @@ def describe(ckpt: lw.Checkpoint) -> dict[str, Any]:
     for layer in ckpt.layers:
         short = layer.alias or layer.name.rsplit("/", 1)[-1]
         weights = [
-            {"key": w.key, "name": w.name, "shape": list(w.shape), "dtype": w.spec.dtype, "nbytes": w.nbytes}
+            {
+                "key": w.key,
+                "name": w.name,
+                "path": w.spec.path,
+                "shape": list(w.shape),
+                "dtype": w.spec.dtype,
+                "nbytes": w.nbytes,
+            }
             for w in layer.weights
         ]
         layers.append({
