@@ -211,3 +211,12 @@ def test_tensor_crc_mismatch_through_load_weights(tmp_path):
     with pytest.raises(lw.LazyWeightsError, match="CRC32C") as err:
         lwk.load_weights(sequential(), root)
     assert key in str(err.value) and str(shard) in str(err.value)
+
+
+def test_load_weights_from_a_zarr_mirror_of_a_tf_checkpoint(tmp_path):
+    """A mirror keeps the object graph: Keras loads from it as from the checkpoint."""
+    lw.mirror(TF_FIXTURES / "sequential_adam", tmp_path / "m.zarr")
+    model = compiled(sequential())
+    lwk.load_weights(model, tmp_path / "m.zarr")
+    expected = predictions("sequential_adam")
+    np.testing.assert_allclose(model.predict(expected["input"], verbose=0), expected["output"], atol=1e-5)
