@@ -21,7 +21,8 @@ from lazyweights import keras as lwk
 from lazyweights import torch as lwt
 from lazyweights.errors import MismatchError
 
-TF_FIXTURES = Path(__file__).parent / "fixtures" / "tf"
+from .test_tf_checkpoint import TF_FIXTURES, flip_byte
+from .test_tf_checkpoint import oracle as tensorflow_read
 
 
 def predictions(name: str) -> dict[str, np.ndarray]:
@@ -30,9 +31,7 @@ def predictions(name: str) -> dict[str, np.ndarray]:
 
 
 def oracle(name: str) -> dict[str, np.ndarray]:
-    meta = json.loads((TF_FIXTURES / name / "oracle.json").read_text())
-    with np.load(TF_FIXTURES / name / "oracle.npz") as npz:
-        return {t["key"]: npz[t["npz"]] for t in meta["tensors"]}
+    return tensorflow_read(name)[1]
 
 
 def sequential() -> keras.Model:
@@ -203,11 +202,7 @@ def test_tensor_crc_mismatch_through_load_weights(tmp_path):
     root = Path(shutil.copytree(TF_FIXTURES / "sequential_adam", tmp_path / "ckpt"))
     key = "layer_with_weights-3/kernel/.ATTRIBUTES/VARIABLE_VALUE"
     with lw.open(root) as ckpt:
-        spec = ckpt.manifest[key]
-    shard = root / spec.member
-    data = bytearray(shard.read_bytes())
-    data[spec.extent.offset + 3] ^= 0x04
-    shard.write_bytes(bytes(data))
+        shard = flip_byte(root, ckpt, key)
     with pytest.raises(lw.LazyWeightsError, match="CRC32C") as err:
         lwk.load_weights(sequential(), root)
     assert key in str(err.value) and str(shard) in str(err.value)

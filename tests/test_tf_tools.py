@@ -14,7 +14,7 @@ import lazyweights as lw
 from lazyweights.cli import cli
 
 from .stores import s3_server
-from .test_tf_checkpoint import CHECKPOINTS, TF_FIXTURES, assert_matches_oracle, numeric, oracle
+from .test_tf_checkpoint import CHECKPOINTS, TF_FIXTURES, assert_matches_oracle, flip_byte, numeric, oracle
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,10 @@ def test_http_crc_mismatch_names_the_tensor(http_server, http_root):
     url = f"{http_server.url}/tf-corrupt"
     key = "layer_with_weights-2/kernel/.ATTRIBUTES/VARIABLE_VALUE"
     with lw.open(url) as ckpt:
-        spec = ckpt.manifest[key]
-    shard = root / spec.member
-    data = bytearray(shard.read_bytes())
-    data[spec.extent.offset + 100] ^= 0x02
-    shard.write_bytes(bytes(data))
+        shard = flip_byte(root, ckpt, key)
     with lw.open(url) as ckpt, pytest.raises(lw.LazyWeightsError, match="CRC32C") as err:
         ckpt[key].read()
-    assert key in str(err.value) and f"{url}/{spec.member}" in str(err.value)
+    assert key in str(err.value) and f"{url}/{shard.name}" in str(err.value)
 
 
 def test_dask_graph_over_a_tf_checkpoint_pickles(tmp_path):
