@@ -14,7 +14,15 @@ import lazyweights as lw
 from lazyweights.cli import cli
 
 from .stores import s3_server
-from .test_tf_checkpoint import CHECKPOINTS, TF_FIXTURES, assert_matches_oracle, flip_byte, numeric, oracle
+from .test_tf_checkpoint import (
+    CHECKPOINTS,
+    TF_FIXTURES,
+    assert_loaded_matches,
+    assert_matches_oracle,
+    flip_byte,
+    numeric,
+    oracle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +54,7 @@ def test_every_tensor_matches_tensorflow_remotely(kind, name, s3, http_server, h
             assert_matches_oracle(ckpt, name)
     loaded = lw.load(url, storage_options=options, part_size="1KiB", max_memory="16KiB")
     _, expected = oracle(name)
-    for t in numeric(meta):
-        value = loaded[t["key"]]
-        assert np.array_equal(value.view(np.uint16) if t["dtype"] == "bfloat16" else value, expected[t["key"]])
+    assert_loaded_matches(loaded, meta, expected)
 
 
 def test_http_crc_mismatch_names_the_tensor(http_server, http_root):
