@@ -25,6 +25,7 @@ import h5py
 from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from ..manifest import Manifest
 from ..storage import Source, WindowFile, get_source
+from ..storage.retry import chain_status
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
@@ -49,9 +50,11 @@ def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | No
         try:
             source = get_source(url, storage_options, refresh=True)
         except StorageError as exc:
+            if not _not_found(exc):  # access denied, a failing store: that is the error, not a different format
+                raise
             found = locate(url, storage_options)
             if found is None:
-                raise exc from None
+                raise
             return found
         if not (source.is_dir and source.member(POINTER_FILE) is not None):
             return source, None
@@ -59,6 +62,12 @@ def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | No
     if found is None:
         raise FormatError(f"{url}: no TensorFlow checkpoint ({url}.index and {url}/{POINTER_FILE} do not exist)")
     return found
+
+
+def _not_found(exc: StorageError) -> bool:
+    """Whether ``exc`` says there is no object at the URL (which may then name a TensorFlow prefix)."""
+    status = chain_status(exc)
+    return status == 404 or (status is None and isinstance(exc.__cause__, FileNotFoundError))
 
 
 def parse(source: Source, tf_prefix: str | None = None) -> Manifest:
