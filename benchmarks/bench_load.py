@@ -14,7 +14,13 @@ its own) and the best of ``--repeat`` wall times is reported:
 - ``keras-h5`` / ``lwk-h5``: the same two on the legacy ``.h5`` layout of the same model;
 - ``safetensors``: ``safetensors.numpy.load_file`` of the same tensors;
 - ``lw``: ``lw.load(file, out=preallocated, max_memory="64MiB")``;
-- ``lw-new``: ``lw.load(file)`` allocating its arrays.
+- ``lw-new``: ``lw.load(file)`` allocating its arrays;
+- ``tf`` / ``lw-tf``: a TensorFlow-format checkpoint of the same layer shapes
+  (``tf.train.Checkpoint.write``), every tensor read by
+  ``tf.train.load_checkpoint(prefix).get_tensor(key)`` against
+  ``lw.load(prefix, max_memory="64MiB")``.  Only with a Python that has
+  TensorFlow (``--tf-python``, default: this one if it imports tensorflow, or
+  the fixture virtualenv ``/tmp/tfvenv``); TensorFlow is never a dependency.
 
 "peak RSS" is the process's high-water mark over the timed call (VmHWM,
 reset just before it); "growth" is that minus the RSS just before the call
@@ -101,6 +107,43 @@ def generate(directory: Path, layers: int) -> dict[str, Path]:
     return paths
 
 
+TF_VENV_PYTHON = Path("/tmp/tfvenv/bin/python")  # scripts/make_tf_fixtures.sh's virtualenv
+
+
+def tf_python(explicit: str | None) -> str | None:
+    """A Python that imports tensorflow (None: skip the TensorFlow rows)."""
+    import importlib.util
+
+    if explicit:
+        return explicit
+    if importlib.util.find_spec("tensorflow") is not None:
+        return sys.executable
+    return str(TF_VENV_PYTHON) if TF_VENV_PYTHON.exists() else None
+
+
+def make_tf_checkpoint(prefix: str, layers: int) -> None:
+    """Write a TensorFlow checkpoint of ``layers`` Dense(WIDTH) kernels and biases (runs under TensorFlow)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    variables = {}
+    for i in range(layers):
+        variables[f"dense_{i}_kernel"] = tf.Variable(rng.standard_normal((WIDTH, WIDTH), dtype=np.float32))
+        variables[f"dense_{i}_bias"] = tf.Variable(np.zeros(WIDTH, np.float32))
+    tf.train.Checkpoint(**variables).write(prefix)
+
+
+def generate_tf(directory: Path, layers: int, python: str) -> Path:
+    prefix = directory / f"tf_{layers}" / "ckpt"
+    if not prefix.with_suffix(".index").exists():
+        print(f"generating a TensorFlow checkpoint of {layers} Dense({WIDTH}) layers ...", file=sys.stderr)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [python, __file__, "--make-tf", str(prefix), "--layers", str(layers)]
+        subprocess.run(cmd, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return prefix
+
+
 def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]:
     """Run one method in this (fresh) process; return seconds, bytes, peak and growth."""
     import numpy as np
@@ -150,6 +193,20 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
         def run() -> None:
             lw.load(h5, out=out, max_memory="64MiB")
 
+    elif method == "tf":
+        import tensorflow as tf
+
+        def run() -> None:
+            reader = tf.train.load_checkpoint(paths["tf"])
+            arrays = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map()]
+            assert arrays
+
+    elif method == "lw-tf":
+        import lazyweights as lw
+
+        def run() -> None:
+            lw.load(paths["tf"], max_memory="64MiB")
+
     else:
         raise SystemExit(f"unknown method {method}")
     before = rss_now()
@@ -161,9 +218,10 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
     return {"seconds": seconds, "peak": peak, "growth": max(0, peak - before)}
 
 
-def run_child(method: str, paths: dict[str, Path], layers: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", method, "--layers", str(layers)]
+def run_child(method: str, paths: dict[str, Path], layers: int, python: str | None = None) -> dict[str, float]:
+    cmd = [python or sys.executable, __file__, "--child", method, "--layers", str(layers)]
     cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"]), "--legacy", str(paths["legacy"])]
+    cmd += ["--tf", str(paths.get("tf", ""))]
     return run_json(cmd)
 
 
@@ -172,16 +230,22 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="cat,h5py,keras,lwk,keras-h5,lwk-h5,safetensors,lw,lw-new")
+    parser.add_argument("--only", default="cat,h5py,keras,lwk,keras-h5,lwk-h5,safetensors,lw,lw-new,tf,lw-tf")
     parser.add_argument("--plain", action="store_true", help="h5py-written file; only cat,h5py,lw,lw-new apply")
     parser.add_argument("--child")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--h5")
     parser.add_argument("--st")
     parser.add_argument("--legacy")
+    parser.add_argument("--tf")
+    parser.add_argument("--tf-python", help="a Python with TensorFlow, for the tf / lw-tf rows")
+    parser.add_argument("--make-tf")
     args = parser.parse_args()
+    if args.make_tf:
+        make_tf_checkpoint(args.make_tf, args.layers)
+        return
     if args.child:
-        paths = {"h5": args.h5, "st": args.st, "legacy": args.legacy}
+        paths = {"h5": args.h5, "st": args.st, "legacy": args.legacy, "tf": args.tf}
         print(json.dumps(measure(args.child, paths, args.layers)))
         return
     layers = layer_count(args.size_gb)
@@ -189,9 +253,17 @@ def main() -> None:
     size = paths["h5"].stat().st_size
     subprocess.run(["cat", *map(str, paths.values())], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     methods = args.only.split(",")
+    python = tf_python(args.tf_python)
+    if python is None:
+        methods = [m for m in methods if m not in ("tf", "lw-tf")]
+        print("no Python with TensorFlow: skipping the tf / lw-tf rows", file=sys.stderr)
+    elif {"tf", "lw-tf"} & set(methods):
+        paths["tf"] = generate_tf(args.dir, layers, python)
+        subprocess.run(["cat", *map(str, paths["tf"].parent.iterdir())], stdout=subprocess.DEVNULL, check=True)
     results = {}
     for method in methods:
-        runs = [run_child(method, paths, layers) for _ in range(args.repeat)]
+        interpreter = python if method == "tf" else None
+        runs = [run_child(method, paths, layers, interpreter) for _ in range(args.repeat)]
         results[method] = min(runs, key=lambda r: r["seconds"])
         print(f"  {method}: {[round(r['seconds'], 3) for r in runs]}", file=sys.stderr)
     print_table(results, size)
@@ -200,7 +272,7 @@ def main() -> None:
 def print_table(results: dict[str, dict[str, float]], size: int) -> None:
     cat = results.get("cat", {}).get("seconds")
     h5 = results.get("h5py", {}).get("seconds")
-    for ours, theirs in (("lwk", "keras"), ("lwk-h5", "keras-h5")):
+    for ours, theirs in (("lwk", "keras"), ("lwk-h5", "keras-h5"), ("lw-tf", "tf")):
         if ours in results and theirs in results:
             ratio = results[ours]["seconds"] / results[theirs]["seconds"]
             print(f"{ours} / {theirs} time: {ratio:.2f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import difflib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from .errors import MissingKeyError, PartialLoadError
 from .formats.index import load_manifest
 from .manifest import Manifest, WeightSpec
 from .read import dask as lazy
-from .storage import Source, get_source, release_source
+from .storage import Source, release_source
 from .stream import Group, LoadReport, Target, execute
 from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
@@ -308,9 +309,10 @@ def open(
         Where manifests of remote checkpoints are cached
         (default ``~/.cache/lazyweights/index``).
     """
-    source = get_source(os.fspath(url), storage_options, refresh=True)
+    source, tf_prefix = formats.open_source(os.fspath(url), storage_options)
     try:
-        manifest = load_manifest(source, formats.parse, use_index=index, cache_dir=cache_dir)
+        parse = functools.partial(formats.parse, tf_prefix=tf_prefix)
+        manifest = load_manifest(source, parse, use_index=index, cache_dir=cache_dir)
     except BaseException:
         release_source(source)
         raise

@@ -143,7 +143,14 @@ def describe(ckpt: lw.Checkpoint) -> dict[str, Any]:
         parent, _, last = layer.name.rpartition("/")
         cls = by_path[layer.name] or (RNN_CELLS.get(by_path.get(parent) or "") if last == "cell" else None)
         weights = [
-            {"key": w.key, "name": w.name, "shape": list(w.shape), "dtype": w.spec.dtype, "nbytes": w.nbytes}
+            {
+                "key": w.key,
+                "name": w.name,
+                "path": w.spec.path,
+                "shape": list(w.shape),
+                "dtype": w.spec.dtype,
+                "nbytes": w.nbytes,
+            }
             for w in layer.weights
         ]
         layers.append({

@@ -40,6 +40,7 @@ from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
 from .targets.keras.config import is_keras2_config, translate_config, translate_training_config
+from .targets.keras.object_graph import object_graph_groups, object_graph_optimizer_pairs, optimizer_groups
 
 require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
@@ -52,6 +53,7 @@ _V3 = ("keras-v3", "keras-zip")
 _ARRAY_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
 _UNZIPPED_WEIGHTS = "model.weights.h5"  # an unzipped .keras: a folder of config.json and this
 _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5", ".json")  # what Keras opens by extension
+_TF = "tf-checkpoint"
 
 
 def load_weights(
@@ -92,7 +94,14 @@ def load_weights(
                 f"{ckpt.url}: `objects_to_skip` only supports loading '.weights.h5' files; this is a {ckpt.format} file"
             )
         with _loader(ckpt, max_memory, concurrency, progress) as loader:
-            if ckpt.format in _V3:
+            if ckpt.format == _TF:
+                if by_name or reshape:
+                    raise UsageError(
+                        f"{ckpt.url}: `by_name`/`reshape` only apply to legacy '.h5' files; a TensorFlow "
+                        "checkpoint is matched through its object graph"
+                    )
+                _load_tf(model, ckpt, loader, skip_mismatch)
+            elif ckpt.format in _V3:
                 if by_name:
                     raise UsageError(
                         f"{ckpt.url}: `by_name` only supports loading legacy '.h5' or '.hdf5' files; this is a "
@@ -250,6 +259,25 @@ def _load_legacy(
     )
     loader.run(groups)
     return matched
+
+
+def _load_tf(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
+    """A TensorFlow checkpoint through its object graph; then the optimizer state, if the model has one."""
+    graph = ckpt.attrs["object_graph"]
+    groups, matched = object_graph_groups(
+        ckpt.url, model, ckpt.manifest.weights, graph["paths"], skip_mismatch=skip_mismatch, report=loader.report
+    )
+    loader.run(groups)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not ckpt.manifest.optimizer:
+        return
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    pairs, unmatched = object_graph_optimizer_pairs(ckpt.url, model, ckpt.manifest.optimizer, graph, matched)
+    for key, why in unmatched:  # hyperparameters tf-keras kept as variables (beta_1, decay) have none in Keras 3
+        logger.info("%s", why)
+        loader.report.skipped.append((key, why))
+    loader.run(optimizer_groups(pairs))
 
 
 def _load_v3(

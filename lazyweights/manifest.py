@@ -20,9 +20,19 @@ import numpy as np
 
 from .errors import FormatError, MissingKeyError
 
-__all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "ZarrChunks", "resolve_dtype"]
+__all__ = [
+    "Chunk",
+    "Extent",
+    "Filter",
+    "Layer",
+    "Manifest",
+    "Piece",
+    "WeightSpec",
+    "ZarrChunks",
+    "resolve_dtype",
+]
 
-Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr"]
+Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr", "pieces"]
 
 
 def resolve_dtype(name: str) -> np.dtype:
@@ -89,6 +99,22 @@ class ZarrChunks:
 
 
 @dataclass(frozen=True, slots=True)
+class Piece:
+    """One stored block of a weight assembled from blocks (a TensorFlow partitioned variable's slice).
+
+    The block of ``shape`` at element ``origin`` is raw C-order data of the
+    weight's dtype at ``extent`` of the store member ``member``; ``crc32c``
+    is the masked CRC32C of those bytes as the writer recorded it.
+    """
+
+    origin: tuple[int, ...]
+    shape: tuple[int, ...]
+    member: str
+    extent: Extent
+    crc32c: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WeightSpec:
     """Everything needed to read one weight without the format's library.
 
@@ -104,7 +130,12 @@ class WeightSpec:
     - ``zarr``: an array of a zarr store at ``path`` in chunks of
       ``chunk_shape``, each an object of its own named and stored as ``zarr``
       says (None: zarr itself reads and decodes them); chunks never written
-      hold ``fill``.
+      hold ``fill``;
+    - ``pieces``: assembled from ``pieces``, blocks stored apart.
+
+    ``member`` names the object of a store (a checkpoint made of several
+    files) that holds ``extent``; None: the source itself.  ``crc32c`` is the
+    masked CRC32C (TensorFlow's) of the extent's bytes, checked as they are read.
     """
 
     key: str
@@ -121,6 +152,9 @@ class WeightSpec:
     inline: bytes | None = None
     fill: bytes | None = None
     zarr: ZarrChunks | None = None
+    member: str | None = None
+    crc32c: int | None = None
+    pieces: tuple[Piece, ...] = ()
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -141,6 +175,8 @@ class WeightSpec:
             return self.extent.length if self.extent else 0
         if self.layout == "chunked":
             return sum(c.extent.length for c in self.chunks)
+        if self.layout == "pieces":
+            return sum(p.extent.length for p in self.pieces)
         return 0
 
     def extents(self) -> Iterator[Extent]:
@@ -237,8 +273,12 @@ class Manifest:
 
 
 def _check_extents(url: str, size: int, spec: WeightSpec) -> None:
-    """Refuse byte ranges outside the file before anything is allocated or read."""
-    for ext in spec.extents():
+    """Refuse byte ranges outside the file before anything is allocated or read.
+
+    Extents of store members (``member``, pieces) lie in objects of their own,
+    checked against those objects' sizes by the format's parser.
+    """
+    for ext in () if spec.member is not None else spec.extents():
         if ext.offset < 0 or ext.length < 0 or ext.end > size:
             raise FormatError(
                 f"{url}: weight {spec.key!r} declares bytes [{ext.offset}, {ext.end}) but the file has {size} bytes"
@@ -295,4 +335,10 @@ def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
         inline=_bytes(d["inline"]),
         fill=_bytes(d["fill"]),
         zarr=ZarrChunks(**d["zarr"]) if d.get("zarr") else None,
+        member=d.get("member"),
+        crc32c=d.get("crc32c"),
+        pieces=tuple(
+            Piece(tuple(p["origin"]), tuple(p["shape"]), p["member"], Extent(**p["extent"]), p.get("crc32c"))
+            for p in d.get("pieces", ())
+        ),
     )

@@ -5,6 +5,9 @@ HDF5 signature → HDF5 (Keras legacy, Keras 3 ``.weights.h5``, or generic);
 zip signature → a ``.keras`` archive whose ``model.weights.h5`` member is read
 in place.  A directory or store prefix is a zarr store (a lazyweights mirror
 or a group written by another tool), recognised by its zarr metadata.
+A TensorFlow checkpoint is several files: :func:`open_source` finds it from a
+prefix, one of its files or a folder with a ``checkpoint`` pointer, and gives
+its folder as a store Source and the prefix to :func:`parse`.
 Anything else is refused with a description of what it looks like.
 """
 
@@ -20,22 +23,58 @@ from typing import Any
 
 import h5py
 
-from ..errors import FormatError, LazyWeightsError, UnsupportedError
+from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from ..manifest import Manifest
-from ..storage import Source, WindowFile
+from ..storage import Source, WindowFile, get_source
+from ..storage.retry import chain_status
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
+from .tf.checkpoint_dir import POINTER_FILE, TF_FILE_SUFFIX, locate
+from .tf.parse import parse_tf
 from .zarr import parse_zarr
 
-__all__ = ["describe_bytes", "parse"]
+__all__ = ["describe_bytes", "open_source", "parse"]
 
 _HEAD = 4096
 _KERAS_MEMBER = "model.weights.h5"
 
 
-def parse(source: Source) -> Manifest:
-    """Read ``source``'s metadata and return its manifest."""
+def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | None]:
+    """The Source to read ``url`` through, and the TensorFlow checkpoint prefix in it (None: not one).
+
+    One stat for ordinary files; a URL with no object of its own, a folder
+    with a ``checkpoint`` pointer, or a ``.index``/``.data-*`` file name is
+    looked up as a TensorFlow checkpoint.
+    """
+    if not TF_FILE_SUFFIX.search(url):
+        try:
+            source = get_source(url, storage_options, refresh=True)
+        except StorageError as exc:
+            if not _not_found(exc):  # access denied, a failing store: that is the error, not a different format
+                raise
+            found = locate(url, storage_options)
+            if found is None:
+                raise
+            return found
+        if not (source.is_dir and source.member(POINTER_FILE) is not None):
+            return source, None
+    found = locate(url, storage_options)
+    if found is None:
+        raise FormatError(f"{url}: no TensorFlow checkpoint ({url}.index and {url}/{POINTER_FILE} do not exist)")
+    return found
+
+
+def _not_found(exc: StorageError) -> bool:
+    """Whether ``exc`` says there is no object at the URL (which may then name a TensorFlow prefix)."""
+    status = chain_status(exc)
+    return status == 404 or (status is None and isinstance(exc.__cause__, FileNotFoundError))
+
+
+def parse(source: Source, tf_prefix: str | None = None) -> Manifest:
+    """Read ``source``'s metadata and return its manifest (``tf_prefix``: a TensorFlow checkpoint in it)."""
+    if tf_prefix is not None:
+        return parse_tf(source, tf_prefix)
     if source.is_dir:
         return parse_zarr(source)
     head = source.head()[:_HEAD]  # the metadata parse reads on from the same one request

@@ -101,9 +101,11 @@ def _fs_options(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _reopen_member(url: str, storage_options: Mapping[str, Any] | None, key: str, pin: Pin) -> Source:
+def _reopen_member(
+    url: str, storage_options: Mapping[str, Any] | None, key: str, pin: Pin, store: bool = False
+) -> Source:
     """Unpickle a store member: the member ``key`` of the store at ``url``, refused if it changed."""
-    member = get_source(url, storage_options).member(key)
+    member = get_source(url, storage_options, store=store).member(key)
     if member is None:
         raise ObjectChangedError(f"{url}/{key}: the object disappeared since it was opened")
     if not pin.same_object(member.pin):
@@ -114,12 +116,22 @@ def _reopen_member(url: str, storage_options: Mapping[str, Any] | None, key: str
     return member
 
 
+def _reopen_store(url: str, storage_options: Mapping[str, Any] | None) -> Source:
+    """Unpickle a prefix of objects opened with ``store=True`` (its members re-check their own pins)."""
+    return get_source(url, storage_options, store=True)
+
+
 def _options_token(storage_options: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(storage_options or {}), sort_keys=True, default=repr)
 
 
 def get_source(
-    url: str, storage_options: Mapping[str, Any] | None = None, pin: Pin | None = None, *, refresh: bool = False
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    pin: Pin | None = None,
+    *,
+    refresh: bool = False,
+    store: bool = False,
 ) -> Source:
     """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted).
 
@@ -128,8 +140,10 @@ def get_source(
     cached source is re-stated and replaced if the object changed (what a new
     :func:`lazyweights.open` wants: the object as it is now); a store prefix,
     if a root metadata document it read changed (a store rewritten since).
+    With ``store``, ``url`` is taken as a prefix of objects without a stat
+    (a folder of checkpoint files over HTTP, which has no directories).
     """
-    key = (str(url), _options_token(storage_options))
+    key = (str(url), _options_token(storage_options) + ("|store" if store else ""))
     with _cache_lock:
         source = _cache.get(key)
         if source is not None:
@@ -138,7 +152,7 @@ def get_source(
         release_source(source)
         source = None
     if source is None:
-        source = _cached_new(key, str(url), storage_options)
+        source = _cached_new(key, str(url), storage_options, store)
     if pin is not None and not pin.same_object(source.pin):
         raise ObjectChangedError(
             f"{url}: the object changed since it was opened (then: {pin.describe()}; now: {source.pin.describe()})"
@@ -146,8 +160,8 @@ def get_source(
     return source
 
 
-def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None) -> Source:
-    source = Source(url, storage_options)
+def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool) -> Source:
+    source = Source(url, storage_options, store=store)
     with _cache_lock:
         existing = _cache.get(key)
         if existing is not None:  # another thread won the race
@@ -163,7 +177,7 @@ def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, An
 def release_source(source: Source) -> None:
     """Drop ``source`` from the cache and close it."""
     with _cache_lock:
-        key = (source.url, _options_token(source.storage_options))
+        key = (source.url, _options_token(source.storage_options) + ("|store" if source.store else ""))
         if _cache.get(key) is source:
             del _cache[key]
     source.close()
@@ -181,9 +195,15 @@ class Source:
     """
 
     def __init__(
-        self, url: str, storage_options: Mapping[str, Any] | None = None, *, retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        store: bool = False,
     ):
         self.url = url
+        self.store = store
         self.storage_options = dict(storage_options or {})
         self.retry = retry
         self.requests = 0
@@ -202,7 +222,7 @@ class Source:
         if (options.get("config_kwargs") or {}).get("retries") == _SINGLE_ATTEMPT and hasattr(self.fs, "retries"):
             self.fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see _fs_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        self._init_object(self.stat())
+        self._init_object({"type": "directory", "size": 0} if store else self.stat())
 
     def _init_object(self, info: Mapping[str, Any]) -> None:
         """Everything that follows from the object's ``info()``: kind, pin, pinned readers, empty caches."""
@@ -224,7 +244,10 @@ class Source:
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._parent is not None:
-            return (_reopen_member, (self._parent.url, self._parent.storage_options, self._key, self.pin))
+            parent = self._parent
+            return (_reopen_member, (parent.url, parent.storage_options, self._key, self.pin, parent.store))
+        if self.store:
+            return (_reopen_store, (self.url, self.storage_options))
         return (get_source, (self.url, self.storage_options, self.pin))
 
     # -- store members -----------------------------------------------------------
@@ -254,12 +277,13 @@ class Source:
 
         For a store prefix: whether a root metadata document it read
         (:data:`STORE_MARKERS`) changed, appeared or disappeared — every
-        rewrite of a store rewrites its root metadata.
+        rewrite of a store rewrites its root metadata; for a prefix opened
+        with ``store=True`` (a few named files), whether any member it read did.
         """
         if not self.is_dir:
             return not self.pin.same_object(pin_of(self.stat()))
         for key, member in self.members_read().items():
-            if key not in STORE_MARKERS:
+            if key not in STORE_MARKERS and not self.store:  # a store opened by name: a few objects, check each
                 continue
             now = self._new_member(key)
             if (member is None) != (now is None) or (member is not None and not member.pin.same_object(now.pin)):
@@ -279,6 +303,7 @@ class Source:
         child.requests = 0
         child._count_lock = threading.Lock()
         child._parent, child._key = self, key
+        child.store = False
         child.fs, child.path = self.fs, f"{self.path.rstrip('/')}/{key}"
         child.is_local = self.is_local
         try:

@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import geometry
-from ..errors import LazyWeightsError, ObjectChangedError, PartialLoadError
+from ..errors import FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError
+from ..formats.tf.crc import crc32c, crc32c_of_parts, mask
 from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value
 from ..storage import Source
@@ -56,22 +57,49 @@ def _assign_flat(dest: np.ndarray, e0: int, e1: int, values: np.ndarray) -> None
         dest.flat[e0:e1] = values
 
 
-def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> None:
-    """Make the I/O calls ``unit`` describes, filling its destination among ``arrays`` (the group's)."""
+def _reader(source: Source, unit: plan.Unit) -> Source:
+    """The Source ``unit`` reads: the source itself, or the store member it names."""
+    if unit.member is None:
+        return source
+    member = source.member(unit.member)
+    if member is None:
+        raise ObjectChangedError(f"{source.url.rstrip('/')}/{unit.member}: the object disappeared since it was opened")
+    return member
+
+
+def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> list[tuple[plan.Unit, memoryview]]:
+    """Make the I/O calls ``unit`` describes, filling its destination among ``arrays`` (the group's).
+
+    Returns the raw bytes each plain part read (:class:`~plan.Direct`,
+    :class:`~plan.Staged`, a batch's reads), still hot, for checksums.
+    """
+    reader = _reader(source, unit)
     if isinstance(unit, plan.Direct):
-        source.readinto(unit.offset, geometry.byte_view(_flat(arrays[unit.slot])[unit.d0 : unit.d1]))
-    elif isinstance(unit, plan.Staged):
+        view = geometry.byte_view(_flat(arrays[unit.slot])[unit.d0 : unit.d1])
+        reader.readinto(unit.offset, view)
+        return [(unit, view)]
+    if isinstance(unit, plan.Staged):
         stage = np.empty(unit.d1 - unit.d0, dtype=unit.dtype)
-        source.readinto(unit.offset, geometry.byte_view(stage))
+        reader.readinto(unit.offset, geometry.byte_view(stage))
         _assign_flat(arrays[unit.slot], unit.d0, unit.d1, stage)
-    elif isinstance(unit, plan.Span):
+        return [(unit, geometry.byte_view(stage))]
+    if isinstance(unit, plan.Batch):
+        views = [(r, geometry.byte_view(_flat(arrays[r.slot])[r.d0 : r.d1])) for r in unit.reads]
+        reader.readinto_many([(r.offset, view) for r, view in views])
+        return views
+    if isinstance(unit, plan.Span):
         stage = np.empty(unit.last - unit.first, dtype=unit.dtype)
-        source.readinto(unit.offset, geometry.byte_view(stage))
+        reader.readinto(unit.offset, geometry.byte_view(stage))
         dest, run = arrays[unit.slot], unit.run
         for n, o in enumerate(unit.offsets):
             _assign_flat(dest, (unit.index + n) * run, (unit.index + n + 1) * run, stage[o : o + run])
-    elif isinstance(unit, plan.Batch):
-        source.readinto_many([(r.offset, geometry.byte_view(_flat(arrays[r.slot])[r.d0 : r.d1])) for r in unit.reads])
+    elif isinstance(unit, plan.PieceRead):
+        piece = unit.piece
+        stage = np.empty(piece.shape, dtype=unit.dtype)
+        reader.readinto(piece.extent.offset, geometry.byte_view(stage))
+        if piece.crc32c is not None:
+            check_crc32c(reader.url, unit.key, piece.crc32c, crc32c(geometry.byte_view(stage)))
+        arrays[unit.slot][unit.dst] = stage[unit.src]
     elif isinstance(unit, plan.HDF5Chunk):
         arrays[unit.slot][unit.dst] = hdf5.read_chunk(source, unit.spec, unit.chunk)[unit.src]
     elif isinstance(unit, plan.H5py):
@@ -84,6 +112,59 @@ def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> N
         unit.run()
     else:  # pragma: no cover - a unit kind without a runner is a bug
         raise TypeError(f"no runner for {type(unit).__name__}")
+    return []
+
+
+def check_crc32c(url: str, key: str, expected_masked: int, crc: int) -> None:
+    """Refuse a weight whose bytes' CRC32C (``crc``, unmasked) differs from the masked one the file recorded."""
+    if mask(crc) != expected_masked:
+        raise FormatError(
+            f"{url}: tensor {key!r} fails its CRC32C check (stored {expected_masked:#010x}, computed "
+            f"{mask(crc):#010x}); the data file is corrupt"
+        )
+
+
+class _Checksums:
+    """Per-weight CRC32C of whole-weight reads, built from parts that finish in any order.
+
+    Each part's CRC is taken from its bytes right after they land (no second
+    pass over the weight); when a weight's parts cover its extent, the part
+    CRCs are folded in file order with ``crc32c_combine`` and compared.
+    Parts run concurrently, so folding beats reading a weight's parts in order.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.expected: dict[tuple[int, str], tuple[str, int, int]] = {}  # (slot, key) -> (url, crc, length)
+        self.parts: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+
+    def expect(self, source: Source, slot: int, target: Target) -> None:
+        spec = target.spec
+        whole = target.box is None or target.box == geometry.full_box(spec.shape)
+        if spec.crc32c is None or spec.extent is None or not whole:
+            return  # a region's bytes are not the whole stored tensor: no checksum covers them
+        url = f"{source.url.rstrip('/')}/{spec.member}" if spec.member else source.url
+        self.expected[(slot, spec.key)] = (url, spec.crc32c, spec.extent.length)
+        self.parts[(slot, spec.key)] = []
+
+    def add(self, read: list[tuple[plan.Unit, memoryview]]) -> None:
+        for part, view in read:
+            ident = (getattr(part, "slot", -1), part.key)
+            if ident not in self.expected:
+                continue
+            done = self._add(ident, part, view)
+            if done is not None:
+                url, expected, _ = self.expected[ident]
+                check_crc32c(url, part.key, expected, done)
+
+    def _add(self, ident: tuple[int, str], part: plan.Unit, view: memoryview) -> int | None:
+        value = crc32c(view)
+        with self.lock:
+            parts = self.parts[ident]
+            parts.append((part.offset, value, view.nbytes))
+            if sum(n for _, _, n in parts) < self.expected[ident][2]:
+                return None
+        return crc32c_of_parts((c, n) for _, c, n in sorted(parts))
 
 
 def _zarr_units(source: Source, target: Target, dest: np.ndarray) -> list[plan.Unit]:
@@ -193,7 +274,9 @@ def _submit_group(
     budget.acquire(held, owner, pin=True)
     arrays = [plan.destination(t) for t in group.targets]
     units: list[plan.Unit] = []
+    checksums = _Checksums()
     for slot, (target, dest) in enumerate(zip(group.targets, arrays, strict=True)):
+        checksums.expect(source, slot, target)
         if target.spec.layout == "zarr":
             mine = _zarr_units(source, target, dest)
         else:
@@ -216,7 +299,9 @@ def _submit_group(
     def run(unit: plan.Unit) -> None:
         try:
             if state.error is None:
-                run_unit(source, unit, arrays)
+                read = run_unit(source, unit, arrays)
+                if checksums.expected:
+                    checksums.add(read)
                 state.finish(unit)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import geometry
-from ..manifest import Chunk, WeightSpec
+from ..manifest import Chunk, Piece, WeightSpec
 from ..read.hdf5 import chunk_overlaps
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "H5py",
     "HDF5Chunk",
     "PartSizes",
+    "PieceRead",
     "Span",
     "Staged",
     "Target",
@@ -113,6 +114,7 @@ class Unit:
     stored: int  # bytes fetched from storage
     nbytes: int  # destination bytes the unit fills
     requests: int = 1  # storage reads the unit makes
+    member: str | None = None  # the store member the bytes are in (None: the source itself)
 
     @property
     def members(self) -> tuple[Unit, ...]:
@@ -165,6 +167,17 @@ class HDF5Chunk(Unit):
     slot: int
     spec: WeightSpec
     chunk: Chunk
+    src: geometry.Box
+    dst: geometry.Box
+
+
+@dataclass(frozen=True, kw_only=True)
+class PieceRead(Unit):
+    """One stored block of a ``pieces`` weight, read whole (its CRC32C checked) and ``src`` of it put at ``dst``."""
+
+    slot: int
+    piece: Piece
+    dtype: np.dtype
     src: geometry.Box
     dst: geometry.Box
 
@@ -255,6 +268,8 @@ def target_units(target: Target, slot: int, dest: np.ndarray, parts: PartSizes, 
     if spec.layout == "h5py":
         nbytes = target.nbytes
         return [H5py(key=spec.key, cost=2 * nbytes, stored=nbytes, nbytes=nbytes, slot=slot, spec=spec, box=box)]
+    if spec.layout == "pieces":
+        return list(_piece_units(spec, slot, box))
     if spec.layout == "zarr":
         raise ValueError(f"{spec.key!r}: zarr targets are planned by lazyweights.read.zarr")
     return [Constant(key=spec.key, slot=slot, spec=spec, box=box)]
@@ -279,12 +294,12 @@ def _contiguous_units(
             n = ext.length
             if direct:  # remote: the bytes are in flight until they land (and batchable)
                 yield Direct(
-                    key=spec.key, cost=0 if is_local else n, stored=n, nbytes=n,
+                    key=spec.key, cost=0 if is_local else n, stored=n, nbytes=n, member=spec.member,
                     slot=slot, offset=ext.offset, length=n, d0=d0, d1=d1,
                 )  # fmt: skip
             else:
                 yield Staged(
-                    key=spec.key, cost=n * staged_factor, stored=n, nbytes=n,
+                    key=spec.key, cost=n * staged_factor, stored=n, nbytes=n, member=spec.member,
                     slot=slot, offset=ext.offset, length=n, d0=d0, d1=d1, dtype=spec.np_dtype,
                 )  # fmt: skip
 
@@ -300,7 +315,7 @@ def _span_units(
         ext = geometry.element_extent(spec, first, last)
         yield Span(
             key=spec.key, cost=ext.length * (1 if is_local else 2), stored=ext.length, nbytes=(j - i) * run * itemsize,
-            slot=slot, offset=ext.offset, first=first, last=last, run=run, index=i,
+            member=spec.member, slot=slot, offset=ext.offset, first=first, last=last, run=run, index=i,
             offsets=tuple((starts[i:j] - first).tolist()), dtype=spec.np_dtype,
         )  # fmt: skip
 
@@ -315,6 +330,21 @@ def _chunk_units(spec: WeightSpec, slot: int, box: geometry.Box) -> Iterator[Uni
         yield HDF5Chunk(
             key=spec.key, cost=chunk.extent.length + chunk_nbytes, stored=chunk.extent.length, nbytes=nbytes,
             slot=slot, spec=spec, chunk=chunk, src=src, dst=dst,
+        )  # fmt: skip
+
+
+def _piece_units(spec: WeightSpec, slot: int, box: geometry.Box) -> Iterator[Unit]:
+    """One unit per stored block that meets ``box``: the block is read whole, so its CRC32C can be checked."""
+    itemsize = spec.np_dtype.itemsize
+    for piece in spec.pieces:
+        overlap = geometry.intersect(piece.origin, piece.shape, box)
+        if overlap is None:
+            continue
+        src, dst = overlap
+        n = piece.extent.length
+        yield PieceRead(
+            key=spec.key, cost=2 * n, stored=n, nbytes=math.prod(geometry.box_shape(dst)) * itemsize,
+            member=piece.member, slot=slot, piece=piece, dtype=spec.np_dtype, src=src, dst=dst,
         )  # fmt: skip
 
 
@@ -335,8 +365,9 @@ def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
             fetched = sum(e - s for s, e in spans)
             nbytes = sum(u.nbytes for u in run)
             batch = Batch(
-                key=run[0].key, cost=fetched, stored=fetched, nbytes=nbytes, requests=len(spans), reads=(*run,)
-            )
+                key=run[0].key, cost=fetched, stored=fetched, nbytes=nbytes, requests=len(spans), reads=(*run,),
+                member=run[0].member,
+            )  # fmt: skip
             out.append(batch)
         run.clear()
 
@@ -345,8 +376,8 @@ def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
             flush()
             out.append(unit)
             continue
-        if run and sum(u.stored for u in run) + unit.stored > limit:
-            flush()
+        if run and (sum(u.stored for u in run) + unit.stored > limit or unit.member != run[0].member):
+            flush()  # a batch reads one object
         run.append(unit)
     flush()
     return out

@@ -11,8 +11,10 @@ arrays.  String tensors (``DT_STRING``) are varint64 lengths, a 4-byte masked
 CRC32C of the lengths (each hashed as a little-endian uint32, or uint64 when it
 does not fit 32 bits: what TensorFlow's writer does), then the bytes;
 the entry's CRC covers the uint64 lengths, that checksum and the bytes.  They
-are read with :func:`decode_strings` and listed as unsupported for array reads,
-as are resource, variant, quantized and packed 4-bit tensors.
+are decoded with :func:`decode_strings` (the object graph is one) and listed
+as unsupported for array reads, as are resource, variant, quantized and packed
+4-bit tensors.  Numeric tensors are read by the executor as raw byte ranges;
+this module never reads them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ __all__ = [
     "BundleIndex",
     "TensorEntry",
     "decode_strings",
-    "decode_tensor",
     "parse_index",
     "read_index",
     "shard_name",
@@ -67,7 +68,7 @@ NUMPY_DTYPES: dict[int, np.dtype] = {
     DT["DT_COMPLEX128"]: np.dtype("complex128"),
 }
 _UNSUPPORTED_REASONS = {
-    DT["DT_STRING"]: "string tensor (read it with read_strings)",
+    DT["DT_STRING"]: "string tensor (bytes, not a numeric array)",
     DT["DT_RESOURCE"]: "resource handle, not data",
     DT["DT_VARIANT"]: "variant tensor (serialized TensorFlow objects)",
     DT["DT_INT4"]: "packed 4-bit integers",
@@ -284,20 +285,6 @@ def check_crc(entry: TensorEntry, crc: int, where: str) -> None:
             f"{where}: tensor {entry.key!r} fails its CRC32C check "
             f"(stored {entry.crc32c:#010x}, computed {mask(crc):#010x}); the data file is corrupt"
         )
-
-
-def decode_tensor(entry: TensorEntry, data: bytes, header: BundleHeader, where: str, *, verify: bool = True):
-    """The numpy array stored in ``data`` (the entry's ``size`` bytes read from its shard ``where``)."""
-    dtype = entry.dtype
-    if dtype is None:
-        raise UnsupportedError(f"{where}: tensor {entry.key!r} cannot be read as an array: {entry.unsupported}")
-    if len(data) != entry.size:
-        raise FormatError(f"{where}: tensor {entry.key!r}: got {len(data)} bytes, expected {entry.size}")
-    if verify:
-        check_crc(entry, crc32c(data), where)
-    stored = dtype.newbyteorder(">") if header.endianness == "big" and dtype.itemsize > 1 else dtype
-    array = np.frombuffer(data, dtype=stored).reshape(entry.shape)
-    return array.astype(dtype) if stored is not dtype else array.copy()
 
 
 def decode_strings(entry: TensorEntry, data: bytes, where: str, *, verify: bool = True) -> list[bytes]:

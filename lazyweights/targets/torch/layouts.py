@@ -180,7 +180,7 @@ def _named(manifest: Manifest) -> dict[str, KerasName]:
     for spec in manifest.weights:
         parts = spec.name.split(":")[0].split("/")
         role = parts[-1]
-        module = ".".join(parts[:-1]) or spec.layer
+        module = ".".join(parts[:-1]) or spec.layer.replace("/", ".")  # TF checkpoints: the object path
         cls = classes.get(parts[-2] if len(parts) > 1 else spec.layer) or classes.get(spec.layer)
         name = f"{module}.{TORCH_NAMES.get(role, role)}"
         known = role if role in TORCH_NAMES else None
