@@ -51,7 +51,7 @@ def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | No
         try:
             source = get_source(url, storage_options, refresh=True)
         except StorageError as exc:
-            if not _not_found(exc):  # access denied, a failing store: that is the error, not a different format
+            if not _not_found(exc) or _named_as_other_format(url):  # not a TF prefix: the error is the answer
                 raise
             found = locate(url, storage_options)
             if found is None:
@@ -63,6 +63,15 @@ def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | No
     if found is None:
         raise FormatError(f"{url}: no TensorFlow checkpoint ({url}.index and {url}/{POINTER_FILE} do not exist)")
     return found
+
+
+# Names that say what the object is: a missing one is missing, not a TensorFlow prefix to look for
+# (each look costs requests).  TF prefixes are bare (``ckpt``, ``ckpt-1200``) or end ``.ckpt``.
+_OTHER_FORMAT_SUFFIXES = (".h5", ".hdf5", ".keras", ".zarr", ".json", ".safetensors", ".npz", ".pt", ".pth", ".bin")
+
+
+def _named_as_other_format(url: str) -> bool:
+    return url.split("?")[0].rstrip("/").lower().endswith(_OTHER_FORMAT_SUFFIXES)
 
 
 def _not_found(exc: StorageError) -> bool:
