@@ -10,6 +10,7 @@
 
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
+    BudgetError,
     DestinationExistsError,
     FormatError,
     LazyWeightsError,
@@ -51,6 +52,7 @@ __all__ = [
     "MissingKeyError",
     "ObjectChangedError",
     "PartialLoadError",
+    "BudgetError",
     "Shard",
     "ShardError",
     "StorageError",

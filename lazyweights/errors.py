@@ -16,6 +16,7 @@ keeps working::
      │    ├── ObjectChangedError             the object changed while it was being read
      │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      ├── PartialLoadError                    a load failed after writing into ``out``
+     ├── BudgetError(MemoryError)            a read needs more memory than allowed (max_memory, declared sizes)
      └── MissingDependencyError(ImportError)  an optional dependency is not installed; names the extra
 
 :func:`require` imports an optional dependency or raises :class:`MissingDependencyError`.
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 __all__ = [
+    "BudgetError",
     "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
@@ -104,6 +106,10 @@ class PartialLoadError(LazyWeightsError):
         super().__init__(message)
         self.written = list(written)
         self.partial = list(partial)
+
+
+class BudgetError(LazyWeightsError, MemoryError):
+    """A read would need more memory than allowed: one chunk larger than ``max_memory``, or an array too large."""
 
 
 class MissingDependencyError(LazyWeightsError, ImportError):

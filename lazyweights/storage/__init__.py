@@ -4,7 +4,7 @@ The lowest stage: it knows URLs, objects and byte ranges, and no format.
 Everything above reads through a :class:`Source`.
 """
 
-from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile
+from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile, storage_failure
 from .local import pread_into
 from .pinning import Pin, pin_of
 from .source import HEAD_BYTES, STORE_MARKERS, Source, get_source, release_source
@@ -21,4 +21,5 @@ __all__ = [
     "pin_of",
     "pread_into",
     "release_source",
+    "storage_failure",
 ]

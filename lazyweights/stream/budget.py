@@ -11,13 +11,17 @@ benchmarks can assert the bound rather than assume it.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import re
 import threading
 from collections.abc import Iterator
 
-from ..errors import LazyWeightsError
+import numpy as np
 
-__all__ = ["ByteBudget", "parse_bytes"]
+from ..errors import BudgetError, LazyWeightsError
+
+__all__ = ["ByteBudget", "allocate", "parse_bytes"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -36,6 +40,31 @@ def parse_bytes(value: int | str | None) -> int | None:
     if not match or match.group(2).lower() not in _UNITS:
         raise LazyWeightsError(f"cannot read {value!r} as a size; expected e.g. 64MiB, 1.5GB or 1048576")
     return parse_bytes(int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """A new array for ``what`` (a weight), refused with :class:`BudgetError` before allocating when it cannot fit.
+
+    A file may declare any shape: a never-written dataset of 10**12 elements
+    is a 1 KiB file.  An array larger than the machine's physical memory is
+    refused outright (numpy would otherwise reserve it lazily and the fill
+    would exhaust memory), and a failed allocation becomes the same error.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    memory = _physical_memory()
+    if memory is not None and nbytes > memory:
+        raise BudgetError(f"{what}: declared shape {shape} needs {nbytes} bytes, more than this machine's {memory}")
+    try:
+        return np.empty(shape, dtype=dtype)
+    except MemoryError as exc:
+        raise BudgetError(f"{what}: cannot allocate {nbytes} bytes for declared shape {shape}") from exc
 
 
 class ByteBudget:
