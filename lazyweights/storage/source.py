@@ -57,7 +57,7 @@ from ..geometry import merge_ranges
 from .files import MetadataFile
 from .local import pread_into
 from .options import SINGLE_ATTEMPT, fs_options, target_protocol
-from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
+from .pinning import Pin, checks_responses, local_stamp, pin_of, pinned_fetch, pinned_readinto
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify, describe, retry_after
 
 __all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "get_source", "release_source"]
@@ -212,8 +212,8 @@ class Source:
             extra = _EXTRAS.get(fsspec.utils.get_protocol(url.split("::")[-1]))
             hint = f"; install it with: pip install 'lazyweights[{extra}]'" if extra else ""
             raise MissingDependencyError(f"{url}: cannot resolve a filesystem ({exc}){hint}") from exc
-        except ValueError as exc:
-            raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
+        except Exception as exc:  # a backend's own error (bad options, no credentials): ours, naming the URL
+            raise StorageError(f"{url}: cannot resolve a filesystem: {type(exc).__name__}: {exc}") from exc
         store_fs, store_options = (self.fs, options)
         if "::" in url:  # a chained URL: the store's filesystem is the innermost layer
             store_fs, store_options = getattr(self.fs, "fs", self.fs), options[target_protocol(url)]
@@ -236,8 +236,8 @@ class Source:
         self._fd_readers = 0  # reads in progress through ``_fd``: close() waits for the last (see _with_fd)
         self._fd_closing = False
         self._whole_file = remote_file and isinstance(self.fs, WholeFileCacheFileSystem)
-        if self._whole_file:
-            self.pinned = False  # the local copy is only size-checked: verify() re-states the object
+        # verify() may skip re-stating only where every response was checked against the pin
+        self._responses_checked = self.pinned and not self._whole_file and checks_responses(self.fs)
         self._cache_path: str | None = None  # simplecache::/filecache::: the local copy, fetched once
         self._head: bytes | None = None
         self._head_lock = threading.Lock()
@@ -350,8 +350,9 @@ class Source:
     def verify(self) -> None:
         """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
 
-        Needed only where reads are not pinned by the store itself (local files,
-        memory, chained filesystems); pinned sources return at once.  A store
+        Needed only where responses are not checked against the pin as they
+        arrive (local files, memory, chained filesystems, GCS); S3 and HTTP
+        sources return at once.  A store
         prefix verifies every member it handed out (locally one ``os.stat``
         each, and an object found absent must still be absent).
         """
@@ -362,7 +363,7 @@ class Source:
                 elif self.is_local and os.path.lexists(f"{self.path.rstrip('/')}/{key}"):
                     raise ObjectChangedError(f"{self.url}/{key}: the object appeared while the store was being read")
             return
-        if self.pinned:
+        if self._responses_checked:
             return
         if self.is_local and self._fd is not None:
             self._check_pin(self._with_fd(lambda fd: self._local_pin(os.fstat(fd))))
@@ -370,7 +371,7 @@ class Source:
         self._check_pin(pin_of(self.stat()))
 
     def _local_pin(self, st: os.stat_result) -> Pin:
-        return Pin(size=st.st_size, etag=str(st.st_mtime) if self.pin.etag is not None else None)
+        return Pin(size=st.st_size, etag=local_stamp(st.st_mtime, st.st_ino) if self.pin.etag is not None else None)
 
     def _check_pin(self, now: Pin) -> None:
         if not self.pin.same_object(now):
@@ -621,6 +622,10 @@ class Source:
             fd, self._fd_readers = self._fd, self._fd_readers + 1
         try:
             return use(fd)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise self._error(exc, "read failed") from exc
         finally:
             with self._fd_lock:
                 self._fd_readers -= 1
