@@ -309,3 +309,29 @@ def test_a_replaced_file_is_a_new_source_and_the_old_one_reads_its_own_version(t
             assert new.source is not old.source
             _assert_values(new.load(), expected)
         _assert_values(old.load(), first)  # through the descriptor it opened: its own version, whole
+
+
+# -- each response checked against the pin (S3's GetObject response dict, HTTP headers) ------------
+
+
+def test_check_response_refuses_other_versions_and_ranges() -> None:
+    from lazyweights.storage.pinning import Pin, RangeMismatchError, VersionMismatchError, check_response
+
+    pin = Pin(size=1000, etag='"abc"', version="v1")
+    check_response(pin, 10, 20, {"ETag": '"abc"', "VersionId": "v1", "ContentRange": "bytes 10-19/1000"})
+    with pytest.raises(VersionMismatchError, match="version v2"):  # an S3 that ignored VersionId
+        check_response(pin, 10, 20, {"ETag": '"abc"', "VersionId": "v2", "ContentRange": "bytes 10-19/1000"})
+    with pytest.raises(VersionMismatchError, match="ETag"):  # one that ignored IfMatch
+        check_response(Pin(size=1000, etag='"abc"'), 10, 20, {"ETag": '"def"', "ContentRange": "bytes 10-19/1000"})
+    with pytest.raises(VersionMismatchError, match="1001 bytes"):
+        check_response(pin, 10, 20, {"Content-Range": "bytes 10-19/1001"})
+    with pytest.raises(RangeMismatchError, match="bytes 14-23"):
+        check_response(pin, 10, 20, {"Content-Range": "bytes 14-23/1000"})
+    with pytest.raises(RangeMismatchError, match="no Content-Range"):
+        check_response(pin, 10, 20, {})
+    check_response(pin, 0, 1000, {}, whole_ok=True)  # a 200 with all of it
+    modified = Pin(size=1000, etag='"abc"', modified="Mon, 01 Jan 2024 00:00:00 GMT")
+    with pytest.raises(VersionMismatchError, match="Last-Modified"):
+        check_response(
+            modified, 10, 20, {"Last-Modified": "Tue, 02 Jan 2024 00:00:00 GMT", "Content-Range": "bytes 10-19/1000"}
+        )
