@@ -10,6 +10,7 @@
 
 from .checkpoint import Checkpoint, Layer, LoadedWeights, Weight, load, open
 from .errors import (
+    BudgetError,
     CompileError,
     DestinationExistsError,
     FormatError,
@@ -63,6 +64,7 @@ __all__ = [
     "NotFoundError",
     "ObjectChangedError",
     "PartialLoadError",
+    "BudgetError",
     "Shard",
     "ShardError",
     "StorageError",

@@ -20,7 +20,7 @@ from .manifest import Manifest, WeightSpec
 from .read import dask as lazy
 from .storage import Source, release_source
 from .stream import Group, LoadReport, Target, execute
-from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
+from .stream.budget import DEFAULT_MAX_MEMORY, allocate, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.numpy import plan_numpy
 from .targets.shard import ShardArg
@@ -53,7 +53,7 @@ class Weight:
         and ends by checking that the object did not change.
         """
         box, rest = geometry.normalize_index(index, self.spec.shape)
-        out = np.empty(geometry.box_shape(box), dtype=self.spec.np_dtype)
+        out = allocate(geometry.box_shape(box), self.spec.np_dtype, f"{self._source.url}: weight {self.key!r}")
         report = LoadReport(url=self._source.url, format="")
         try:
             execute(self._source, [Group([Target(self.spec, out, box)])], max_memory=None, report=report)

@@ -21,6 +21,7 @@ keeps working::
      │    ├── ObjectChangedError             the object changed while it was being read
      │    └── DestinationExistsError(FileExistsError)  a write would replace existing data
      ├── PartialLoadError                    a load failed after writing into ``out``
+     ├── BudgetError(MemoryError)            a read needs more memory than allowed (max_memory, declared sizes)
      └── MissingDependencyError(ImportError)  an optional dependency is not installed; names the extra
 
 :func:`require` imports an optional dependency or raises :class:`MissingDependencyError`.
@@ -34,6 +35,7 @@ from types import ModuleType
 
 __all__ = [
     "CompileError",
+    "BudgetError",
     "DestinationExistsError",
     "FormatError",
     "LazyWeightsError",
@@ -138,6 +140,10 @@ class PartialLoadError(LazyWeightsError):
         super().__init__(message)
         self.written = list(written)
         self.partial = list(partial)
+
+
+class BudgetError(LazyWeightsError, MemoryError):
+    """A read would need more memory than allowed: one chunk larger than ``max_memory``, or an array too large."""
 
 
 class MissingDependencyError(LazyWeightsError, ImportError):

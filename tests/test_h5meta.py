@@ -196,20 +196,25 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
         _compact(f, "compact", np.arange(10, dtype="i4"))
         f.create_dataset("unwritten", (10, 10), dtype="f4")
         f.create_dataset("fill", (4,), dtype="i4", fillvalue=7)
-        f.create_dataset("gz", data=np.arange(400.0).reshape(20, 20), chunks=(5, 7), compression="gzip",
-                         shuffle=True, fletcher32=True)
+        f.create_dataset(
+            "gz",
+            data=np.arange(400.0).reshape(20, 20),
+            chunks=(5, 7),
+            compression="gzip",
+            shuffle=True,
+            fletcher32=True,
+        )
         f.create_dataset("single", data=np.ones((6, 6), "f4"), chunks=(6, 6))
         f.create_dataset("single_gz", data=np.ones((6, 6), "f4"), chunks=(6, 6), compression="gzip")
         f.create_dataset("farray", data=np.ones((30, 6), "f4"), chunks=(4, 6))
         f.create_dataset("earray", data=np.ones((30, 6), "f4"), chunks=(4, 6), maxshape=(None, 6))
-        f.create_dataset("earray_gz", data=np.ones((70, 6), "f4"), chunks=(2, 6), maxshape=(None, 6),
-                         compression="gzip")
+        f.create_dataset(
+            "earray_gz", data=np.ones((70, 6), "f4"), chunks=(2, 6), maxshape=(None, 6), compression="gzip"
+        )
         f.create_dataset("earray_last", data=np.arange(48.0).reshape(6, 8), chunks=(2, 2), maxshape=(6, None))
-        f.create_dataset("earray_mid", data=np.arange(48.0).reshape(2, 3, 8), chunks=(1, 2, 2),
-                         maxshape=(2, None, 8))
+        f.create_dataset("earray_mid", data=np.arange(48.0).reshape(2, 3, 8), chunks=(1, 2, 2), maxshape=(2, None, 8))
         f.create_dataset("bt2", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None))
-        f.create_dataset("bt2_gz", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None),
-                         compression="lzf")
+        f.create_dataset("bt2_gz", data=np.ones((30, 6), "f4"), chunks=(4, 4), maxshape=(None, None), compression="lzf")
         f.create_dataset("partial", (40, 6), chunks=(4, 6), dtype="f4", maxshape=(80, 6))[:8] = 1
         f.attrs["vlen"] = "a vlen string é"
         f.attrs["fixed"] = np.bytes_(b"fixed")
@@ -250,7 +255,11 @@ def test_mixed_file(tmp_path: Path, libver: str, userblock: int) -> None:
     assert {d.name for d in w.visit_datasets()} >= {"/le", "/gz", "/hard_again"}
     if libver == "latest":
         assert {w[n].chunk_index for n in ("single", "farray", "earray", "bt2")} == {
-            "single", "farray", "earray", "btree2"}
+            "single",
+            "farray",
+            "earray",
+            "btree2",
+        }
     else:
         assert w["farray"].chunk_index == "btree1"
 
@@ -406,7 +415,7 @@ def test_undefined_fill_value_marks_only_that_dataset(tmp_path: Path) -> None:
         f["a"] = np.arange(3.0)
         f["b"] = np.arange(3.0)
     data = bytearray(p.read_bytes())
-    pos = data.find(bytes.fromhex("0500080001000000" "02020201"))  # fill value message v2, "defined"
+    pos = data.find(bytes.fromhex("050008000100000002020201"))  # fill value message v2, "defined"
     assert pos > 0
     data[pos + 11] = 0  # H5D_FILL_VALUE_UNDEFINED
     w = walk_bytes(bytes(data))
@@ -524,8 +533,15 @@ def test_huge_declared_size(tmp_path: Path) -> None:
 # -- property test over random files ---------------------------------------------------
 
 DTYPES = ["<f4", ">f4", "<f8", ">f8", "<f2", ">f2", "<i4", ">i2", "|u1", "|i1", "<u8", ">i8", "|b1", "|V2"]
-FILTERS = st.sampled_from([{}, {"compression": "gzip"}, {"shuffle": True, "compression": "gzip"},
-                           {"fletcher32": True}, {"compression": "lzf", "shuffle": True}])
+FILTERS = st.sampled_from(
+    [
+        {},
+        {"compression": "gzip"},
+        {"shuffle": True, "compression": "gzip"},
+        {"fletcher32": True},
+        {"compression": "lzf", "shuffle": True},
+    ]
+)
 
 
 @st.composite

@@ -25,7 +25,7 @@ import h5py
 
 from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from ..manifest import Manifest
-from ..storage import Source, WindowFile, get_source
+from ..storage import Source, WindowFile, get_source, storage_failure
 from ..storage.retry import chain_status
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
@@ -122,13 +122,24 @@ def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
     try:
         f = _open_h5(target)
     except OSError as exc:
+        _raise_storage_failure(target, exc)
         raise FormatError(f"{source.url}: HDF5 library cannot parse the file: {exc}") from exc
     try:
         yield f
+    except (LazyWeightsError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        _raise_storage_failure(target, exc)
+        raise
     finally:
         f.close()
         if fileobj is None and not source.is_local:
             target.close()
+
+
+def _raise_storage_failure(target: Any, exc: BaseException) -> None:
+    """If reading ``target`` failed in storage, raise that error (its type kept), not a format error."""
+    failure = storage_failure(target) if not isinstance(target, str) else None
+    if failure is not None and failure is not exc:
+        raise failure from exc
 
 
 def _open_h5(target: Any) -> h5py.File:

@@ -5,7 +5,7 @@ Everything above reads through a :class:`Source`.
 """
 
 from .fileobj import file_object_url, is_file_object
-from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile
+from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile, storage_failure
 from .local import pread_into
 from .pinning import Pin, pin_of
 from .source import HEAD_BYTES, STORE_MARKERS, Source, get_source, release_source
@@ -24,4 +24,5 @@ __all__ = [
     "pin_of",
     "pread_into",
     "release_source",
+    "storage_failure",
 ]

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 import fsspec.caching
 
-__all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile"]
+from ..errors import StorageError
+
+__all__ = ["METADATA_BLOCK_BYTES", "MetadataFile", "WindowFile", "storage_failure"]
 
 METADATA_BLOCK_BYTES = 256 << 10  # block size of the cache metadata parsing reads through
 
@@ -66,13 +68,19 @@ class MetadataFile(_ReadOnlyFile):
 
         self._blocks = fsspec.caching.BlockCache(METADATA_BLOCK_BYTES, fetch, source.size, maxblocks=256)
 
+    failure: StorageError | None = None  # the last storage error a read raised (see storage_failure)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         end = min(self._pos + view.nbytes, self._size)
         if end <= self._pos:
             return 0
-        head = self._source.head()  # fetched once; most small files' metadata lives there
-        data = head[self._pos : end] if end <= len(head) else self._blocks._fetch(self._pos, end)
+        try:
+            head = self._source.head()  # fetched once; most small files' metadata lives there
+            data = head[self._pos : end] if end <= len(head) else self._blocks._fetch(self._pos, end)
+        except StorageError as exc:  # libhdf5 turns it into "file signature not found": keep it for the caller
+            self.failure = exc
+            raise
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -104,3 +112,22 @@ class WindowFile(_ReadOnlyFile):
     def close(self) -> None:
         self._raw.close()
         super().close()
+
+
+def storage_failure(fileobj: Any) -> StorageError | None:
+    """The storage error a read of ``fileobj`` (or a file it wraps) raised, if any.
+
+    A parser in C (libhdf5 through h5py) reports a failed read of a Python
+    file object as a format problem ("file signature not found") and drops
+    the exception; the file keeps it, so the caller can raise what really
+    happened (:class:`~lazyweights.errors.ObjectChangedError`, an access
+    denied, a storage failure) instead of a :class:`FormatError`.
+    """
+    seen: set[int] = set()
+    while fileobj is not None and id(fileobj) not in seen:
+        seen.add(id(fileobj))
+        failure = getattr(fileobj, "failure", None)
+        if isinstance(failure, StorageError):
+            return failure
+        fileobj = getattr(fileobj, "raw", None) or getattr(fileobj, "_raw", None)
+    return None

@@ -11,17 +11,44 @@ offers a way to ask for *exactly* the version that was opened:
 - GCS: ``?generation=...`` — the opened generation, or 404 once it is gone;
 - HTTP(S): ``If-Match: <ETag>`` (strong ETags only) — 412 once it changed.
 
+Asking is not enough: many HTTP servers and CDNs ignore ``If-Match``, and
+emulators ignore ``?generation=``.  So every response is also checked on our
+side (:func:`check_response`): the ``ETag``/``Last-Modified`` (S3: ETag and
+VersionId) it carries must be the pinned ones, and its ``Content-Range`` must
+be the range asked for.  GCS reads return no headers through gcsfs, so a GCS
+source re-checks the generation after the load instead (it is not ``pinned``).
+
 Other filesystems (local, memory, chained caches) get plain reads; the
 storage layer re-checks their size and modification stamp after a load.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Pin", "pin_of", "pinned_fetch", "pinned_readinto"]
+__all__ = [
+    "Pin",
+    "RangeMismatchError",
+    "VersionMismatchError",
+    "check_response",
+    "checks_responses",
+    "local_stamp",
+    "pin_of",
+    "pinned_fetch",
+    "pinned_readinto",
+]
+
+
+class VersionMismatchError(Exception):
+    """A response came from another object version than the one pinned (the server ignored the condition)."""
+
+
+class RangeMismatchError(Exception):
+    """A response's ``Content-Range`` is not the range that was asked for."""
+
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 ReadInto = Callable[[int, memoryview], Awaitable[int]]
@@ -34,6 +61,7 @@ class Pin:
     size: int
     etag: str | None = None  # ETag, GCS md5/etag, or a local modification stamp
     version: str | None = None  # S3 VersionId or GCS generation
+    modified: str | None = None  # HTTP Last-Modified, checked on every response (not part of identity)
 
     def describe(self) -> str:
         parts = [f"size {self.size}"]
@@ -57,12 +85,62 @@ def pin_of(info: Mapping[str, Any]) -> Pin:
     version = info.get("VersionId") or info.get("generation")
     if version in ("null", ""):  # S3 objects written before versioning was enabled
         version = None
+    if info.get("ino") is not None and info.get("mtime") is not None:  # a local file: replaced means a new inode
+        return Pin(size=int(info["size"]), etag=local_stamp(info["mtime"], info["ino"]))
     etag = None
     for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "Last-Modified", "created"):
         if info.get(key) is not None:
             etag = str(info[key])
             break
-    return Pin(size=int(info["size"]), etag=etag, version=None if version is None else str(version))
+    modified = info.get("Last-Modified")
+    return Pin(
+        size=int(info["size"]),
+        etag=etag,
+        version=None if version is None else str(version),
+        modified=None if modified is None else str(modified),
+    )
+
+
+def local_stamp(mtime: float, inode: int) -> str:
+    """A local file's version stamp: its modification time and inode (a file replaced by rename has a new one)."""
+    return f"{mtime}@{inode}"
+
+
+def _bare_etag(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def check_response(
+    pin: Pin, start: int, end: int, headers: Mapping[str, Any], *, etag_key: str = "ETag", whole_ok: bool = False
+) -> None:
+    """Refuse a response for bytes ``[start, end)`` that is not of the pinned version or not of that range.
+
+    ``headers`` are the response's (HTTP headers, or an S3 GetObject response
+    dict).  Raises :class:`VersionMismatchError` when its ETag, Last-Modified
+    or S3 VersionId differs from the pin (compared only where both sides have
+    one), :class:`RangeMismatchError` when its ``Content-Range`` is not
+    ``bytes start-(end-1)/size``.  ``whole_ok``: a 200 with the whole object
+    answers a request for all of it, and carries no Content-Range.
+    """
+    tag = headers.get(etag_key)
+    if tag and pin.etag and pin.etag != pin.modified and _bare_etag(str(tag)) != _bare_etag(pin.etag):
+        raise VersionMismatchError(f"the response is of ETag {tag}, not the pinned {pin.etag}")
+    modified = headers.get("Last-Modified")
+    if modified and pin.modified and str(modified) != pin.modified:
+        raise VersionMismatchError(f"the response is of Last-Modified {modified}, not the pinned {pin.modified}")
+    version = headers.get("VersionId")
+    if version and version != "null" and pin.version and str(version) != pin.version:
+        raise VersionMismatchError(f"the response is of version {version}, not the pinned {pin.version}")
+    span = headers.get("Content-Range") or headers.get("ContentRange")
+    if span is None:
+        if not whole_ok:
+            raise RangeMismatchError(f"no Content-Range in the answer to a request for bytes {start}-{end - 1}")
+        return
+    found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", str(span).strip())
+    if found is not None and found[3] not in ("*", str(pin.size)):
+        raise VersionMismatchError(f"the response is of an object of {found[3]} bytes, not the pinned {pin.size}")
+    if found is None or (int(found[1]), int(found[2])) != (start, end - 1):
+        raise RangeMismatchError(f"the server answered Content-Range {span!r} to a request for bytes {start}-{end - 1}")
 
 
 def _protocols(fs: Any) -> set[str]:
@@ -83,13 +161,16 @@ def pinned_fetch(fs: Any, path: str, pin: Pin) -> tuple[Fetch | None, bool]:
             return await fs._cat_file(path, start=start, end=end, generation=pin.version)
 
         return gcs, True
-    if protocols & {"http", "https"} and pin.etag and not pin.etag.startswith("W/"):
-        headers = _http_headers(fs, pin)
+    if protocols & {"http", "https"}:
+        readinto = pinned_readinto(fs, path, pin)
+        assert readinto is not None
 
         async def http(start: int, end: int) -> bytes:
-            return await fs._cat_file(path, start=start, end=end, headers=headers)
+            buf = bytearray(end - start)
+            got = await readinto(start, memoryview(buf))
+            return buf if got == len(buf) else buf[:got]  # type: ignore[return-value]
 
-        return http, True
+        return http, bool(pin.etag and not pin.etag.startswith("W/"))
 
     async def plain(start: int, end: int) -> bytes:
         return await fs._cat_file(path, start=start, end=end)
@@ -98,26 +179,22 @@ def pinned_fetch(fs: Any, path: str, pin: Pin) -> tuple[Fetch | None, bool]:
 
 
 def _s3_fetch(fs: Any, path: str, pin: Pin) -> tuple[Fetch, bool]:
-    if pin.version:
-
-        async def by_version(start: int, end: int) -> bytes:
-            return await fs._cat_file(path, start=start, end=end, version_id=pin.version)
-
-        return by_version, True
+    """GetObject of the pinned VersionId (versioned buckets) or with IfMatch, each response checked."""
     bucket, key, _ = fs.split_path(path)
-    condition = {"IfMatch": pin.etag} if pin.etag else {}
+    condition = {"VersionId": pin.version} if pin.version else {"IfMatch": pin.etag} if pin.etag else {}
 
-    async def if_match(start: int, end: int) -> bytes:
-        # s3fs's _cat_file has no IfMatch; this is its body with the condition added
+    async def get(start: int, end: int) -> bytes:
+        # s3fs's _cat_file has no IfMatch and hides the response; this is its body with both
         resp = await fs._call_s3(
             "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition, **fs.req_kw
         )
         try:
+            check_response(pin, start, end, resp, whole_ok=start == 0 and end == pin.size)
             return await resp["Body"].read()
         finally:
             resp["Body"].close()
 
-    return if_match, bool(condition)
+    return get, bool(condition)
 
 
 def _http_headers(fs: Any, pin: Pin) -> dict[str, str]:
@@ -126,6 +203,16 @@ def _http_headers(fs: Any, pin: Pin) -> dict[str, str]:
     if pin.etag and not pin.etag.startswith("W/"):
         headers["If-Match"] = pin.etag
     return headers
+
+
+def checks_responses(fs: Any) -> bool:
+    """Whether each response of ``fs`` is checked against the pin here (S3, HTTP), so no re-check is needed.
+
+    gcsfs shows no response headers: a GCS source re-states its generation
+    after a load, as the emulator (and a misconfigured proxy) ignore
+    ``?generation=``.
+    """
+    return bool(getattr(fs, "async_impl", False) and _protocols(fs) & {"s3", "s3a", "http", "https"})
 
 
 def pinned_readinto(fs: Any, path: str, pin: Pin) -> ReadInto | None:
@@ -152,7 +239,8 @@ def pinned_readinto(fs: Any, path: str, pin: Pin) -> ReadInto | None:
                 raise FileNotFoundError(path)
             response.raise_for_status()
             if response.status != 206 and not (start == 0 and n == pin.size):
-                raise ValueError(f"the server ignored the Range header (HTTP {response.status})")
+                raise RangeMismatchError(f"the server ignored the Range header (HTTP {response.status})")
+            check_response(pin, start, start + n, response.headers, whole_ok=response.status == 200)
             pos = 0
             async for chunk in response.content.iter_any():
                 end = pos + len(chunk)

@@ -21,7 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_RETRY", "RetryPolicy", "ShortReadError", "chain_status", "classify", "status_of"]
+from .pinning import RangeMismatchError, VersionMismatchError
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "RetryPolicy",
+    "ShortReadError",
+    "chain_status",
+    "classify",
+    "describe",
+    "retry_after",
+    "status_of",
+]
 
 Kind = Literal["transient", "permanent", "changed"]
 
@@ -46,6 +57,7 @@ class RetryPolicy:
     attempts: int = 5
     backoff: float = 0.05  # seconds before the first retry
     max_backoff: float = 2.0
+    max_retry_after: float = 10.0  # a server's Retry-After is honoured up to this many seconds
 
     def delays(self) -> Iterator[float]:
         """The waits before retries 1, 2, ... (``attempts - 1`` of them)."""
@@ -55,6 +67,35 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a ``Retry-After`` header in ``exc``'s chain asks to wait (aiohttp, botocore); None if none.
+
+    Only the delay-seconds form is read; an HTTP-date form counts as absent
+    (the backoff applies).
+    """
+    for link in _chain(exc):
+        headers = getattr(link, "headers", None)
+        response = getattr(link, "response", None)
+        if headers is None and isinstance(response, dict):
+            headers = response.get("ResponseMetadata", {}).get("HTTPHeaders")
+        if not headers:
+            continue
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, never empty: a timeout's message is often blank (``asyncio.TimeoutError()``)."""
+    text = str(exc)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return f"a timeout: no answer within the connect or read timeout{f' ({text})' if text else ''}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -111,6 +152,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _classify_one(exc: BaseException) -> Kind | None:
+    if isinstance(exc, VersionMismatchError):
+        return "changed"
+    if isinstance(exc, RangeMismatchError):
+        return "permanent"
     text = str(exc)
     if any(w in text for w in _CHANGED_WORDS):
         return "changed"

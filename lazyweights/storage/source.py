@@ -25,8 +25,9 @@ retried, length-checked code as a file.  :meth:`Source.verify` of the store
 re-checks every member it read.
 
 Retries happen once per request, here: filesystems lazyweights builds for S3
-get s3fs's own retry loop and botocore's turned off (:func:`_fs_options`),
-so a transient failure costs at most :attr:`RetryPolicy.attempts` tries, not
+get s3fs's own retry loop and botocore's turned off, and every store gets
+connect and read timeouts (:mod:`~lazyweights.storage.options`), so a
+transient failure costs at most :attr:`RetryPolicy.attempts` tries, not
 attempts x s3fs retries x botocore retries.
 """
 
@@ -48,14 +49,16 @@ from typing import Any
 import fsspec
 import fsspec.asyn
 import fsspec.utils
+from fsspec.implementations.cached import WholeFileCacheFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import MissingDependencyError, ObjectChangedError, StorageError
 from ..geometry import merge_ranges
 from .files import MetadataFile
 from .local import pread_into
-from .pinning import Pin, pin_of, pinned_fetch, pinned_readinto
-from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify
+from .options import SINGLE_ATTEMPT, fs_options, target_protocol
+from .pinning import Pin, checks_responses, local_stamp, pin_of, pinned_fetch, pinned_readinto
+from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify, describe, retry_after
 
 __all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "get_source", "release_source"]
 
@@ -71,34 +74,6 @@ STORE_MARKERS = ("zarr.json", ".zmetadata", ".zgroup")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}  # protocol -> extra
 _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
-
-
-_SINGLE_ATTEMPT = {"total_max_attempts": 1}
-
-
-def _fs_options(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options the filesystem for ``url`` is built with: the caller's, with one retry layer only.
-
-    Retry once per request, in one place.  s3fs retries retryable errors
-    itself (its ``retries`` attribute, 5 attempts), and under it botocore
-    retries again (its retry config, 5 attempts in legacy mode): with our
-    :class:`RetryPolicy` on top, one flaky request could be tried 125 times.
-    We keep our policy (it classifies failures, a changed object included,
-    and counts requests) and turn the other two off for S3 filesystems
-    lazyweights builds: botocore gets ``retries={"total_max_attempts": 1}``
-    (a constructor option, so this is a filesystem instance of its own in
-    fsspec's cache, not the caller's) and :meth:`Source.__init__` sets that
-    instance's s3fs ``retries`` to 1 (one attempt).  A caller who passes a
-    botocore ``retries`` config keeps both their own layers as configured.
-    gcsfs and HTTP filesystems have no retry layer under our reads.
-    """
-    options = dict(storage_options)
-    if fsspec.utils.get_protocol(url) in ("s3", "s3a"):
-        config = dict(options.get("config_kwargs") or {})
-        if "retries" not in config:
-            config["retries"] = dict(_SINGLE_ATTEMPT)
-            options["config_kwargs"] = config
-    return options
 
 
 def _reopen_member(
@@ -121,8 +96,23 @@ def _reopen_store(url: str, storage_options: Mapping[str, Any] | None) -> Source
     return get_source(url, storage_options, store=True)
 
 
+_download_locks: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _cache_download_lock(fs: Any, path: str) -> threading.Lock:
+    """One lock per cached object of one whole-file cache, so its copy is downloaded by one reader."""
+    key = (str(getattr(fs, "storage", "")), path)
+    with _cache_lock:
+        return _download_locks.setdefault(key, threading.Lock())
+
+
 def _options_token(storage_options: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(storage_options or {}), sort_keys=True, default=repr)
+
+
+def _cache_key(url: str, storage_options: Mapping[str, Any] | None, store: bool) -> tuple[str, str]:
+    """A source's key in the process cache: URL, options, and whether it was opened as a store prefix."""
+    return url, _options_token(storage_options) + ("|store" if store else "")
 
 
 def get_source(
@@ -133,54 +123,83 @@ def get_source(
     refresh: bool = False,
     store: bool = False,
 ) -> Source:
-    """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted).
+    """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted), held by the caller.
 
-    With ``pin``, the source must be that very object version: else
+    Every call counts one user of the source; :func:`release_source` gives it
+    back, and the source closes when its last user released it, so concurrent
+    opens of one path never close each other's descriptor.  With ``pin``, the
+    source must be that very object version: else
     :class:`~lazyweights.errors.ObjectChangedError`.  With ``refresh``, a
     cached source is re-stated and replaced if the object changed (what a new
     :func:`lazyweights.open` wants: the object as it is now); a store prefix,
     if a root metadata document it read changed (a store rewritten since).
     With ``store``, ``url`` is taken as a prefix of objects without a stat
     (a folder of checkpoint files over HTTP, which has no directories).
+    The replaced source leaves the cache and closes when its users are done.
     """
-    key = (str(url), _options_token(storage_options) + ("|store" if store else ""))
-    with _cache_lock:
-        source = _cache.get(key)
-        if source is not None:
-            _cache.move_to_end(key)
+    key = _cache_key(str(url), storage_options, store)
+    source = _hold_cached(key)
     if source is not None and refresh and source.changed():
+        _forget(key, source)
         release_source(source)
         source = None
     if source is None:
         source = _cached_new(key, str(url), storage_options, store)
     if pin is not None and not pin.same_object(source.pin):
+        release_source(source)
         raise ObjectChangedError(
             f"{url}: the object changed since it was opened (then: {pin.describe()}; now: {source.pin.describe()})"
         )
     return source
 
 
+def _hold_cached(key: tuple[str, str]) -> Source | None:
+    with _cache_lock:
+        source = _cache.get(key)
+        if source is not None:
+            _cache.move_to_end(key)
+            source._users += 1
+        return source
+
+
+def _forget(key: tuple[str, str], source: Source) -> None:
+    """Drop ``source`` from the cache (its users keep it open until they release it)."""
+    with _cache_lock:
+        if _cache.get(key) is source:
+            del _cache[key]
+
+
 def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool) -> Source:
     source = Source(url, storage_options, store=store)
+    evicted = []
     with _cache_lock:
         existing = _cache.get(key)
         if existing is not None:  # another thread won the race
-            source.close()
-            return existing
-        _cache[key] = source
-        while len(_cache) > _CACHE_SIZE:
-            _, old = _cache.popitem(last=False)
-            old.close()
+            existing._users += 1
+            evicted.append(source)
+            source = existing
+        else:
+            source._users = 1
+            _cache[key] = source
+            while len(_cache) > _CACHE_SIZE:
+                _, old = _cache.popitem(last=False)
+                if old._users == 0:
+                    evicted.append(old)
+    for old in evicted:
+        old.close()
     return source
 
 
 def release_source(source: Source) -> None:
-    """Drop ``source`` from the cache and close it."""
+    """Give back one use of ``source``; the last user's release drops it from the cache and closes it."""
     with _cache_lock:
-        key = (source.url, _options_token(source.storage_options) + ("|store" if source.store else ""))
-        if _cache.get(key) is source:
+        source._users = max(0, source._users - 1)
+        last = source._users == 0
+        key = _cache_key(source.url, source.storage_options, source.store)
+        if last and _cache.get(key) is source:
             del _cache[key]
-    source.close()
+    if last:
+        source.close()
 
 
 class Source:
@@ -207,20 +226,24 @@ class Source:
         self.storage_options = dict(storage_options or {})
         self.retry = retry
         self.requests = 0
+        self._users = 0  # holders of this source from get_source (see release_source)
         self._count_lock = threading.Lock()
         self._parent: Source | None = None
         self._key: str | None = None
         try:
-            options = _fs_options(url, self.storage_options)
+            options = fs_options(url, self.storage_options)
             self.fs, self.path = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:  # fsspec knows the protocol but its package (s3fs, gcsfs, aiohttp) is missing
             extra = _EXTRAS.get(fsspec.utils.get_protocol(url.split("::")[-1]))
             hint = f"; install it with: pip install 'lazyweights[{extra}]'" if extra else ""
             raise MissingDependencyError(f"{url}: cannot resolve a filesystem ({exc}){hint}") from exc
-        except ValueError as exc:
-            raise StorageError(f"{url}: cannot resolve a filesystem: {exc}") from exc
-        if (options.get("config_kwargs") or {}).get("retries") == _SINGLE_ATTEMPT and hasattr(self.fs, "retries"):
-            self.fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see _fs_options)
+        except Exception as exc:  # a backend's own error (bad options, no credentials): ours, naming the URL
+            raise StorageError(f"{url}: cannot resolve a filesystem: {type(exc).__name__}: {exc}") from exc
+        store_fs, store_options = (self.fs, options)
+        if "::" in url:  # a chained URL: the store's filesystem is the innermost layer
+            store_fs, store_options = getattr(self.fs, "fs", self.fs), options[target_protocol(url)]
+        if (store_options.get("config_kwargs") or {}).get("retries") == SINGLE_ATTEMPT and hasattr(store_fs, "retries"):
+            store_fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._init_object({"type": "directory", "size": 0} if store else self.stat())
 
@@ -235,6 +258,12 @@ class Source:
         self._areadinto = pinned_readinto(self.fs, self.path, self.pin) if remote_file else None
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
+        self._fd_readers = 0  # reads in progress through ``_fd``: close() waits for the last (see _with_fd)
+        self._fd_closing = False
+        self._whole_file = remote_file and isinstance(self.fs, WholeFileCacheFileSystem)
+        # verify() may skip re-stating only where every response was checked against the pin
+        self._responses_checked = self.pinned and not self._whole_file and checks_responses(self.fs)
+        self._cache_path: str | None = None  # simplecache::/filecache::: the local copy, fetched once
         self._head: bytes | None = None
         self._head_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
@@ -301,6 +330,7 @@ class Source:
         child.storage_options = self.storage_options
         child.retry = self.retry
         child.requests = 0
+        child._users = 0
         child._count_lock = threading.Lock()
         child._parent, child._key = self, key
         child.store = False
@@ -350,8 +380,9 @@ class Source:
     def verify(self) -> None:
         """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
 
-        Needed only where reads are not pinned by the store itself (local files,
-        memory, chained filesystems); pinned sources return at once.  A store
+        Needed only where responses are not checked against the pin as they
+        arrive (local files, memory, chained filesystems, GCS); S3 and HTTP
+        sources return at once.  A store
         prefix verifies every member it handed out (locally one ``os.stat``
         each, and an object found absent must still be absent).
         """
@@ -362,13 +393,15 @@ class Source:
                 elif self.is_local and os.path.lexists(f"{self.path.rstrip('/')}/{key}"):
                     raise ObjectChangedError(f"{self.url}/{key}: the object appeared while the store was being read")
             return
-        if self.pinned:
+        if self._responses_checked:
             return
-        local_fd = self._fd if self.is_local else None
-        self._check_pin(self._local_pin(os.fstat(local_fd)) if local_fd is not None else pin_of(self.stat()))
+        if self.is_local and self._fd is not None:
+            self._check_pin(self._with_fd(lambda fd: self._local_pin(os.fstat(fd))))
+            return
+        self._check_pin(pin_of(self.stat()))
 
     def _local_pin(self, st: os.stat_result) -> Pin:
-        return Pin(size=st.st_size, etag=str(st.st_mtime) if self.pin.etag is not None else None)
+        return Pin(size=st.st_size, etag=local_stamp(st.st_mtime, st.st_ino) if self.pin.etag is not None else None)
 
     def _check_pin(self, now: Pin) -> None:
         if not self.pin.same_object(now):
@@ -403,7 +436,7 @@ class Source:
         """Exactly ``length`` bytes at ``offset``."""
         if length == 0:
             return b""
-        if self.is_local:
+        if self.is_local or self._whole_file:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
             return bytes(buf)
@@ -412,16 +445,18 @@ class Source:
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset`` (local files: no intermediate copy)."""
         length = buf.nbytes
-        if not self.is_local:
+        view = buf.cast("B")
+        if self._whole_file:  # a chained whole-file cache: fetched once, then read like a local file
+            self._check_length(offset, length, self._with_fd(lambda fd: pread_into(fd, offset, view)))
+        elif not self.is_local:
             if self._areadinto is None:
-                buf.cast("B")[:] = self.read(offset, length)
+                view[:] = self.read(offset, length)
             elif length:  # streamed into ``buf`` as the body arrives: no whole-body bytes object, no second copy
-                fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, buf.cast("B"))
-            return
-        if self._parent is not None:  # a store member: no descriptor kept (a store has thousands of objects)
-            self._check_length(offset, length, self._pread_once(offset, buf.cast("B")))
-            return
-        self._check_length(offset, length, pread_into(self._local_fd(), offset, buf.cast("B")))
+                fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, view)
+        elif self._parent is not None:  # a store member: no descriptor kept (a store has thousands of objects)
+            self._check_length(offset, length, self._pread_once(offset, view))
+        else:
+            self._check_length(offset, length, self._with_fd(lambda fd: pread_into(fd, offset, view)))
 
     def _pread_once(self, offset: int, view: memoryview) -> int:
         """Open, check ``fstat`` against the pin, ``preadv`` into ``view``, close."""
@@ -445,7 +480,7 @@ class Source:
         Returns the number of requests made (0 for local files, which are read
         one ``preadv`` per item).
         """
-        if self.is_local:
+        if self.is_local or self._whole_file:
             for offset, buf in items:
                 self.readinto(offset, buf)
             return 0
@@ -539,10 +574,15 @@ class Source:
         if kind == "transient":
             delay = next(delays, None)
             if delay is not None:
+                asked = retry_after(exc)  # the server said when to come back: honoured, up to a cap
+                if asked is not None:
+                    delay = max(delay, min(asked, self.retry.max_retry_after))
                 logger.debug("%s: %s: transient %r, retrying in %.2f s", self.url, what, exc, delay)
                 return delay
             tries = self.retry.attempts
-            raise StorageError(f"{self.url}: {what}: still failing after {tries} attempts: {exc}") from exc
+            raise StorageError(
+                f"{self.url}: {what}: still failing after {tries} attempts; the last failed with {describe(exc)}"
+            ) from exc
         raise self._error(exc, what, kind) from exc
 
     def _error(self, exc: BaseException, what: str, kind: str = "permanent") -> StorageError:
@@ -606,12 +646,73 @@ class Source:
             logger.info("%s: cannot read %s: %s", self.url, path, exc)
             return None
 
-    def _local_fd(self) -> int:
-        if self._fd is None:
+    def _with_fd(self, use: Callable[[int], Any]) -> Any:
+        """``use(fd)`` on this source's own descriptor, held open for the call even if :meth:`close` runs meanwhile.
+
+        The descriptor belongs to this source: it is opened here (checked
+        against the pin, so a file replaced since the open is refused), counted
+        while in use, and closed only when no read uses it — never closed under
+        a reader, so its number cannot be reused by another open mid-read.
+        """
+        with self._fd_lock:
+            if self._fd is None:
+                self._fd = self._open_fd()
+            fd, self._fd_readers = self._fd, self._fd_readers + 1
+        try:
+            return use(fd)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise self._error(exc, "read failed") from exc
+        finally:
             with self._fd_lock:
-                if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return self._fd
+                self._fd_readers -= 1
+                if self._fd_closing and self._fd_readers == 0:
+                    self._close_fd()
+
+    def _open_fd(self) -> int:
+        path = self._cache_file() if self._whole_file else self.path
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise self._error(exc, "cannot open") from exc
+        try:
+            st = os.fstat(fd)
+            if self._whole_file:
+                self._check_pin(Pin(size=st.st_size, etag=self.pin.etag, version=self.pin.version))
+            else:
+                self._check_pin(self._local_pin(st))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._fd_closing = None, False
+
+    def _cache_file(self) -> str:
+        """The local copy a whole-file caching filesystem (``simplecache::``, ``filecache::``) keeps of the object.
+
+        fsspec's whole-file caches write the copy in place while other threads
+        may already read it as if complete (zeros where the download has not
+        reached); and every concurrent first reader downloads it again.  The
+        copy is fetched here once per path under a lock, by one reader, then
+        read through a descriptor like a local file.  A copy of another size
+        than the object opened is refused (:class:`ObjectChangedError`).
+        """
+        if self._cache_path is None:
+            with _cache_download_lock(self.fs, self.path):
+                if self._cache_path is None:
+
+                    def fetch() -> str:
+                        self._count()
+                        with self.fs.open(self.path, "rb") as f:
+                            return str(f.name)
+
+                    self._cache_path = self._retrying_sync(fetch, "fetch into the local cache")
+        return self._cache_path
 
     def open_file(self) -> Any:
         """A seekable binary file for metadata parsing (h5py, zipfile)."""
@@ -636,9 +737,10 @@ class Source:
     def close(self) -> None:
         """Close the local descriptor and every handle opened through :meth:`handle`."""
         with self._fd_lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            if self._fd_readers:
+                self._fd_closing = True  # the last read in progress closes it
+            else:
+                self._close_fd()
         with self._handle_lock:
             handles, self._handles = list(self._handles.values()), {}
         for found in handles:

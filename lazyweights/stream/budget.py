@@ -11,13 +11,17 @@ benchmarks can assert the bound rather than assume it.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import re
 import threading
 from collections.abc import Iterator
 
-from ..errors import InvalidArgumentError
+import numpy as np
 
-__all__ = ["DEFAULT_MAX_MEMORY", "ByteBudget", "check_concurrency", "parse_bytes"]
+from ..errors import BudgetError, InvalidArgumentError
+
+__all__ = ["DEFAULT_MAX_MEMORY", "ByteBudget", "allocate", "check_concurrency", "parse_bytes"]
 
 # The one default budget of ``lw.load``, ``lwk.load_weights``/``load_model`` and ``lwt.load_state_dict``:
 # large enough for full-speed remote reads (16 parts of 16 MiB), small beside any model worth streaming.
@@ -48,6 +52,31 @@ def check_concurrency(concurrency: int | None) -> int | None:
                                     or concurrency < 1):  # fmt: skip
         raise InvalidArgumentError(f"concurrency must be a whole number of reads >= 1 (or None), got {concurrency!r}")
     return concurrency
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """A new array for ``what`` (a weight), refused with :class:`BudgetError` before allocating when it cannot fit.
+
+    A file may declare any shape: a never-written dataset of 10**12 elements
+    is a 1 KiB file.  An array larger than the machine's physical memory is
+    refused outright (numpy would otherwise reserve it lazily and the fill
+    would exhaust memory), and a failed allocation becomes the same error.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    memory = _physical_memory()
+    if memory is not None and nbytes > memory:
+        raise BudgetError(f"{what}: declared shape {shape} needs {nbytes} bytes, more than this machine's {memory}")
+    try:
+        return np.empty(shape, dtype=dtype)
+    except MemoryError as exc:
+        raise BudgetError(f"{what}: cannot allocate {nbytes} bytes for declared shape {shape}") from exc
 
 
 class ByteBudget:

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import geometry
-from ..errors import FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError
+from ..errors import BudgetError, FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError
 from ..formats.tf.crc import crc32c, crc32c_of_parts, mask
 from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value
@@ -243,11 +243,16 @@ def execute(
     slots = threading.BoundedSemaphore(2 * concurrency)
     start = time.perf_counter()
     batches = groups if source.is_local else plan.coalesce_groups(groups, parts.staged)
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights") as pool:
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="lazyweights")
+    try:
         for group in batches:
             if state.error is not None:
                 break
             _submit_group(source, group, budget, slots, pool, state, parts)
+    except BaseException as exc:  # KeyboardInterrupt included: stop the units still queued, then report
+        state.fail("", exc)
+    finally:
+        _drain(pool, state)
     report.seconds = time.perf_counter() - start
     report.bytes_read, report.bytes_loaded, report.requests = state.stored, state.loaded, state.requests
     report.peak_in_flight, report.max_memory, report.concurrency = budget.peak, max_memory, concurrency
@@ -317,6 +322,8 @@ def _submit_group(
     if not units:
         _guard(state, group.targets[0].spec.key if group.targets else "", complete)
     for unit in units:
+        if isinstance(unit, plan.HDF5Chunk | plan.ZarrPiece | plan.H5py):
+            _check_cost(source, unit, budget)
         budget.acquire(unit.cost, owner)
         slots.acquire()
         if state.error is not None:
@@ -327,6 +334,29 @@ def _submit_group(
             run(unit)
         else:
             pool.submit(run, unit)
+
+
+def _drain(pool: ThreadPoolExecutor, state: _Progress) -> None:
+    """Wait for the pool's threads to end; an interrupt while waiting stops the queued units and waits again.
+
+    Nothing is left behind: no worker thread outlives the load, so no read
+    still holds a descriptor or a connection when the caller gets the error.
+    """
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=state.error is not None)
+            return
+        except BaseException as exc:
+            state.fail("", exc)
+
+
+def _check_cost(source: Source, unit: plan.Unit, budget: ByteBudget) -> None:
+    """Refuse a unit that alone needs more than the whole budget (a chunk that decodes to more than it)."""
+    if budget.limit is not None and unit.cost > budget.limit:
+        raise BudgetError(
+            f"{source.url}: weight {unit.key!r}: one stored chunk needs {unit.cost} bytes to fetch and decode, "
+            f"more than max_memory={budget.limit}; raise max_memory to at least that, or pass max_memory=None"
+        )
 
 
 def _guard(state: _Progress, key: str, fn: Callable[[], None]) -> None:
@@ -352,9 +382,10 @@ def _raise(source: Source, groups: Sequence[Group], state: _Progress) -> None:
     partial = sorted((state.started & owned) - set(written))
     if not written and not partial:
         raise exc
-    detail = exc if isinstance(exc, LazyWeightsError) else f"{type(exc).__name__}: {exc}"
+    detail = exc if isinstance(exc, LazyWeightsError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+    where = f"at weight {state.failed_key!r}" if state.failed_key else "(interrupted)"
     raise PartialLoadError(
-        f"{source.url}: load failed at weight {state.failed_key!r} ({detail}); the destination now holds "
+        f"{source.url}: load failed {where} ({detail}); the destination now holds "
         f"{len(written)} fully written weights {written[:10]}{'...' if len(written) > 10 else ''} and "
         f"{len(partial)} partly written {partial[:10]}",
         written,

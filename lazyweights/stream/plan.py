@@ -25,6 +25,7 @@ import numpy as np
 from .. import geometry
 from ..manifest import Chunk, Piece, WeightSpec
 from ..read.hdf5 import chunk_overlaps
+from .budget import allocate
 
 __all__ = [
     "Batch",
@@ -99,7 +100,7 @@ def destination(target: Target) -> np.ndarray:
     """The target's destination, or a new array of its shape in the spec's dtype (native byte order)."""
     if target.dest is not None:
         return target.dest
-    return np.empty(target.shape, dtype=target.spec.np_dtype.newbyteorder("="))
+    return allocate(target.shape, target.spec.np_dtype.newbyteorder("="), f"weight {target.spec.key!r}")
 
 
 # -- units -------------------------------------------------------------------------------

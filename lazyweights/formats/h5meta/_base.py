@@ -119,9 +119,7 @@ class Ctx:
         if length < 0 or offset < 0:
             raise FormatError(f"{what}: negative offset or length")
         if offset + length > self.size:
-            raise TruncatedFileError(
-                f"{what}: range 0x{offset:x}+{length} beyond end of file (size {self.size})"
-            )
+            raise TruncatedFileError(f"{what}: range 0x{offset:x}+{length} beyond end of file (size {self.size})")
         return offset
 
     def addr(self, rel: int, length: int, what: str) -> int:

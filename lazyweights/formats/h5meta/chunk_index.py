@@ -253,8 +253,9 @@ class _EAGeometry:
             for (a, nd, ne), sd in zip(sb_plan, sdatas, strict=False):
                 plan.extend(self._sblock(a, nd, ne, sd))
         todo = [(a, ne) for a, ne, _ in plan if not ctx.is_undef(a)]
-        ddatas = yield from read_many([(ctx.addr(a, self._dblock_size(ne), f"{what}: EA data block"),
-                                        self._dblock_size(ne)) for a, ne in todo])
+        ddatas = yield from read_many(
+            [(ctx.addr(a, self._dblock_size(ne), f"{what}: EA data block"), self._dblock_size(ne)) for a, ne in todo]
+        )
         got = dict(zip([a for a, _ in todo], ddatas, strict=False))
         start = self.idx_elmts
         for a, ne, init in plan:

@@ -124,8 +124,9 @@ def _load_huge(ctx: Ctx, h: FractalHeap) -> Task:
 def _load_blocks(ctx: Ctx, h: FractalHeap) -> Task:
     if ctx.is_undef(h.root):
         return
-    level: list[tuple[str, int, int]] = [("direct", h.root, h.start_block) if h.root_rows == 0 else
-                                          ("indirect", h.root, h.root_rows)]
+    level: list[tuple[str, int, int]] = [
+        ("direct", h.root, h.start_block) if h.root_rows == 0 else ("indirect", h.root, h.root_rows)
+    ]
     seen: set[int] = set()
     found: list[tuple[int, bytes]] = []
     total = 0

@@ -534,7 +534,7 @@ def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[
     fv = fill or old_fill
     if fv is not None and fv.undefined:
         reasons.append("undefined fill value")
-    ds.fillvalue = (fv.value if fv is not None and fv.value is not None else bytes(dtype_size))
+    ds.fillvalue = fv.value if fv is not None and fv.value is not None else bytes(dtype_size)
     if layout is None:
         reasons.append("no data layout message")
         return None
