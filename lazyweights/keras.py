@@ -13,19 +13,30 @@ their optimizer slots are restored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from . import checkpoint as _checkpoint
 from .errors import FormatError, LazyWeightsError, MismatchError, UnsafeCheckpointError, require
+from .formats.keras_v3 import ASSETS_DIR, extract_assets
 from .stream import LoadReport
 from .stream.budget import parse_bytes
 from .stream.progress import ProgressArg, progress_callback
-from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
+from .targets.keras import (
+    KerasLoader,
+    import_keras,
+    legacy_groups,
+    load_v3_state,
+    optimizer_group,
+    optimizer_pairs,
+    v3_store,
+)
 from .targets.keras.config import is_keras2_config, translate_config
 
 require("keras", "keras")  # fail at import, naming the extra, not at the first call
@@ -35,7 +46,7 @@ __all__ = ["load_model", "load_weights"]
 logger = logging.getLogger(__name__)
 
 Url = str | os.PathLike[str]
-_V3 = ("keras-v3", "keras-zip")
+_V3 = ("keras-v3", "keras-zip", "keras-sharded")
 
 
 def load_weights(
@@ -106,7 +117,8 @@ def load_model(
             )
         if ckpt.format in _V3:
             model = _build(ckpt, lambda: _v3_model(ckpt, custom_objects, compile, safe_mode))
-            _load_v3(model, ckpt, loader, skip_mismatch=False)
+            with _assets(ckpt) as assets:
+                _load_v3(model, ckpt, loader, skip_mismatch=False, assets=assets)
             return model
         model = _build(ckpt, lambda: _legacy_model(ckpt, custom_objects, safe_mode))
         matched = _load_legacy(model, ckpt, loader, by_name=False, skip_mismatch=False, reshape=False)
@@ -162,30 +174,40 @@ def _load_legacy(
     return matched
 
 
-def _load_v3(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool) -> None:
+def _load_v3(
+    model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool, assets: Any = None
+) -> None:
+    manifest = ckpt.manifest
+    paths = [layer.name for layer in manifest.layers]
+    store = v3_store(ckpt.url, [*manifest.weights, *manifest.optimizer], paths, loader, model)
+    errors = load_v3_state(model, store, loader.report, assets_store=assets, skip_mismatch=skip_mismatch)
+    if not errors:
+        return
     from keras.src.saving import saving_lib
 
-    store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
-    failed: set[int] = set()
-    errors: dict[int, Any] = {}
-    saving_lib._load_state(
-        model,
-        weights_store=store,
-        assets_store=None,
-        inner_path="",
-        skip_mismatch=skip_mismatch,
-        visited_saveables=set(),
-        failed_saveables=failed,
-        error_msgs=errors,
-    )
-    if not failed:
-        return
-    for saveable, exc in errors.values():
-        loader.report.skipped.append((getattr(saveable, "path", None) or str(saveable), str(exc)))
     try:
         saving_lib._raise_loading_failure(errors, warn_only=skip_mismatch)
     except ValueError as exc:
         raise MismatchError(f"{ckpt.url}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _assets(ckpt: _checkpoint.Checkpoint) -> Any:
+    """Keras's asset store over a ``.keras`` archive's ``assets/`` (None without any).
+
+    Keras's ``load_assets`` takes a directory, so the asset members (only
+    those) are written to a temporary directory, removed on exit.
+    """
+    if ckpt.format != "keras-zip":
+        yield None
+        return
+    from keras.src.saving.saving_lib import DiskIOStore
+
+    with tempfile.TemporaryDirectory(prefix="lazyweights-assets-") as directory:
+        if not extract_assets(ckpt.source, directory):
+            yield None
+            return
+        yield DiskIOStore(os.path.join(directory, ASSETS_DIR), mode="r")
 
 
 # -- building models ------------------------------------------------------------------------------

@@ -105,6 +105,11 @@ class WeightSpec:
       ``chunk_shape``, each an object of its own named and stored as ``zarr``
       says (None: zarr itself reads and decodes them); chunks never written
       hold ``fill``.
+
+    ``object`` names the object the bytes live in when it is not the
+    checkpoint's own: a member key relative to the checkpoint's Source (a
+    shard of a sharded checkpoint), read via ``Source.member``; None = the
+    Source itself.  Extents are offsets in that object.
     """
 
     key: str
@@ -121,6 +126,7 @@ class WeightSpec:
     inline: bytes | None = None
     fill: bytes | None = None
     zarr: ZarrChunks | None = None
+    object: str | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -191,7 +197,8 @@ class Manifest:
         for spec in (*self.weights, *self.optimizer):
             if spec.key in index:
                 raise FormatError(f"{self.url}: two weights share the key {spec.key!r}")
-            _check_extents(self.url, self.size, spec)
+            if spec.object is None:  # a member's extents were checked against that member when it was parsed
+                _check_extents(self.url, self.size, spec)
             index[spec.key] = spec
         for layer in self.layers:
             missing = [k for k in layer.keys if k not in index]
@@ -295,4 +302,5 @@ def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
         inline=_bytes(d["inline"]),
         fill=_bytes(d["fill"]),
         zarr=ZarrChunks(**d["zarr"]) if d.get("zarr") else None,
+        object=d.get("object"),
     )

@@ -239,9 +239,13 @@ class Source:
         object version.  Local members hold no descriptor: each read opens,
         checks ``fstat`` against the pin, ``preadv``-s and closes.
         :meth:`verify` of this source re-checks every member handed out.
+
+        For a source that is one object, members are the objects beside it
+        (``key`` relative to its folder): the shards a sharded checkpoint's
+        index names.  Keys that climb out (``..``, absolute) are refused.
         """
-        if not self.is_dir:
-            raise StorageError(f"{self.url}: not a store prefix; it has no member objects")
+        if key.startswith("/") or ".." in key.split("/") or not key:
+            raise StorageError(f"{self.url}: member key {key!r} leaves the checkpoint")
         with self._members_lock:
             if key in self._members:
                 return self._members[key]
@@ -257,7 +261,8 @@ class Source:
         rewrite of a store rewrites its root metadata.
         """
         if not self.is_dir:
-            return not self.pin.same_object(pin_of(self.stat()))
+            beside = [m for m in self.members_read().values() if m is not None]  # shards: a new open re-pins them
+            return not self.pin.same_object(pin_of(self.stat())) or any(m.changed() for m in beside)
         for key, member in self.members_read().items():
             if key not in STORE_MARKERS:
                 continue
@@ -273,13 +278,14 @@ class Source:
 
     def _new_member(self, key: str) -> Source | None:
         child = object.__new__(Source)
-        child.url = f"{self.url.rstrip('/')}/{key}"
+        url, path = (self.url, self.path) if self.is_dir else (self.url.rsplit("/", 1)[0], self.path.rsplit("/", 1)[0])
+        child.url = f"{url.rstrip('/')}/{key}"
         child.storage_options = self.storage_options
         child.retry = self.retry
         child.requests = 0
         child._count_lock = threading.Lock()
         child._parent, child._key = self, key
-        child.fs, child.path = self.fs, f"{self.path.rstrip('/')}/{key}"
+        child.fs, child.path = self.fs, f"{path.rstrip('/')}/{key}"
         child.is_local = self.is_local
         try:
             info = child.stat()
@@ -337,6 +343,9 @@ class Source:
                 elif self.is_local and os.path.lexists(f"{self.path.rstrip('/')}/{key}"):
                     raise ObjectChangedError(f"{self.url}/{key}: the object appeared while the store was being read")
             return
+        for member in self.members_read().values():  # objects beside this one (shards)
+            if member is not None:
+                member.verify()
         if self.pinned:
             return
         local_fd = self._fd if self.is_local else None

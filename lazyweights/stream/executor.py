@@ -86,6 +86,16 @@ def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> N
         raise TypeError(f"no runner for {type(unit).__name__}")
 
 
+def object_source(source: Source, obj: str | None) -> Source:
+    """The Source a spec's bytes live in: ``source`` itself, or its member ``obj`` (a shard)."""
+    if obj is None:
+        return source
+    member = source.member(obj)
+    if member is None:
+        raise ObjectChangedError(f"{source.url}: {obj}, which holds some of its weights, does not exist (any more)")
+    return member
+
+
 def _zarr_units(source: Source, target: Target, dest: np.ndarray) -> list[plan.Unit]:
     """One piece per zarr chunk meeting the region (raw chunks read straight into ``dest`` when they can be)."""
     spec = target.spec
@@ -192,16 +202,18 @@ def _submit_group(
     held = sum(t.nbytes for t in group.targets if t.dest is None)
     budget.acquire(held, owner, pin=True)
     arrays = [plan.destination(t) for t in group.targets]
-    units: list[plan.Unit] = []
+    by_object: dict[str | None, list[plan.Unit]] = {}
     for slot, (target, dest) in enumerate(zip(group.targets, arrays, strict=True)):
+        where = object_source(source, target.spec.object)
         if target.spec.layout == "zarr":
-            mine = _zarr_units(source, target, dest)
+            mine = _zarr_units(where, target, dest)
         else:
             mine = plan.target_units(target, slot, dest, parts, source.is_local)
         state.expect(target.spec.key, len(mine))
-        units.extend(mine)
-    if not source.is_local:
-        units = plan.batch_units(units, parts.staged)
+        by_object.setdefault(target.spec.object, []).extend(mine)
+    if not source.is_local:  # reads are batched per object: one batch is one object's byte ranges
+        by_object = {obj: plan.batch_units(mine, parts.staged) for obj, mine in by_object.items()}
+    units = [(object_source(source, obj), unit) for obj, mine in by_object.items() for unit in mine]
     remaining = [len(units)]
     lock = threading.Lock()
 
@@ -213,10 +225,10 @@ def _submit_group(
         finally:
             budget.release(held, owner, pin=True)
 
-    def run(unit: plan.Unit) -> None:
+    def run(where: Source, unit: plan.Unit) -> None:
         try:
             if state.error is None:
-                run_unit(source, unit, arrays)
+                run_unit(where, unit, arrays)
                 state.finish(unit)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)
@@ -231,7 +243,7 @@ def _submit_group(
 
     if not units:
         _guard(state, group.targets[0].spec.key if group.targets else "", complete)
-    for unit in units:
+    for where, unit in units:
         budget.acquire(unit.cost, owner)
         slots.acquire()
         if state.error is not None:
@@ -239,9 +251,9 @@ def _submit_group(
             slots.release()
             break
         if _inline(unit):
-            run(unit)
+            run(where, unit)
         else:
-            pool.submit(run, unit)
+            pool.submit(run, where, unit)
 
 
 def _guard(state: _Progress, key: str, fn: Callable[[], None]) -> None:
