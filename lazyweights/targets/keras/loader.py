@@ -277,7 +277,7 @@ def optimizer_group(pairs: Sequence[tuple[WeightSpec, Any]]) -> Group:
 # -- Keras 3 object-path files ---------------------------------------------------------------
 
 
-def record_variables(model: Any) -> dict[str, dict[str, Any]]:
+def record_variables(model: Any, skip: Sequence[Any] = ()) -> dict[str, dict[str, Any]]:
     """Object path → {"0": variable, ...} exactly as Keras would save this model.
 
     Runs Keras's own save traversal (``saving_lib._save_state``) into a store
@@ -304,7 +304,8 @@ def record_variables(model: Any) -> dict[str, dict[str, Any]]:
         def __setitem__(self, key: str, value: Any) -> None:
             recorded[self._path][key] = value
 
-    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=set())
+    visited = {id(o) for o in skip}  # objects the load will not visit (``objects_to_skip``)
+    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=visited)
     return recorded
 
 
@@ -335,7 +336,14 @@ def declared_problem(url: str, spec: WeightSpec, variable: Any) -> str | None:
     return None
 
 
-def v3_store(url: str, specs: Sequence[WeightSpec], paths: Sequence[str], loader: KerasLoader, model: Any) -> Any:
+def v3_store(
+    url: str,
+    specs: Sequence[WeightSpec],
+    paths: Sequence[str],
+    loader: KerasLoader,
+    model: Any,
+    skip: Sequence[Any] = (),
+) -> Any:
     """A Keras weights store over a manifest: Keras walks the model, the store streams each object's values.
 
     ``paths`` are the file's object paths (every group holding a ``vars``
@@ -350,6 +358,11 @@ def v3_store(url: str, specs: Sequence[WeightSpec], paths: Sequence[str], loader
     (a ``ValueError``, as Keras raises) before a byte is read: with
     ``skip_mismatch`` such weights are neither read nor reported loaded.
     ``store.unread(path)`` lists an object's weights that were not read.
+
+    Objects whose every weight can go straight into its variable are read
+    first, all in one executor run (concurrently across objects and shards,
+    under the one budget, nothing held); Keras's walk then finds them filled.
+    ``skip``: objects the load must not touch (``objects_to_skip``).
     """
     from keras.src.saving.saving_lib import H5IOStore
 
@@ -357,7 +370,31 @@ def v3_store(url: str, specs: Sequence[WeightSpec], paths: Sequence[str], loader
     for spec in specs:
         groups.setdefault(spec.layer, {})[spec.name] = spec
     known_paths = {p.rsplit("/", i)[0] for p in (*paths, *groups) for i in range(p.count("/") + 1)} - {""}
-    recorded = record_variables(model)
+    recorded = record_variables(model, skip)
+
+    def wanted_at(path: str) -> dict[str, WeightSpec]:
+        return groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
+
+    def fits(path: str, wanted: dict[str, WeightSpec]) -> bool:
+        known = recorded.get(path, {})
+        return len(known) == len(wanted) and not any(declared_problem(url, s, known.get(n)) for n, s in wanted.items())
+
+    def direct_targets(path: str) -> list[Target] | None:
+        """Targets filling ``path``'s variables in place, or None where one of them cannot be."""
+        wanted, known = wanted_at(path), recorded.get(path, {})
+        if not wanted or not fits(path, wanted):
+            return None
+        targets = []
+        for name, spec in wanted.items():
+            buffer = direct_buffer(known[name]) if hasattr(known[name], "assign") else None
+            if buffer is None or buffer.dtype != spec.np_dtype:
+                return None
+            targets.append(Target(spec, buffer))
+        return targets
+
+    prefilled = {path: targets for path in recorded if (targets := direct_targets(path))}
+    if prefilled:
+        loader.run([Group(targets) for targets in prefilled.values()])
 
     def read(path: str, wanted: dict[str, WeightSpec]) -> dict[str, Any]:
         known = recorded.get(path, {})
@@ -391,13 +428,12 @@ def v3_store(url: str, specs: Sequence[WeightSpec], paths: Sequence[str], loader
             self._read: set[str] = set()
 
         def get(self, path: str) -> LazyStore:
-            wanted = groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
+            wanted = wanted_at(path)
             self.path, self._wanted, self._values = path, wanted, {}
-            known = recorded.get(path, {})
-            fits = len(known) == len(wanted) and not any(
-                declared_problem(url, spec, known.get(name)) for name, spec in wanted.items()
-            )
-            if wanted and fits:
+            if path in prefilled:
+                self._values = {name: recorded[path][name] for name in wanted}
+                self._read.update(s.key for s in wanted.values())
+            elif wanted and fits(path, wanted):
                 self._values = read(path, wanted)
                 self._read.update(s.key for s in wanted.values())
             return self
