@@ -309,3 +309,18 @@ def test_skip_mismatch_reads_nothing_it_skips(tmp_path) -> None:
     assert report.bytes_loaded == (4 * 3 + 3) * 4
     assert [key for key, _ in report.skipped] == ["layers/dense_1/vars/0", "layers/dense_1/vars/1"]
     assert all("shape" in reason and len(reason) < 400 and "\n" not in reason for _, reason in report.skipped)
+
+
+def test_sharded_shard_changed_after_open_is_refused(sharded, tmp_path) -> None:
+    """Each shard is pinned when the index is opened; a shard replaced since is refused, not read."""
+    import os
+    import shutil
+
+    for path in sharded["root"].iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    with lw.open(tmp_path / "wide.weights.json") as ckpt:
+        shard = tmp_path / ckpt.weights[-1].spec.object
+        stat = shard.stat()
+        os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        with pytest.raises(lw.ObjectChangedError):
+            ckpt.load()
