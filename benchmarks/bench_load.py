@@ -12,6 +12,8 @@ its own) and the best of ``--repeat`` wall times is reported:
 - ``keras``: Keras 3 ``model.load_weights`` into the same (already built) model;
 - ``lwk``: ``lazyweights.keras.load_weights`` into that model (64 MiB budget);
 - ``keras-h5`` / ``lwk-h5``: the same two on the legacy ``.h5`` layout of the same model;
+- ``keras-sharded`` / ``lwk-sharded``: the same two on Keras 3 sharded weights of the same model
+  (``save_weights("….weights.json", max_shard_size=0.1)``: an index and ~100 MB shards);
 - ``safetensors``: ``safetensors.numpy.load_file`` of the same tensors;
 - ``lw``: ``lw.load(file, out=preallocated, max_memory="64MiB")``;
 - ``lw-new``: ``lw.load(file)`` allocating its arrays;
@@ -68,7 +70,7 @@ def generate_plain(directory: Path, layers: int) -> dict[str, Path]:
     import numpy as np
 
     path = directory / f"plain_{layers}.h5"
-    paths = {"h5": path, "st": path, "legacy": path}
+    paths = {"h5": path, "st": path, "legacy": path, "sharded": path}
     if path.exists():
         return paths
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,7 @@ def generate(directory: Path, layers: int) -> dict[str, Path]:
         "h5": directory / f"bench_{layers}.weights.h5",
         "st": directory / f"bench_{layers}.safetensors",
         "legacy": directory / f"bench_{layers}.h5",
+        "sharded": directory / f"bench_{layers}.weights.json",
     }
     if all(p.exists() for p in paths.values()):
         return paths
@@ -97,6 +100,7 @@ def generate(directory: Path, layers: int) -> dict[str, Path]:
     model = build_model(layers)
     model.save_weights(paths["h5"])
     model.save(paths["legacy"])
+    model.save_weights(paths["sharded"], max_shard_size=0.1)
     from safetensors.numpy import save_file
 
     import lazyweights as lw
@@ -162,18 +166,18 @@ def measure(method: str, paths: dict[str, str], layers: int) -> dict[str, float]
                 arrays = []
                 f.visititems(lambda n, o: arrays.append(o[()]) if isinstance(o, h5py.Dataset) else None)
 
-    elif method in ("keras", "keras-h5"):
+    elif method in ("keras", "keras-h5", "keras-sharded"):
         model = build_model(layers)
-        target = h5 if method == "keras" else paths["legacy"]
+        target = {"keras": h5, "keras-h5": paths["legacy"], "keras-sharded": paths["sharded"]}[method]
 
         def run() -> None:
             model.load_weights(target)
 
-    elif method in ("lwk", "lwk-h5"):
+    elif method in ("lwk", "lwk-h5", "lwk-sharded"):
         from lazyweights import keras as lwk
 
         model = build_model(layers)
-        target = h5 if method == "lwk" else paths["legacy"]
+        target = {"lwk": h5, "lwk-h5": paths["legacy"], "lwk-sharded": paths["sharded"]}[method]
 
         def run() -> None:
             lwk.load_weights(model, target, max_memory="64MiB")
@@ -222,6 +226,7 @@ def run_child(method: str, paths: dict[str, Path], layers: int, python: str | No
     cmd = [python or sys.executable, __file__, "--child", method, "--layers", str(layers)]
     cmd += ["--h5", str(paths["h5"]), "--st", str(paths["st"]), "--legacy", str(paths["legacy"])]
     cmd += ["--tf", str(paths.get("tf", ""))]
+    cmd += ["--sharded", str(paths.get("sharded", ""))]
     return run_json(cmd)
 
 
@@ -230,7 +235,10 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="cat,h5py,keras,lwk,keras-h5,lwk-h5,safetensors,lw,lw-new,tf,lw-tf")
+    parser.add_argument(
+        "--only",
+        default="cat,h5py,keras,lwk,keras-h5,lwk-h5,keras-sharded,lwk-sharded,safetensors,lw,lw-new,tf,lw-tf",
+    )
     parser.add_argument("--plain", action="store_true", help="h5py-written file; only cat,h5py,lw,lw-new apply")
     parser.add_argument("--child")
     parser.add_argument("--layers", type=int)
@@ -240,18 +248,20 @@ def main() -> None:
     parser.add_argument("--tf")
     parser.add_argument("--tf-python", help="a Python with TensorFlow, for the tf / lw-tf rows")
     parser.add_argument("--make-tf")
+    parser.add_argument("--sharded")
     args = parser.parse_args()
     if args.make_tf:
         make_tf_checkpoint(args.make_tf, args.layers)
         return
     if args.child:
-        paths = {"h5": args.h5, "st": args.st, "legacy": args.legacy, "tf": args.tf}
+        paths = {"h5": args.h5, "st": args.st, "legacy": args.legacy, "tf": args.tf, "sharded": args.sharded}
         print(json.dumps(measure(args.child, paths, args.layers)))
         return
     layers = layer_count(args.size_gb)
     paths = generate_plain(args.dir, layers) if args.plain else generate(args.dir, layers)
     size = paths["h5"].stat().st_size
-    subprocess.run(["cat", *map(str, paths.values())], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+    shards = sorted(paths["sharded"].parent.glob(f"bench_{layers}_*.weights.h5"))
+    subprocess.run(["cat", *map(str, [*paths.values(), *shards])], stdout=subprocess.DEVNULL, check=True)  # warm
     methods = args.only.split(",")
     python = tf_python(args.tf_python)
     if python is None:
@@ -272,7 +282,7 @@ def main() -> None:
 def print_table(results: dict[str, dict[str, float]], size: int) -> None:
     cat = results.get("cat", {}).get("seconds")
     h5 = results.get("h5py", {}).get("seconds")
-    for ours, theirs in (("lwk", "keras"), ("lwk-h5", "keras-h5"), ("lw-tf", "tf")):
+    for ours, theirs in (("lwk", "keras"), ("lwk-h5", "keras-h5"), ("lwk-sharded", "keras-sharded"), ("lw-tf", "tf")):
         if ours in results and theirs in results:
             ratio = results[ours]["seconds"] / results[theirs]["seconds"]
             print(f"{ours} / {theirs} time: {ratio:.2f}")

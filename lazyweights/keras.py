@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
@@ -34,11 +35,20 @@ from .errors import (
     UsageError,
     require,
 )
+from .formats.keras_v3 import ASSETS_DIR, extract_assets
 from .storage import file_object_url, get_source, is_file_object
 from .stream import LoadReport
 from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
-from .targets.keras import KerasLoader, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
+from .targets.keras import (
+    KerasLoader,
+    import_keras,
+    legacy_groups,
+    load_v3_state,
+    optimizer_group,
+    optimizer_pairs,
+    v3_store,
+)
 from .targets.keras.config import is_keras2_config, translate_config, translate_training_config
 from .targets.keras.object_graph import object_graph_groups, object_graph_optimizer_pairs, optimizer_groups
 
@@ -49,7 +59,7 @@ __all__ = ["load_model", "load_weights"]
 logger = logging.getLogger(__name__)
 
 Url = str | os.PathLike[str] | BinaryIO
-_V3 = ("keras-v3", "keras-zip")
+_V3 = ("keras-v3", "keras-zip", "keras-sharded")
 _ARRAY_COPY_WARNING = "__array__ implementation doesn't accept a copy keyword"
 _UNZIPPED_WEIGHTS = "model.weights.h5"  # an unzipped .keras: a folder of config.json and this
 _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5", ".json")  # what Keras opens by extension
@@ -148,7 +158,8 @@ def load_model(
             )
         if ckpt.format in _V3:
             model = _build(ckpt, lambda: _v3_model(config, custom_objects, bool(compile), safe_mode))
-            _load_v3(model, ckpt, loader, skip_mismatch=False)
+            with _assets(ckpt) as assets:
+                _load_v3(model, ckpt, loader, skip_mismatch=False, assets=assets)
             return model
         model = _build(ckpt, lambda: _legacy_model(ckpt, custom_objects, safe_mode))
         matched = _load_legacy(model, ckpt, loader, by_name=False, skip_mismatch=False, reshape=False)
@@ -281,35 +292,51 @@ def _load_tf(model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip
 
 
 def _load_v3(
-    model: Any, ckpt: _checkpoint.Checkpoint, loader: KerasLoader, skip_mismatch: bool, objects_to_skip: Any = None
+    model: Any,
+    ckpt: _checkpoint.Checkpoint,
+    loader: KerasLoader,
+    skip_mismatch: bool,
+    objects_to_skip: Any = None,
+    assets: Any = None,
 ) -> None:
-    from keras.src.saving import saving_lib
-
+    manifest = ckpt.manifest
+    paths = [layer.name for layer in manifest.layers]
+    skip = list(objects_to_skip or ())
     with warnings.catch_warnings():
         # Recording the model's variable paths runs Keras's optimizer save_own_variables, whose variable.numpy()
         # makes numpy 2 warn once per variable about Keras's Variable.__array__ signature; nothing of ours.
         warnings.filterwarnings("ignore", _ARRAY_COPY_WARNING, DeprecationWarning)
-        store = v3_store([*ckpt.manifest.weights, *ckpt.manifest.optimizer], loader, model)
-    failed: set[int] = set()
-    errors: dict[int, Any] = {}
-    saving_lib._load_state(
-        model,
-        weights_store=store,
-        assets_store=None,
-        inner_path="",
-        skip_mismatch=skip_mismatch,
-        visited_saveables={id(obj) for obj in objects_to_skip or ()},  # Keras's own way to skip objects
-        failed_saveables=failed,
-        error_msgs=errors,
+        store = v3_store(ckpt.url, [*manifest.weights, *manifest.optimizer], paths, loader, model, skip=skip)
+    errors = load_v3_state(
+        model, store, loader.report, assets_store=assets, skip_mismatch=skip_mismatch, objects_to_skip=skip
     )
-    if not failed:
+    if not errors:
         return
-    for saveable, exc in errors.values():
-        loader.report.skipped.append((getattr(saveable, "path", None) or str(saveable), str(exc)))
+    from keras.src.saving import saving_lib
+
     try:
         saving_lib._raise_loading_failure(errors, warn_only=skip_mismatch)
     except ValueError as exc:
         raise MismatchError(f"{ckpt.url}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _assets(ckpt: _checkpoint.Checkpoint) -> Any:
+    """Keras's asset store over a ``.keras`` archive's ``assets/`` (None without any).
+
+    Keras's ``load_assets`` takes a directory, so the asset members (only
+    those) are written to a temporary directory, removed on exit.
+    """
+    if ckpt.format != "keras-zip":
+        yield None
+        return
+    from keras.src.saving.saving_lib import DiskIOStore
+
+    with tempfile.TemporaryDirectory(prefix="lazyweights-assets-") as directory:
+        if not extract_assets(ckpt.source, directory):
+            yield None
+            return
+        yield DiskIOStore(os.path.join(directory, ASSETS_DIR), mode="r")
 
 
 # -- building models ------------------------------------------------------------------------------

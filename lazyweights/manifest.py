@@ -227,7 +227,8 @@ class Manifest:
         for spec in (*self.weights, *self.optimizer):
             if spec.key in index:
                 raise FormatError(f"{self.url}: two weights share the key {spec.key!r}")
-            _check_extents(self.url, self.size, spec)
+            if spec.member is None:  # a member's extents were checked against that member when it was parsed
+                _check_extents(self.url, self.size, spec)
             index[spec.key] = spec
         for layer in self.layers:
             missing = [k for k in layer.keys if k not in index]

@@ -29,7 +29,8 @@ from ..storage import Source, WindowFile, get_source, storage_failure
 from ..storage.retry import chain_status
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
-from .keras_v3 import is_keras_v3, parse_keras_v3
+from .keras_sharded import is_sharded_index, parse_sharded
+from .keras_v3 import parse_keras_v3
 from .tf.checkpoint_dir import POINTER_FILE, TF_FILE_SUFFIX, locate
 from .tf.parse import parse_tf
 from .zarr import parse_zarr
@@ -92,6 +93,8 @@ def parse(source: Source, tf_prefix: str | None = None) -> Manifest:
         return _parse_hdf5(source, head, ctx, None, length=source.size)
     if head.startswith(b"PK\x03\x04"):
         return _parse_keras_zip(source)
+    if is_sharded_index(head):
+        return parse_sharded(source, parse)
     raise FormatError(f"{source.url}: not an HDF5 file or .keras archive: {describe_bytes(head)}")
 
 
@@ -163,9 +166,8 @@ def _parse_hdf5(
         try:
             if is_keras_h5(root):
                 return parse_keras_h5(root, ctx)
-            if is_keras_v3(root):
-                return parse_keras_v3(root, ctx, fmt or "keras-v3")
-            return parse_generic(root, ctx)
+            manifest = parse_keras_v3(root, ctx, fmt or "keras-v3", known=fmt is not None)
+            return manifest if manifest is not None else parse_generic(root, ctx)
         except LazyWeightsError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata

@@ -130,7 +130,8 @@ def load_manifest(
     manifest = _read_sibling(source)
     if manifest is None:
         manifest = parse(source)
-    _write_cached(directory, source, manifest)
+    if not any(s.member for s in (*manifest.weights, *manifest.optimizer)):  # the pin covers one object only
+        _write_cached(directory, source, manifest)
     return manifest
 
 

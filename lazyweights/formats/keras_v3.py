@@ -5,42 +5,67 @@ with state has a ``vars`` group whose datasets are named ``0``, ``1``, ...
 (ordered numerically: HDF5 lists ``10`` before ``2``) and whose ``name``
 attribute is the object's own name.  ``optimizer/...`` holds optimizer state.
 
-The file records no layer order.  Keras writes objects depth-first in the
-model's own order, and HDF5 allocates contiguous datasets as they are
+Subclassed models save each attribute holding state as a top-level group
+(``dense1/vars/0``, ``encoder/layers/dense/vars/0``), containers (lists,
+tuples, dicts of layers) as ``<attr>/<class_name>[_n]``: the file is
+recognised by that structure (:func:`keras_v3_layout`), not by names.
+
+The file records no layer order.  Keras writes objects depth-first in its
+saving walk's order, and HDF5 allocates contiguous datasets as they are
 written, so ordering objects by the file offset of their first variable gives
-the order of ``model.get_weights()``.
+the order they were written in.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import zipfile
+
 import h5py
 
+from ..errors import UnsafeCheckpointError
 from ..manifest import Layer, Manifest, WeightSpec
+from ..storage import Source
 from .hdf5 import ParseContext, child, json_attrs
 from .keras_h5 import _weight
 
-__all__ = ["is_keras_v3", "parse_keras_v3"]
-
-_TOP = ("layers", "vars", "optimizer", "_layer_checkpoint_dependencies")
+__all__ = ["ASSETS_DIR", "extract_assets", "is_keras_v3", "keras_v3_layout", "parse_keras_v3"]
 
 
-def is_keras_v3(root: h5py.File) -> bool:
-    names = set(root)
-    return bool(names) and names <= {*_TOP, "assets"} and bool(names & set(_TOP))
+def keras_v3_layout(root: h5py.Group, ctx: ParseContext, *, known: bool = False) -> list[tuple[str, h5py.Group]] | None:
+    """Every ``vars`` group as ``(object path, group)``, depth first; None if the file is not laid out as Keras 3's.
+
+    Decided by structure, the way Keras's ``H5IOStore`` reads: object paths
+    are groups named after attributes (``layers/dense``, a subclassed model's
+    ``dense1``, ``encoder/layers/...``, containers' ``list/dense_1``), every
+    object's variables are the datasets of its ``vars`` group, and there is
+    no dataset anywhere else.  At least one ``vars`` group must exist.
+    ``known``: the file is Keras's by other evidence (a ``.keras`` archive's
+    ``config.json``); then other datasets are ignored, as Keras ignores them,
+    and a file without variables is an empty Keras 3 file.
+    """
+    found: list[tuple[str, h5py.Group]] = []
+
+    def walk(group: h5py.Group, prefix: str) -> bool:
+        for name in group:
+            obj = child(group, name, ctx.url)
+            if not isinstance(obj, h5py.Group):
+                if known:
+                    continue
+                return False  # a dataset outside a vars group: not Keras 3's writer
+            if name == "vars":
+                found.append((prefix.rstrip("/"), obj))
+            elif not walk(obj, f"{prefix}{name}/"):
+                return False
+        return True
+
+    return found if walk(root, "") and (found or known) else None
 
 
-def _vars_groups(group: h5py.Group, ctx: ParseContext, prefix: str = "") -> list[tuple[str, h5py.Group]]:
-    """Every ``vars`` group under ``group`` as ``(object path, group)``, depth first."""
-    found = []
-    for name in group:
-        obj = child(group, name, ctx.url)
-        if not isinstance(obj, h5py.Group):
-            continue
-        if name == "vars":
-            found.append((prefix.rstrip("/"), obj))
-        else:
-            found.extend(_vars_groups(obj, ctx, f"{prefix}{name}/"))
-    return found
+def is_keras_v3(root: h5py.File, ctx: ParseContext | None = None) -> bool:
+    """Whether ``root`` is laid out as a Keras 3 ``.weights.h5`` (see :func:`keras_v3_layout`)."""
+    return keras_v3_layout(root, ctx or ParseContext(url=root.filename, size=0)) is not None
 
 
 def _specs(path: str, vars_group: h5py.Group, ctx: ParseContext) -> list[WeightSpec]:
@@ -59,10 +84,23 @@ def _first_offset(specs: list[WeightSpec]) -> float:
     return min(offsets) if offsets else float("inf")
 
 
-def parse_keras_v3(root: h5py.File, ctx: ParseContext, fmt: str = "keras-v3") -> Manifest:
+def parse_keras_v3(
+    root: h5py.File, ctx: ParseContext, fmt: str = "keras-v3", *, known: bool = False
+) -> Manifest | None:
+    """The manifest of a Keras 3 weights file, or None when ``root`` is not laid out as one.
+
+    Weights are ordered by the file offset of each object's first variable:
+    the order Keras wrote them in, that of ``_save_state``'s walk (a
+    functional model's ``layers`` first, then attributes by name), which is
+    ``model.get_weights()``'s for Sequential and functional models and for
+    subclassed models whose attributes sort in the order they were assigned.
+    """
+    layout = keras_v3_layout(root, ctx, known=known)
+    if layout is None:
+        return None
     model: list[tuple[float, Layer, list[WeightSpec]]] = []
     optimizer: list[WeightSpec] = []
-    for path, group in _vars_groups(root, ctx):
+    for path, group in layout:
         specs = _specs(path, group, ctx)
         if path == "optimizer" or path.startswith("optimizer/"):
             optimizer.extend(specs)
@@ -82,3 +120,36 @@ def parse_keras_v3(root: h5py.File, ctx: ParseContext, fmt: str = "keras-v3") ->
         optimizer=tuple(optimizer),
         attrs=json_attrs(root, ctx.url),
     )
+
+
+ASSETS_DIR = "assets"
+_EXTRACT_BOMB_FLOOR_BYTES = 1 << 28  # Keras's extraction guard (``saving_lib._reject_zip_extract_bomb``)
+_MAX_EXPANSION = 100
+
+
+def extract_assets(source: Source, directory: str) -> bool:
+    """Write a ``.keras`` archive's ``assets/`` members under ``directory``; whether there were any.
+
+    Keras hands each layer's ``load_assets`` a directory path, so assets
+    (vocabularies, lookup tables) must be files; only those members are
+    extracted, read from the archive through ``source`` (CRC-checked by
+    :mod:`zipfile`).  As Keras does, a member that declares more than 256 MiB
+    and over 100 times what it stores is refused before it is read, and so is
+    a name that would land outside ``directory``.
+    """
+    with source.open_file() as raw, zipfile.ZipFile(raw) as archive:
+        members = [i for i in archive.infolist() if i.filename.startswith(f"{ASSETS_DIR}/") and not i.is_dir()]
+        root = os.path.realpath(directory)
+        for info in members:
+            if info.file_size > _EXTRACT_BOMB_FLOOR_BYTES and info.file_size > _MAX_EXPANSION * info.compress_size:
+                raise UnsafeCheckpointError(
+                    f"{source.url}: Not allowed: archive member '{info.filename}' declares {info.file_size} bytes "
+                    f"but only {info.compress_size} are stored; refusing to extract a potential decompression bomb"
+                )
+            target = os.path.realpath(os.path.join(root, info.filename))
+            if os.path.commonpath([root, target]) != root or os.path.isabs(info.filename):
+                raise UnsafeCheckpointError(f"{source.url}: archive member {info.filename!r} escapes the asset folder")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(info) as member, open(target, "wb") as out:
+                shutil.copyfileobj(member, out)
+    return bool(members)

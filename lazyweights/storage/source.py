@@ -291,9 +291,13 @@ class Source:
         object version.  Local members hold no descriptor: each read opens,
         checks ``fstat`` against the pin, ``preadv``-s and closes.
         :meth:`verify` of this source re-checks every member handed out.
+
+        For a source that is one object, members are the objects beside it
+        (``key`` relative to its folder): the shards a sharded checkpoint's
+        index names.  Keys that climb out (``..``, absolute) are refused.
         """
-        if not self.is_dir:
-            raise StorageError(f"{self.url}: not a store prefix; it has no member objects")
+        if key.startswith("/") or ".." in key.split("/") or not key:
+            raise StorageError(f"{self.url}: member key {key!r} leaves the checkpoint")
         with self._members_lock:
             if key in self._members:
                 return self._members[key]
@@ -310,7 +314,8 @@ class Source:
         with ``store=True`` (a few named files), whether any member it read did.
         """
         if not self.is_dir:
-            return not self.pin.same_object(pin_of(self.stat()))
+            beside = [m for m in self.members_read().values() if m is not None]  # shards: a new open re-pins them
+            return not self.pin.same_object(pin_of(self.stat())) or any(m.changed() for m in beside)
         for key, member in self.members_read().items():
             if key not in STORE_MARKERS and not self.store:  # a store opened by name: a few objects, check each
                 continue
@@ -326,7 +331,8 @@ class Source:
 
     def _new_member(self, key: str) -> Source | None:
         child = object.__new__(Source)
-        child.url = f"{self.url.rstrip('/')}/{key}"
+        url, path = (self.url, self.path) if self.is_dir else (self.url.rsplit("/", 1)[0], self.path.rsplit("/", 1)[0])
+        child.url = f"{url.rstrip('/')}/{key}"
         child.storage_options = self.storage_options
         child.retry = self.retry
         child.requests = 0
@@ -334,7 +340,7 @@ class Source:
         child._count_lock = threading.Lock()
         child._parent, child._key = self, key
         child.store = False
-        child.fs, child.path = self.fs, f"{self.path.rstrip('/')}/{key}"
+        child.fs, child.path = self.fs, f"{path.rstrip('/')}/{key}"
         child.is_local = self.is_local
         try:
             info = child.stat()
@@ -393,6 +399,9 @@ class Source:
                 elif self.is_local and os.path.lexists(f"{self.path.rstrip('/')}/{key}"):
                     raise ObjectChangedError(f"{self.url}/{key}: the object appeared while the store was being read")
             return
+        for member in self.members_read().values():  # objects beside this one (shards)
+            if member is not None:
+                member.verify()
         if self._responses_checked:
             return
         if self.is_local and self._fd is not None:

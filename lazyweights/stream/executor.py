@@ -101,9 +101,9 @@ def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> l
             check_crc32c(reader.url, unit.key, piece.crc32c, crc32c(geometry.byte_view(stage)))
         arrays[unit.slot][unit.dst] = stage[unit.src]
     elif isinstance(unit, plan.HDF5Chunk):
-        arrays[unit.slot][unit.dst] = hdf5.read_chunk(source, unit.spec, unit.chunk)[unit.src]
+        arrays[unit.slot][unit.dst] = hdf5.read_chunk(reader, unit.spec, unit.chunk)[unit.src]
     elif isinstance(unit, plan.H5py):
-        arrays[unit.slot][...] = hdf5.read_h5py_box(source, unit.spec, unit.box)
+        arrays[unit.slot][...] = hdf5.read_h5py_box(reader, unit.spec, unit.box)
     elif isinstance(unit, plan.Fill):
         arrays[unit.slot][...] = fill_value(unit.spec)
     elif isinstance(unit, plan.Constant):

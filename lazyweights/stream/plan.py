@@ -268,7 +268,12 @@ def target_units(target: Target, slot: int, dest: np.ndarray, parts: PartSizes, 
         return list(_chunk_units(spec, slot, box))
     if spec.layout == "h5py":
         nbytes = target.nbytes
-        return [H5py(key=spec.key, cost=2 * nbytes, stored=nbytes, nbytes=nbytes, slot=slot, spec=spec, box=box)]
+        return [
+            H5py(
+                key=spec.key, cost=2 * nbytes, stored=nbytes, nbytes=nbytes, slot=slot, spec=spec, box=box,
+                member=spec.member,
+            )  # fmt: skip
+        ]
     if spec.layout == "pieces":
         return list(_piece_units(spec, slot, box))
     if spec.layout == "zarr":
@@ -330,7 +335,7 @@ def _chunk_units(spec: WeightSpec, slot: int, box: geometry.Box) -> Iterator[Uni
         nbytes = math.prod(geometry.box_shape(dst)) * spec.np_dtype.itemsize
         yield HDF5Chunk(
             key=spec.key, cost=chunk.extent.length + chunk_nbytes, stored=chunk.extent.length, nbytes=nbytes,
-            slot=slot, spec=spec, chunk=chunk, src=src, dst=dst,
+            slot=slot, spec=spec, chunk=chunk, src=src, dst=dst, member=spec.member,
         )  # fmt: skip
 
 

@@ -5,13 +5,23 @@ Keras does) and runs the executor one layer per group; :mod:`.config`
 translates Keras 2 / tf-keras model configs for Keras 3.
 """
 
-from .loader import KerasLoader, assign, import_keras, legacy_groups, optimizer_group, optimizer_pairs, v3_store
+from .loader import (
+    KerasLoader,
+    assign,
+    import_keras,
+    legacy_groups,
+    load_v3_state,
+    optimizer_group,
+    optimizer_pairs,
+    v3_store,
+)
 
 __all__ = [
     "KerasLoader",
     "assign",
     "import_keras",
     "legacy_groups",
+    "load_v3_state",
     "optimizer_group",
     "optimizer_pairs",
     "v3_store",

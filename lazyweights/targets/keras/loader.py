@@ -27,7 +27,7 @@ from ...manifest import WeightSpec, resolve_dtype
 from ...stream import Group, LoadReport, Target, execute
 from .config import optimizer_slot_key
 
-__all__ = ["KerasLoader", "legacy_groups", "optimizer_group", "optimizer_pairs", "v3_store"]
+__all__ = ["KerasLoader", "legacy_groups", "load_v3_state", "optimizer_group", "optimizer_pairs", "v3_store"]
 
 
 def import_keras() -> Any:
@@ -278,7 +278,7 @@ def optimizer_group(pairs: Sequence[tuple[WeightSpec, Any]]) -> Group:
 # -- Keras 3 object-path files ---------------------------------------------------------------
 
 
-def record_variables(model: Any) -> dict[str, dict[str, Any]]:
+def record_variables(model: Any, skip: Sequence[Any] = ()) -> dict[str, dict[str, Any]]:
     """Object path → {"0": variable, ...} exactly as Keras would save this model.
 
     Runs Keras's own save traversal (``saving_lib._save_state``) into a store
@@ -305,33 +305,103 @@ def record_variables(model: Any) -> dict[str, dict[str, Any]]:
         def __setitem__(self, key: str, value: Any) -> None:
             recorded[self._path][key] = value
 
-    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=set())
+    visited = {id(o) for o in skip}  # objects the load will not visit (``objects_to_skip``)
+    _save_state(model, weights_store=RecordingStore(), assets_store=None, inner_path="", visited_saveables=visited)
     return recorded
 
 
-def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader, model: Any) -> Any:
+# Keras's guard against HDF5 shape bombs (``saving_lib.safe_get_h5_dataset``): a dataset declaring more than
+# 4 GiB must store at least a thousandth of it.
+_BOMB_FLOOR_BYTES = 1 << 32
+_BOMB_MAX_EXPANSION = 1000
+
+
+def declared_problem(url: str, spec: WeightSpec, variable: Any) -> str | None:
+    """Why ``spec`` must not be read for ``variable`` (None: it may), decided from metadata alone.
+
+    Keras's own shape-bomb rule, then the variable's shape where the model
+    is known to store ``variable`` under this key: a value Keras's
+    ``assign`` would refuse is refused before a byte is read or allocated.
+    """
+    if spec.nbytes > _BOMB_FLOOR_BYTES and spec.nbytes > _BOMB_MAX_EXPANSION * spec.stored_bytes:
+        return (
+            f"{url}: Not allowed: H5 dataset {spec.key!r} declares shape {spec.shape} ({spec.nbytes} bytes) but only "
+            f"{spec.stored_bytes} bytes are stored; refusing to load a potential decompression/shape bomb"
+        )
+    if hasattr(variable, "assign") and tuple(variable.shape) != spec.shape:
+        return (
+            f"{url}: The shape of the target variable and the shape of the target value in `variable.assign(value)` "
+            f"must match. variable.shape={tuple(variable.shape)}, Received: value.shape={spec.shape} "
+            f"(saved weight {spec.key!r}). Target variable: {variable.path}"
+        )
+    return None
+
+
+def v3_store(
+    url: str,
+    specs: Sequence[WeightSpec],
+    paths: Sequence[str],
+    loader: KerasLoader,
+    model: Any,
+    skip: Sequence[Any] = (),
+) -> Any:
     """A Keras weights store over a manifest: Keras walks the model, the store streams each object's values.
 
-    Where the object's variables are known (``record_variables``) and match
-    the file in count, shape and dtype, and the backend exposes their memory,
-    the file's bytes are read straight into the variables and the store hands
-    Keras the variables themselves, so Keras's ``assign`` is a no-op copy.
-    Everything else gets fresh arrays that Keras assigns as usual.  Keras
-    still performs every check and raises every error it would.
+    ``paths`` are the file's object paths (every group holding a ``vars``
+    group); ``has_path`` answers for them and their parents as ``H5IOStore``
+    does.  When Keras asks for an object whose saved weights all fit the
+    variables the model stores there (``record_variables``: count, shape) and
+    pass Keras's shape-bomb rule, they are read at once, concurrently; where
+    the backend exposes a variable's memory, straight into it, and Keras is
+    handed the variable itself, so its ``assign`` is a no-op copy.  Otherwise
+    nothing is read until Keras asks for a key, and a key whose declared shape
+    the variable cannot take (or a shape bomb) raises :class:`MismatchError`
+    (a ``ValueError``, as Keras raises) before a byte is read: with
+    ``skip_mismatch`` such weights are neither read nor reported loaded.
+    ``store.unread(path)`` lists an object's weights that were not read.
+
+    Objects whose every weight can go straight into its variable are read
+    first, all in one executor run (concurrently across objects and shards,
+    under the one budget, nothing held); Keras's walk then finds them filled.
+    ``skip``: objects the load must not touch (``objects_to_skip``).
     """
     from keras.src.saving.saving_lib import H5IOStore
 
     groups: dict[str, dict[str, WeightSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.layer, {})[spec.name] = spec
-    paths = {p.rsplit("/", i)[0] for p in groups for i in range(p.count("/") + 1)} | set(groups)
-    recorded = record_variables(model)
+    known_paths = {p.rsplit("/", i)[0] for p in (*paths, *groups) for i in range(p.count("/") + 1)} - {""}
+    recorded = record_variables(model, skip)
 
-    def fetch(path: str, wanted: dict[str, WeightSpec]) -> dict[str, Any]:
+    def wanted_at(path: str) -> dict[str, WeightSpec]:
+        return groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
+
+    def fits(path: str, wanted: dict[str, WeightSpec]) -> bool:
+        known = recorded.get(path, {})
+        return len(known) == len(wanted) and not any(declared_problem(url, s, known.get(n)) for n, s in wanted.items())
+
+    def direct_targets(path: str) -> list[Target] | None:
+        """Targets filling ``path``'s variables in place, or None where one of them cannot be."""
+        wanted, known = wanted_at(path), recorded.get(path, {})
+        if not wanted or not fits(path, wanted):
+            return None
+        targets = []
+        for name, spec in wanted.items():
+            buffer = direct_buffer(known[name]) if hasattr(known[name], "assign") else None
+            if buffer is None or buffer.dtype != spec.np_dtype:
+                return None
+            targets.append(Target(spec, buffer))
+        return targets
+
+    prefilled = {path: targets for path in recorded if (targets := direct_targets(path))}
+    if prefilled:
+        loader.run([Group(targets) for targets in prefilled.values()])
+
+    def read(path: str, wanted: dict[str, WeightSpec]) -> dict[str, Any]:
         known = recorded.get(path, {})
         targets, direct = [], {}
         for name, spec in wanted.items():
-            var = known.get(name) if len(known) == len(wanted) else None
+            var = known.get(name)
             buffer = direct_buffer(var) if hasattr(var, "assign") and tuple(var.shape) == spec.shape else None
             if buffer is not None and buffer.dtype == spec.np_dtype:
                 direct[name] = var
@@ -347,37 +417,118 @@ def v3_store(specs: Sequence[WeightSpec], loader: KerasLoader, model: Any) -> An
 
         Subclassed only so ``_load_state``'s isinstance check accepts it; no
         parent state is used.  Values of one object are read when Keras asks
-        for that object and dropped when it asks for the next.
+        for that object (or, if they may not fit, for each key) and dropped
+        when it asks for the next.
         """
 
         def __init__(self) -> None:  # the parent would open a file
             self.mode = "r"
+            self.path = ""
+            self._wanted: dict[str, WeightSpec] = {}
             self._values: dict[str, Any] = {}
+            self._read: set[str] = set()
 
         def get(self, path: str) -> LazyStore:
-            wanted = groups.get(path) or groups.get(path.replace("layers", "_layer_checkpoint_dependencies"), {})
-            self._values = fetch(path, wanted) if wanted else {}
+            wanted = wanted_at(path)
+            self.path, self._wanted, self._values = path, wanted, {}
+            if path in prefilled:
+                self._values = {name: recorded[path][name] for name in wanted}
+                self._read.update(s.key for s in wanted.values())
+            elif wanted and fits(path, wanted):
+                self._values = read(path, wanted)
+                self._read.update(s.key for s in wanted.values())
             return self
 
         def __bool__(self) -> bool:  # the parent delegates to its h5 file; an open store is truthy
             return True
 
         def keys(self) -> Any:
-            return self._values.keys()
+            return self._wanted.keys()
 
         def __len__(self) -> int:
-            return len(self._values)
+            return len(self._wanted)
 
         def __getitem__(self, key: str) -> Any:
+            if key not in self._values:
+                spec = self._wanted.get(key)
+                if spec is None:
+                    raise KeyError(key)
+                problem = declared_problem(url, spec, recorded.get(self.path, {}).get(key))
+                if problem:
+                    raise MismatchError(problem)
+                self._values[key] = read(self.path, {key: spec})[key]
+                self._read.add(spec.key)
             return self._values[key]
 
         def __contains__(self, key: object) -> bool:
-            return key in self._values
+            return key in self._wanted
 
         def has_path(self, path: str) -> bool:
-            return path in paths
+            return path in known_paths
+
+        def unread(self, path: str) -> list[str]:
+            """The keys of ``path``'s saved weights that were not read."""
+            return [s.key for s in groups.get(path, {}).values() if s.key not in self._read]
 
         def close(self) -> None:
             self._values = {}
 
     return LazyStore()
+
+
+class _FailedSaveables(set):
+    """Keras's ``failed_saveables`` set, noting the object path the store was at when each failure was added.
+
+    ``_load_state`` adds a saveable right after its ``load_own_variables`` /
+    ``load_assets`` raised, while the store still points at that object.
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.paths: dict[int, str] = {}
+
+    def add(self, item: int) -> None:
+        self.paths.setdefault(item, self.store.path)
+        super().add(item)
+
+
+def _short(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def load_v3_state(
+    model: Any,
+    store: Any,
+    report: LoadReport,
+    *,
+    assets_store: Any = None,
+    skip_mismatch: bool = False,
+    objects_to_skip: Sequence[Any] = (),
+) -> dict[int, Any]:
+    """Run Keras's ``_load_state`` over ``store``; return Keras's ``error_msgs`` (empty when all loaded).
+
+    Every object that failed puts its saved weights that were not read in
+    ``report.skipped`` as ``(key, short reason)`` (the object path when no
+    weight of it was left unread, e.g. an asset failure).
+    """
+    from keras.src.saving import saving_lib
+
+    failed = _FailedSaveables(store)
+    errors: dict[int, Any] = {}
+    saving_lib._load_state(
+        model,
+        weights_store=store,
+        assets_store=assets_store,
+        inner_path="",
+        skip_mismatch=skip_mismatch,
+        visited_saveables={id(o) for o in objects_to_skip},
+        failed_saveables=failed,
+        error_msgs=errors,
+    )
+    for ident, (saveable, exc) in errors.items():
+        path = failed.paths.get(ident, getattr(saveable, "path", None) or str(saveable))
+        reason = _short(exc)
+        report.skipped.extend((key, reason) for key in store.unread(path) or [path])
+    return errors
