@@ -272,7 +272,7 @@ def target_units(target: Target, slot: int, dest: np.ndarray, parts: PartSizes, 
             H5py(
                 key=spec.key, cost=2 * nbytes, stored=nbytes, nbytes=nbytes, slot=slot, spec=spec, box=box,
                 member=spec.member,
-            )  # fmt: skip
+            )
         ]
     if spec.layout == "pieces":
         return list(_piece_units(spec, slot, box))
