@@ -22,7 +22,7 @@ from .errors import FormatError, MissingKeyError
 
 __all__ = ["Chunk", "Extent", "Filter", "Layer", "Manifest", "WeightSpec", "ZarrChunks", "resolve_dtype"]
 
-Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr"]
+Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr", "unsupported"]
 
 
 def resolve_dtype(name: str) -> np.dtype:
@@ -100,7 +100,11 @@ class WeightSpec:
     - ``chunked``: ``chunks`` of ``chunk_shape`` each, decoded with ``filters``;
     - ``compact``: the raw bytes are in ``inline`` (they live in the metadata);
     - ``empty``: never written, every element is ``fill``;
-    - ``h5py``: a filter with no codec here; decoded by h5py from ``path``;
+    - ``h5py``: decoded by h5py from ``path`` (``reason``: a filter with no
+      codec here, a stored type that is not a numpy layout, metadata only
+      libhdf5 follows);
+    - ``unsupported``: no reader here gives its values (``reason`` says why);
+      reading it raises :class:`~lazyweights.errors.UnsupportedError`;
     - ``zarr``: an array of a zarr store at ``path`` in chunks of
       ``chunk_shape``, each an object of its own named and stored as ``zarr``
       says (None: zarr itself reads and decodes them); chunks never written
@@ -121,6 +125,7 @@ class WeightSpec:
     inline: bytes | None = None
     fill: bytes | None = None
     zarr: ZarrChunks | None = None
+    reason: str | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -295,4 +300,5 @@ def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
         inline=_bytes(d["inline"]),
         fill=_bytes(d["fill"]),
         zarr=ZarrChunks(**d["zarr"]) if d.get("zarr") else None,
+        reason=d.get("reason"),
     )

@@ -11,7 +11,9 @@ Anything else is refused with a description of what it looks like.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -20,8 +22,9 @@ from typing import Any
 import h5py
 
 from ..errors import FormatError, LazyWeightsError, UnsupportedError
-from ..manifest import Manifest
+from ..manifest import Manifest, WeightSpec
 from ..storage import Source, WindowFile
+from . import h5meta
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
@@ -31,6 +34,10 @@ __all__ = ["describe_bytes", "parse"]
 
 _HEAD = 4096
 _KERAS_MEMBER = "model.weights.h5"
+# How HDF5 metadata is walked: "walk" (pure-Python, level by level), "h5py" (libhdf5; remote files over the
+# block-cached MetadataFile), or "auto": the walk for remote files, h5py for local ones (measured faster there:
+# benchmarks/bench_open.py).  Read at each parse so benchmarks can compare.
+METADATA_ENV = "LAZYWEIGHTS_HDF5_METADATA"
 
 
 def parse(source: Source) -> Manifest:
@@ -66,6 +73,34 @@ def describe_bytes(head: bytes) -> str:
     return f"unrecognised first bytes {head[:16]!r}"
 
 
+def _use_walker(source: Source) -> bool:
+    mode = os.environ.get(METADATA_ENV, "auto")
+    if mode not in ("auto", "walk", "h5py"):
+        raise ValueError(f"{METADATA_ENV}={mode!r}: expected auto, walk or h5py")
+    return mode == "walk" or (mode == "auto" and not source.is_local)
+
+
+def _fetch_many(source: Source) -> h5meta.FetchMany:
+    """Concurrent ranged reads through ``source`` (nearby ranges merged into one request)."""
+
+    def fetch(ranges: list[tuple[int, int]]) -> list[bytearray]:
+        bufs = [bytearray(n) for _, n in ranges]
+        source.readinto_many([(off, memoryview(buf)) for (off, _), buf in zip(ranges, bufs, strict=True)])
+        return bufs
+
+    return fetch
+
+
+def _walk(source: Source, base: int) -> h5meta.H5File:
+    """The whole metadata tree in a few rounds of concurrent reads (the head is the first, already fetched)."""
+    try:
+        return h5meta.walk(_fetch_many(source), source.size, head=source.head(), base=base)
+    except LazyWeightsError as exc:
+        if source.url in str(exc):
+            raise
+        raise type(exc)(f"{source.url}: {exc}") from exc
+
+
 @contextlib.contextmanager
 def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
     """Open HDF5 metadata read-only; h5py/HDF5 errors become FormatError."""
@@ -99,17 +134,24 @@ def _parse_hdf5(
     """Parse the HDF5 file of ``length`` bytes at ``ctx.base`` (via ``fileobj`` when not the whole source)."""
     at = find_superblock(head)
     check_superblock(head, at, length, ctx.url)
+    if _use_walker(source):
+        return _parse_tree(_walk(source, ctx.base), ctx, fmt)
     with _h5(source, fileobj) as root:
-        try:
-            if is_keras_h5(root):
-                return parse_keras_h5(root, ctx)
-            if is_keras_v3(root):
-                return parse_keras_v3(root, ctx, fmt or "keras-v3")
-            return parse_generic(root, ctx)
-        except LazyWeightsError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
-            raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
+        return _parse_tree(root, ctx, fmt)
+
+
+def _parse_tree(root: Any, ctx: ParseContext, fmt: str | None) -> Manifest:
+    """The manifest of an HDF5 tree (h5py's or the walker's)."""
+    try:
+        if is_keras_h5(root):
+            return parse_keras_h5(root, ctx)
+        if is_keras_v3(root):
+            return parse_keras_v3(root, ctx, fmt or "keras-v3")
+        return parse_generic(root, ctx)
+    except LazyWeightsError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
+        raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
 
 
 def _member_data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
@@ -150,12 +192,25 @@ def _parse_keras_zip(source: Source) -> Manifest:
             head = window.read(_HEAD)
             window.seek(0)
             manifest = _parse_hdf5(source, head, ctx, window, length=info.file_size, fmt="keras-zip")
-        exotic = [s.key for s in (*manifest.weights, *manifest.optimizer) if s.layout == "h5py"]
-        if exotic:  # the h5py fallback reads whole files, not members
-            raise UnsupportedError(f"{source.url}: weights {exotic[:5]} use HDF5 filters with no codec here")
     finally:
         raw.close()
-    return _with_attrs(manifest, attrs)
+    return _with_attrs(_no_h5py_in_members(manifest), attrs)
+
+
+def _no_h5py_in_members(manifest: Manifest) -> Manifest:
+    """Weights only h5py reads become unsupported in an archive: the h5py fallback opens whole files."""
+
+    def refuse(spec: WeightSpec) -> WeightSpec:
+        if spec.layout != "h5py":
+            return spec
+        reason = f"{spec.reason}; only h5py reads it, and h5py cannot open a member of a .keras archive"
+        return dataclasses.replace(spec, layout="unsupported", reason=reason, chunks=(), extent=None)
+
+    return dataclasses.replace(
+        manifest,
+        weights=tuple(refuse(s) for s in manifest.weights),
+        optimizer=tuple(refuse(s) for s in manifest.optimizer),
+    )
 
 
 def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
@@ -166,8 +221,6 @@ def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
 
 
 def _with_attrs(manifest: Manifest, members: dict[str, Any]) -> Manifest:
-    import dataclasses
-
     attrs = dict(manifest.attrs)
     if "config.json" in members:
         attrs["model_config"] = members["config.json"]

@@ -13,10 +13,11 @@ the order of ``model.get_weights()``.
 
 from __future__ import annotations
 
-import h5py
+from typing import Any
 
 from ..manifest import Layer, Manifest, WeightSpec
 from .hdf5 import ParseContext, child, json_attrs
+from .hdf5_dataset import is_dataset, is_group
 from .keras_h5 import _weight
 
 __all__ = ["is_keras_v3", "parse_keras_v3"]
@@ -24,17 +25,17 @@ __all__ = ["is_keras_v3", "parse_keras_v3"]
 _TOP = ("layers", "vars", "optimizer", "_layer_checkpoint_dependencies")
 
 
-def is_keras_v3(root: h5py.File) -> bool:
+def is_keras_v3(root: Any) -> bool:
     names = set(root)
     return bool(names) and names <= {*_TOP, "assets"} and bool(names & set(_TOP))
 
 
-def _vars_groups(group: h5py.Group, ctx: ParseContext, prefix: str = "") -> list[tuple[str, h5py.Group]]:
+def _vars_groups(group: Any, ctx: ParseContext, prefix: str = "") -> list[tuple[str, Any]]:
     """Every ``vars`` group under ``group`` as ``(object path, group)``, depth first."""
     found = []
     for name in group:
         obj = child(group, name, ctx.url)
-        if not isinstance(obj, h5py.Group):
+        if not is_group(obj):
             continue
         if name == "vars":
             found.append((prefix.rstrip("/"), obj))
@@ -43,12 +44,12 @@ def _vars_groups(group: h5py.Group, ctx: ParseContext, prefix: str = "") -> list
     return found
 
 
-def _specs(path: str, vars_group: h5py.Group, ctx: ParseContext) -> list[WeightSpec]:
+def _specs(path: str, vars_group: Any, ctx: ParseContext) -> list[WeightSpec]:
     names = sorted(vars_group, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
     specs = []
     for name in names:
         ds = child(vars_group, name, ctx.url)
-        if isinstance(ds, h5py.Dataset):
+        if is_dataset(ds):
             key = f"{path}/vars/{name}" if path else f"vars/{name}"
             specs.append(_weight(ds, ctx, key, path, name))
     return specs
@@ -59,7 +60,7 @@ def _first_offset(specs: list[WeightSpec]) -> float:
     return min(offsets) if offsets else float("inf")
 
 
-def parse_keras_v3(root: h5py.File, ctx: ParseContext, fmt: str = "keras-v3") -> Manifest:
+def parse_keras_v3(root: Any, ctx: ParseContext, fmt: str = "keras-v3") -> Manifest:
     model: list[tuple[float, Layer, list[WeightSpec]]] = []
     optimizer: list[WeightSpec] = []
     for path, group in _vars_groups(root, ctx):

@@ -510,11 +510,13 @@ def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[
             continue
         if t == M.DATASPACE:
             space = M.parse_dataspace(m.data, ctx, what)
-            ds.shape, ds.maxshape = space.shape, space.maxshape
+            ds.shape, ds.maxshape, ds.null = space.shape, space.maxshape, space.null
         elif t == M.DATATYPE:
             dt = M.parse_datatype(Cursor(m.data, ctx, f"{what}: datatype"))
             ds.dtype, dtype_size = dt.dtype, dt.size
-            if dt.unsupported:
+            if dt.unsupported and dt.converted is not None:
+                ds.dtype, ds.converted = dt.converted, dt.unsupported
+            elif dt.unsupported:
                 reasons.append(dt.unsupported)
         elif t == M.LAYOUT:
             layout = M.parse_layout(m.data, ctx, what)
@@ -533,8 +535,9 @@ def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[
             reasons.append(f"unknown header message type 0x{t:x}")
     fv = fill or old_fill
     if fv is not None and fv.undefined:
-        reasons.append("undefined fill value")
-    ds.fillvalue = (fv.value if fv is not None and fv.value is not None else bytes(dtype_size))
+        ds.fillvalue = None  # readable where written; never-written elements have no value
+    else:
+        ds.fillvalue = fv.value if fv is not None and fv.value is not None else bytes(dtype_size)
     if layout is None:
         reasons.append("no data layout message")
         return None
