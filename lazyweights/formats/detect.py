@@ -81,11 +81,16 @@ def _use_walker(source: Source) -> bool:
 
 
 def _fetch_many(source: Source) -> h5meta.FetchMany:
-    """Concurrent ranged reads through ``source`` (nearby ranges merged into one request)."""
+    """Concurrent ranged reads through ``source``, exactly the ranges asked for.
+
+    The walk already merged them by its own small gap: Keras interleaves object
+    headers with weight data, so the storage policy's 64 KiB gap would pull in weights.
+    """
 
     def fetch(ranges: list[tuple[int, int]]) -> list[bytearray]:
         bufs = [bytearray(n) for _, n in ranges]
-        source.readinto_many([(off, memoryview(buf)) for (off, _), buf in zip(ranges, bufs, strict=True)])
+        items = [(off, memoryview(buf)) for (off, _), buf in zip(ranges, bufs, strict=True)]
+        source.readinto_many(items, max_gap=0)
         return bufs
 
     return fetch

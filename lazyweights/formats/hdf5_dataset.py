@@ -120,6 +120,7 @@ def _attr(node: Any, name: str) -> Any:
 # -- h5py ------------------------------------------------------------------------------
 
 
+_CLASSES = {h5py.h5t.TIME: "time", h5py.h5t.BITFIELD: "bitfield", h5py.h5t.REFERENCE: "reference"}
 _LAYOUTS = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked"}
 
 
@@ -129,8 +130,9 @@ def from_h5py(ds: h5py.Dataset, base: int) -> DatasetInfo:
     layout = _LAYOUTS.get(dcpl.get_layout(), "virtual")
     try:
         dt = ds.dtype  # each access builds a new numpy dtype from the HDF5 type: read once
-    except (TypeError, ValueError) as exc:  # e.g. time types: no numpy equivalent
-        dt, refused = None, f"datatype without a numpy equivalent ({exc})"
+    except (TypeError, ValueError):  # e.g. time types: no numpy equivalent
+        cls = ds.id.get_type().get_class()
+        dt, refused = None, f"{_CLASSES.get(cls, f'class {cls}')} datatype"  # as the walker names it
     else:
         refused = None
     info = DatasetInfo(
