@@ -160,6 +160,22 @@ def test_strange_datasets_fail_alone_remote(http_server, http_root: Path) -> Non
     _check_odd(f"{http_server.url}/odd_remote.h5", path, values)
 
 
+def test_filter_without_codec_fails_alone_when_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunked weight under a filter no library here decodes: UnsupportedError naming filter and weight."""
+    path = tmp_path / "filtered.h5"
+    with h5py.File(path, "w") as f:
+        f["ok"] = np.arange(6.0)
+        ds = f.create_dataset("odd", (4,), dtype="f4", chunks=(4,), compression=32999, allow_unknown_filter=True)
+        ds.id.write_direct_chunk((0,), np.arange(4, dtype="f4").tobytes())
+    assert_same(path, monkeypatch)
+    for mode in ("h5py", "walk"):
+        monkeypatch.setenv(ENV, mode)
+        with lw.open(path, index=False) as ckpt:
+            assert np.array_equal(ckpt["ok"].read(), np.arange(6.0))
+            with pytest.raises(UnsupportedError, match=r"'odd'.*32999"):
+                ckpt["odd"].read()
+
+
 def test_h5py_only_weight_in_keras_archive_is_unsupported_alone(tmp_path: Path, keras3_files: dict) -> None:
     """A .keras member cannot go through the h5py fallback: that weight alone is refused, with the reason."""
     import zipfile
