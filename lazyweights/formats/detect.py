@@ -28,6 +28,7 @@ from . import h5meta
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_v3 import is_keras_v3, parse_keras_v3
+from .keras_zip import read_members
 from .zarr import parse_zarr
 
 __all__ = ["describe_bytes", "parse"]
@@ -96,10 +97,13 @@ def _fetch_many(source: Source) -> h5meta.FetchMany:
     return fetch
 
 
-def _walk(source: Source, base: int) -> h5meta.H5File:
+def _walk(source: Source, base: int, head: bytes | None) -> h5meta.H5File:
     """The whole metadata tree in a few rounds of concurrent reads (the head is the first, already fetched)."""
+    fetch, size = _fetch_many(source), source.size
     try:
-        return h5meta.walk(_fetch_many(source), source.size, head=source.head(), base=base)
+        if head is None:
+            return h5meta.walk(fetch, size, head=source.head(), base=base)
+        return h5meta.walk(fetch, size, head=head, base=base, head_at=base)
     except LazyWeightsError as exc:
         if source.url in str(exc):
             raise
@@ -134,13 +138,23 @@ def _open_h5(target: Any) -> h5py.File:
 
 
 def _parse_hdf5(
-    source: Source, head: bytes, ctx: ParseContext, fileobj: Any, *, length: int, fmt: str | None = None
+    source: Source,
+    head: bytes,
+    ctx: ParseContext,
+    fileobj: Any,
+    *,
+    length: int,
+    fmt: str | None = None,
+    walk_head: bytes | None = None,
 ) -> Manifest:
-    """Parse the HDF5 file of ``length`` bytes at ``ctx.base`` (via ``fileobj`` when not the whole source)."""
+    """Parse the HDF5 file of ``length`` bytes at ``ctx.base`` (via ``fileobj`` when not the whole source).
+
+    ``walk_head``: the HDF5 file's first bytes, already fetched (default: the source's head).
+    """
     at = find_superblock(head)
     check_superblock(head, at, length, ctx.url)
     if _use_walker(source):
-        return _parse_tree(_walk(source, ctx.base), ctx, fmt)
+        return _parse_tree(_walk(source, ctx.base, walk_head), ctx, fmt)
     with _h5(source, fileobj) as root:
         return _parse_tree(root, ctx, fmt)
 
@@ -157,16 +171,6 @@ def _parse_tree(root: Any, ctx: ParseContext, fmt: str | None) -> Manifest:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
         raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
-
-
-def _member_data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes start: after its local header, whose lengths may differ from the directory's."""
-    raw.seek(info.header_offset)
-    header = raw.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise FormatError(f"bad local zip header for member {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
 
 
 def _parse_keras_zip(source: Source) -> Manifest:
@@ -188,15 +192,16 @@ def _parse_keras_zip(source: Source) -> Manifest:
                 f"{source.url}: {_KERAS_MEMBER} is compressed inside the archive; lazyweights reads it "
                 "in place only when stored uncompressed, as Keras writes it"
             )
-        attrs = {k: _json_member(archive, k, source.url) for k in ("config.json", "metadata.json") if k in names}
-        base = _member_data_offset(raw, info)
+        small = [archive.getinfo(k) for k in ("config.json", "metadata.json") if k in names]
+        members, base, member_head = read_members(source, small, info)
+        attrs = {k: _json_member(v, k, source.url) for k, v in members.items()}
         if base + info.file_size > source.size:
             raise FormatError(f"{source.url}: {_KERAS_MEMBER} extends past the end of the archive")
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag, base=base)
         with WindowFile(source.open_file(), base, info.file_size) as window:
-            head = window.read(_HEAD)
-            window.seek(0)
-            manifest = _parse_hdf5(source, head, ctx, window, length=info.file_size, fmt="keras-zip")
+            manifest = _parse_hdf5(
+                source, member_head[:_HEAD], ctx, window, length=info.file_size, fmt="keras-zip", walk_head=member_head
+            )
     finally:
         raw.close()
     return _with_attrs(_no_h5py_in_members(manifest), attrs)
@@ -218,9 +223,9 @@ def _no_h5py_in_members(manifest: Manifest) -> Manifest:
     )
 
 
-def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
+def _json_member(data: bytes, name: str, url: str) -> Any:
     try:
-        return json.loads(archive.read(name))
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{url}: {name} in the archive is not valid JSON: {exc}") from exc
 
