@@ -56,7 +56,8 @@ def _strip_origins(m: Manifest, keys: frozenset) -> Manifest:
     def fix(s):
         if s.key not in keys:
             return s
-        chunks = tuple(sorted(dataclasses.replace(c, origin=(0,) * len(c.origin)) for c in s.chunks))
+        stripped = (dataclasses.replace(c, origin=(0,) * len(c.origin)) for c in s.chunks)
+        chunks = tuple(sorted(stripped, key=lambda c: (c.extent.offset, c.extent.length, c.filter_mask)))
         return dataclasses.replace(s, chunks=chunks)
 
     return dataclasses.replace(m, weights=tuple(fix(s) for s in m.weights))

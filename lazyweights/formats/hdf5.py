@@ -273,7 +273,7 @@ def dataset_spec(
     if info.layout != "chunked" or info.chunk_shape is None:
         return WeightSpec(layout="h5py", reason=via_h5py, **fields), ""
     filters = tuple(Filter(id=fid, name=fname, values=values) for fid, fname, values in info.filters)
-    chunks = tuple(sorted(Chunk(origin, Extent(off, n), mask) for origin, off, n, mask in info.chunks()))
+    chunks = tuple(Chunk(origin, Extent(off, n), mask) for origin, off, n, mask in sorted(info.chunks()))
     if via_h5py or not has_codecs(filters):
         reason = via_h5py or f"filters {[f.name or f.id for f in filters]} have no codec here"
         mode = "h5py"

@@ -151,8 +151,10 @@ def from_h5py(ds: h5py.Dataset, base: int) -> DatasetInfo:
     if layout == "compact":
         info.compact = np.ascontiguousarray(ds[()]).tobytes() if info.converted is None else None
     elif layout == "contiguous":
-        offset = ds.id.get_offset()
-        info.contiguous = (None if offset is None else base + offset, int(ds.id.get_storage_size()))
+        offset, stored = ds.id.get_offset(), int(ds.id.get_storage_size())
+        if stored == 0:  # never written (with a user block HDF5 reports "undefined + its size" as the offset)
+            offset = None
+        info.contiguous = (None if offset is None else base + offset, stored)
     else:
         info.chunk_shape = tuple(int(n) for n in ds.chunks)
         info.filters = _filters(dcpl)
