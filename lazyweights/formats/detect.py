@@ -39,6 +39,7 @@ _KERAS_MEMBER = "model.weights.h5"
 # block-cached MetadataFile), or "auto": the walk for remote files, h5py for local ones (measured faster there:
 # benchmarks/bench_open.py).  Read at each parse so benchmarks can compare.
 METADATA_ENV = "LAZYWEIGHTS_HDF5_METADATA"
+_WALK_GAP = 4 << 10  # bytes between two ranges of one walk level that are fetched anyway
 
 
 def parse(source: Source) -> Manifest:
@@ -82,16 +83,17 @@ def _use_walker(source: Source) -> bool:
 
 
 def _fetch_many(source: Source) -> h5meta.FetchMany:
-    """Concurrent ranged reads through ``source``, exactly the ranges asked for.
+    """Concurrent ranged reads through ``source``; ranges closer than :data:`_WALK_GAP` share a request.
 
-    The walk already merged them by its own small gap: Keras interleaves object
-    headers with weight data, so the storage policy's 64 KiB gap would pull in weights.
+    Keras interleaves object headers with weight data, so the storage policy's
+    64 KiB gap would pull in weights (a 2,000-layer file: 3x its size); 4 KiB
+    halves the requests of a MobileNetV2 open for 19% more bytes.
     """
 
     def fetch(ranges: list[tuple[int, int]]) -> list[bytearray]:
         bufs = [bytearray(n) for _, n in ranges]
         items = [(off, memoryview(buf)) for (off, _), buf in zip(ranges, bufs, strict=True)]
-        source.readinto_many(items, max_gap=0)
+        source.readinto_many(items, max_gap=_WALK_GAP)
         return bufs
 
     return fetch
