@@ -159,10 +159,11 @@ def byte_view(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_ranges(ranges: Sequence[tuple[int, int]], max_gap: int = MERGE_GAP_BYTES) -> list[tuple[int, int]]:
     """``(offset, length)`` ranges as the ``[start, end)`` spans to fetch: sorted, near ones merged, empty dropped.
 
-    fsspec's own merge (what its ``cat_ranges`` and parquet readers use), with this module's policy.
+    fsspec's own merge (what its ``cat_ranges`` and parquet readers use), with this module's policy;
+    ``max_gap`` is for callers that already merged by their own measure (the HDF5 metadata walk).
     """
     live = [(off, n) for off, n in ranges if n]
     if not live:
@@ -171,7 +172,7 @@ def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         [""] * len(live),
         [off for off, _ in live],
         [off + n for off, n in live],
-        max_gap=MERGE_GAP_BYTES,
+        max_gap=max_gap,
         max_block=MAX_MERGED_BYTES,
         sort=True,
     )

@@ -32,7 +32,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr", "pieces"]
+Layout = Literal["contiguous", "chunked", "compact", "empty", "h5py", "zarr", "pieces", "unsupported"]
 
 
 def resolve_dtype(name: str) -> np.dtype:
@@ -126,7 +126,11 @@ class WeightSpec:
     - ``chunked``: ``chunks`` of ``chunk_shape`` each, decoded with ``filters``;
     - ``compact``: the raw bytes are in ``inline`` (they live in the metadata);
     - ``empty``: never written, every element is ``fill``;
-    - ``h5py``: a filter with no codec here; decoded by h5py from ``path``;
+    - ``h5py``: decoded by h5py from ``path`` (``reason``: a filter with no
+      codec here, a stored type that is not a numpy layout, metadata only
+      libhdf5 follows);
+    - ``unsupported``: no reader here gives its values (``reason`` says why);
+      reading it raises :class:`~lazyweights.errors.UnsupportedError`;
     - ``zarr``: an array of a zarr store at ``path`` in chunks of
       ``chunk_shape``, each an object of its own named and stored as ``zarr``
       says (None: zarr itself reads and decodes them); chunks never written
@@ -155,6 +159,7 @@ class WeightSpec:
     member: str | None = None
     crc32c: int | None = None
     pieces: tuple[Piece, ...] = ()
+    reason: str | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -342,4 +347,5 @@ def _spec_from_plain(d: dict[str, Any]) -> WeightSpec:
             Piece(tuple(p["origin"]), tuple(p["shape"]), p["member"], Extent(**p["extent"]), p.get("crc32c"))
             for p in d.get("pieces", ())
         ),
+        reason=d.get("reason"),
     )

@@ -14,7 +14,9 @@ Anything else is refused with a description of what it looks like.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -24,13 +26,15 @@ from typing import Any
 import h5py
 
 from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
-from ..manifest import Manifest
+from ..manifest import Manifest, WeightSpec
 from ..storage import Source, WindowFile, get_source, storage_failure
 from ..storage.retry import chain_status
+from . import h5meta
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_sharded import is_sharded_index, parse_sharded
 from .keras_v3 import parse_keras_v3
+from .keras_zip import read_members
 from .tf.checkpoint_dir import POINTER_FILE, TF_FILE_SUFFIX, locate
 from .tf.parse import parse_tf
 from .zarr import parse_zarr
@@ -39,6 +43,11 @@ __all__ = ["describe_bytes", "open_source", "parse"]
 
 _HEAD = 4096
 _KERAS_MEMBER = "model.weights.h5"
+# How HDF5 metadata is walked: "walk" (pure-Python, level by level), "h5py" (libhdf5; remote files over the
+# block-cached MetadataFile), or "auto": the walk for remote files, h5py for local ones (measured faster there:
+# benchmarks/bench_open.py).  Read at each parse so benchmarks can compare.
+METADATA_ENV = "LAZYWEIGHTS_HDF5_METADATA"
+_WALK_GAP = 4 << 10  # bytes between two ranges of one walk level that are fetched anyway
 
 
 def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | None]:
@@ -118,6 +127,43 @@ def describe_bytes(head: bytes) -> str:
     return f"unrecognised first bytes {head[:16]!r}"
 
 
+def _use_walker(source: Source) -> bool:
+    mode = os.environ.get(METADATA_ENV, "auto")
+    if mode not in ("auto", "walk", "h5py"):
+        raise ValueError(f"{METADATA_ENV}={mode!r}: expected auto, walk or h5py")
+    return mode == "walk" or (mode == "auto" and not source.is_local)
+
+
+def _fetch_many(source: Source) -> h5meta.FetchMany:
+    """Concurrent ranged reads through ``source``; ranges closer than :data:`_WALK_GAP` share a request.
+
+    Keras interleaves object headers with weight data, so the storage policy's
+    64 KiB gap would pull in weights (a 2,000-layer file: 3x its size); 4 KiB
+    halves the requests of a MobileNetV2 open for 19% more bytes.
+    """
+
+    def fetch(ranges: list[tuple[int, int]]) -> list[bytearray]:
+        bufs = [bytearray(n) for _, n in ranges]
+        items = [(off, memoryview(buf)) for (off, _), buf in zip(ranges, bufs, strict=True)]
+        source.readinto_many(items, max_gap=_WALK_GAP)
+        return bufs
+
+    return fetch
+
+
+def _walk(source: Source, base: int, head: bytes | None) -> h5meta.H5File:
+    """The whole metadata tree in a few rounds of concurrent reads (the head is the first, already fetched)."""
+    fetch, size = _fetch_many(source), source.size
+    try:
+        if head is None:
+            return h5meta.walk(fetch, size, head=source.head(), base=base)
+        return h5meta.walk(fetch, size, head=head, base=base, head_at=base)
+    except LazyWeightsError as exc:
+        if source.url in str(exc):
+            raise
+        raise type(exc)(f"{source.url}: {exc}") from exc
+
+
 @contextlib.contextmanager
 def _h5(source: Source, fileobj: Any) -> Iterator[h5py.File]:
     """Open HDF5 metadata read-only; h5py/HDF5 errors become FormatError."""
@@ -157,31 +203,38 @@ def _open_h5(target: Any) -> h5py.File:
 
 
 def _parse_hdf5(
-    source: Source, head: bytes, ctx: ParseContext, fileobj: Any, *, length: int, fmt: str | None = None
+    source: Source,
+    head: bytes,
+    ctx: ParseContext,
+    fileobj: Any,
+    *,
+    length: int,
+    fmt: str | None = None,
+    walk_head: bytes | None = None,
 ) -> Manifest:
-    """Parse the HDF5 file of ``length`` bytes at ``ctx.base`` (via ``fileobj`` when not the whole source)."""
+    """Parse the HDF5 file of ``length`` bytes at ``ctx.base`` (via ``fileobj`` when not the whole source).
+
+    ``walk_head``: the HDF5 file's first bytes, already fetched (default: the source's head).
+    """
     at = find_superblock(head)
     check_superblock(head, at, length, ctx.url)
+    if _use_walker(source):
+        return _parse_tree(_walk(source, ctx.base, walk_head), ctx, fmt)
     with _h5(source, fileobj) as root:
-        try:
-            if is_keras_h5(root):
-                return parse_keras_h5(root, ctx)
-            manifest = parse_keras_v3(root, ctx, fmt or "keras-v3", known=fmt is not None)
-            return manifest if manifest is not None else parse_generic(root, ctx)
-        except LazyWeightsError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
-            raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
+        return _parse_tree(root, ctx, fmt)
 
 
-def _member_data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes start: after its local header, whose lengths may differ from the directory's."""
-    raw.seek(info.header_offset)
-    header = raw.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise FormatError(f"bad local zip header for member {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+def _parse_tree(root: Any, ctx: ParseContext, fmt: str | None) -> Manifest:
+    """The manifest of an HDF5 tree (h5py's or the walker's)."""
+    try:
+        if is_keras_h5(root):
+            return parse_keras_h5(root, ctx)
+        manifest = parse_keras_v3(root, ctx, fmt or "keras-v3", known=fmt is not None)
+        return manifest if manifest is not None else parse_generic(root, ctx)
+    except LazyWeightsError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
+        raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
 
 
 # What zipfile raises on a damaged archive besides BadZipFile: a bad version or method (NotImplementedError), a
@@ -211,21 +264,25 @@ def _parse_keras_zip(source: Source) -> Manifest:
                 f"{source.url}: {_KERAS_MEMBER} is compressed inside the archive; lazyweights reads it "
                 "in place only when stored uncompressed, as Keras writes it"
             )
-        attrs = {k: _json_member(archive, k, source.url) for k in ("config.json", "metadata.json") if k in names}
-        base = _member_data_offset(raw, info)
+        small = [archive.getinfo(k) for k in ("config.json", "metadata.json") if k in names]
+        _check_json_sizes(small, source.url)
+        try:
+            members, base, member_head = read_members(source, small, info)
+        except LazyWeightsError:
+            raise
+        except _ZIP_ERRORS as exc:
+            raise FormatError(f"{source.url}: a damaged zip archive: {type(exc).__name__}: {exc}") from exc
+        attrs = {k: _json_member(v, k, source.url) for k, v in members.items()}
         if base + info.file_size > source.size:
             raise FormatError(f"{source.url}: {_KERAS_MEMBER} extends past the end of the archive")
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag, base=base)
         with WindowFile(source.open_file(), base, info.file_size) as window:
-            head = window.read(_HEAD)
-            window.seek(0)
-            manifest = _parse_hdf5(source, head, ctx, window, length=info.file_size, fmt="keras-zip")
-        exotic = [s.key for s in (*manifest.weights, *manifest.optimizer) if s.layout == "h5py"]
-        if exotic:  # the h5py fallback reads whole files, not members
-            raise UnsupportedError(f"{source.url}: weights {exotic[:5]} use HDF5 filters with no codec here")
+            manifest = _parse_hdf5(
+                source, member_head[:_HEAD], ctx, window, length=info.file_size, fmt="keras-zip", walk_head=member_head
+            )
     finally:
         raw.close()
-    return _with_attrs(manifest, attrs)
+    return _with_attrs(_no_h5py_in_members(manifest), attrs)
 
 
 # config.json / metadata.json of a .keras archive: a real config is kilobytes to a few MiB; a member
@@ -233,27 +290,41 @@ def _parse_keras_zip(source: Source) -> Manifest:
 JSON_MEMBER_LIMIT = 64 << 20
 
 
-def _json_member(archive: zipfile.ZipFile, name: str, url: str) -> Any:
-    """A JSON member, size-checked before it is inflated (:data:`JSON_MEMBER_LIMIT`); damage is a FormatError."""
-    info = archive.getinfo(name)
-    if info.file_size > JSON_MEMBER_LIMIT:
-        raise FormatError(
-            f"{url}: {name} declares {info.file_size} bytes uncompressed ({info.compress_size} stored), over the "
-            f"{JSON_MEMBER_LIMIT}-byte limit for a config; refused as a possible decompression bomb"
-        )
+def _check_json_sizes(infos: list[zipfile.ZipInfo], url: str) -> None:
+    """Refuse a JSON member declaring more than :data:`JSON_MEMBER_LIMIT` bytes, before it is inflated."""
+    for info in infos:
+        if info.file_size > JSON_MEMBER_LIMIT:
+            raise FormatError(
+                f"{url}: {info.filename} declares {info.file_size} bytes uncompressed ({info.compress_size} "
+                f"stored), over the {JSON_MEMBER_LIMIT}-byte limit for a config; refused as a possible "
+                "decompression bomb"
+            )
+
+
+def _no_h5py_in_members(manifest: Manifest) -> Manifest:
+    """Weights only h5py reads become unsupported in an archive: the h5py fallback opens whole files."""
+
+    def refuse(spec: WeightSpec) -> WeightSpec:
+        if spec.layout != "h5py":
+            return spec
+        reason = f"{spec.reason}; only h5py reads it, and h5py cannot open a member of a .keras archive"
+        return dataclasses.replace(spec, layout="unsupported", reason=reason, chunks=(), extent=None)
+
+    return dataclasses.replace(
+        manifest,
+        weights=tuple(refuse(s) for s in manifest.weights),
+        optimizer=tuple(refuse(s) for s in manifest.optimizer),
+    )
+
+
+def _json_member(data: bytes, name: str, url: str) -> Any:
     try:
-        return json.loads(archive.read(name))
-    except LazyWeightsError:
-        raise
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{url}: {name} in the archive is not valid JSON: {exc}") from exc
-    except _ZIP_ERRORS as exc:
-        raise FormatError(f"{url}: {name} in the archive cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
 def _with_attrs(manifest: Manifest, members: dict[str, Any]) -> Manifest:
-    import dataclasses
-
     attrs = dict(manifest.attrs)
     if "config.json" in members:
         attrs["model_config"] = members["config.json"]

@@ -1,8 +1,9 @@
 """Generic HDF5: superblock checks, a safe tree walk, and dataset → WeightSpec.
 
-Only metadata goes through h5py here: the byte extents of each dataset
-(``get_offset``/``get_storage_size`` for contiguous data, ``chunk_iter`` plus
-the filter pipeline for chunked data).  The Keras layouts reuse these helpers.
+Only metadata is read here, through either tree: h5py's, or the pure-Python
+level-by-level walk of :mod:`.h5meta` (remote files); each dataset becomes a
+:class:`~.hdf5_dataset.DatasetInfo` first, so one logic makes its spec.  The
+Keras layouts reuse these helpers.
 
 Safety: a checkpoint must not make the loader read other files.  External
 links, external raw storage and virtual datasets are refused, and links are
@@ -17,12 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import h5py
 import numpy as np
 
-from ..errors import FormatError, TruncatedFileError, UnsafeCheckpointError
+from ..errors import FormatError, TruncatedFileError, UnsafeCheckpointError, UnsupportedError
 from ..manifest import Chunk, Extent, Filter, Layer, Manifest, WeightSpec
 from .filters import has_codecs
+from .hdf5_dataset import DatasetInfo, dataset_info, is_dataset, is_external, is_group
 
 __all__ = [
     "SIGNATURE",
@@ -99,32 +100,34 @@ def check_superblock(head: bytes, at: int, size: int, url: str) -> None:
 
 
 # -- safe navigation -----------------------------------------------------------
+# Groups are h5py groups or nodes of the pure-Python walk (:mod:`.h5meta`): both answer
+# ``get(name, getlink=True)``, iteration, ``[name]``, ``.name`` and ``.attrs``.
 
 
-def child(group: h5py.Group, name: str, url: str) -> Any:
+def child(group: Any, name: str, url: str) -> Any:
     """``group[name]``, refusing external links (which would open another file)."""
     link = group.get(name, getlink=True)
     if link is None:
         raise FormatError(f"{url}: {group.name.rstrip('/')}/{name} does not exist")
-    if isinstance(link, h5py.ExternalLink):
+    if is_external(link):
         raise UnsafeCheckpointError(
             f"{url}: {group.name.rstrip('/')}/{name} is an ExternalLink (HDF5 external link) to "
             f"{link.filename}:{link.path}; lazyweights never follows links out of a checkpoint"
         )
     try:
         return group[name]
-    except (OSError, KeyError, ValueError) as exc:  # libhdf5's own consistency checks
+    except (OSError, KeyError, ValueError) as exc:  # libhdf5's own consistency checks, dangling soft links
         raise FormatError(f"{url}: cannot open {group.name.rstrip('/')}/{name}: {exc}") from exc
 
 
-def walk_datasets(group: h5py.Group, url: str, prefix: str = "") -> Iterator[tuple[str, h5py.Dataset]]:
+def walk_datasets(group: Any, url: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every dataset under ``group`` as ``(relative path, dataset)``, in name order, depth first."""
     for name in group:
         obj = child(group, name, url)
         path = f"{prefix}{name}"
-        if isinstance(obj, h5py.Dataset):
+        if is_dataset(obj):
             yield path, obj
-        elif isinstance(obj, h5py.Group):
+        elif is_group(obj):
             yield from walk_datasets(obj, url, path + "/")
 
 
@@ -144,7 +147,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
+def attr_list(obj: Any, name: str) -> list[str] | None:
     """A list-of-strings attribute, joining Keras's split form (``name0``, ``name1``, ...).
 
     Keras splits an attribute that would exceed HDF5's 64 KiB header limit.
@@ -167,13 +170,13 @@ def attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
     return out
 
 
-def json_attrs(obj: h5py.HLObject, url: str) -> dict[str, Any]:
+def json_attrs(obj: Any, url: str) -> dict[str, Any]:
     """All attributes of ``obj`` as JSON-able values; ``*_config`` strings parsed as JSON."""
     result: dict[str, Any] = {}
     for key in obj.attrs:
         try:
             value = _plain(obj.attrs[key])
-        except (OSError, TypeError) as exc:  # unreadable attribute types: record, do not fail
+        except (OSError, TypeError, UnsupportedError) as exc:  # unreadable attribute types: record, do not fail
             value = f"<unreadable attribute: {exc}>"
         if key.endswith("_config") and isinstance(value, str):
             try:
@@ -187,88 +190,101 @@ def json_attrs(obj: h5py.HLObject, url: str) -> dict[str, Any]:
 # -- datasets --------------------------------------------------------------------
 
 
-def _dtype_name(ds: h5py.Dataset, dt: np.dtype, keras: bool) -> str | None:
+def _dtype_name(info: DatasetInfo, keras: bool) -> str | None:
     """The manifest dtype of a dataset, or None when it holds no numeric data.
 
     Keras 3 writes bfloat16 as 2-byte opaque data, with a ``dtype`` attribute
     in ``.weights.h5`` files and without one in legacy ``.h5`` files, where a
     2-byte opaque type can only be bfloat16 (``keras=True``).
     """
+    dt = info.dtype
+    if dt is None:
+        return None
     opaque2 = dt.kind == "V" and dt.itemsize == 2 and dt.fields is None
-    if opaque2 and (keras or ds.attrs.get("dtype") in ("bfloat16", b"bfloat16")):
+    if opaque2 and (keras or info.dtype_attr in ("bfloat16", b"bfloat16")):
         return "bfloat16"
     if dt.kind in "biufc" and not dt.hasobject and dt.fields is None:
         return dt.str
     return None
 
 
-def _fill_bytes(dcpl: Any, dt: np.dtype) -> bytes:
-    """The dataset's fill value as raw bytes of its dtype (HDF5 default: zeros)."""
-    value = np.zeros((1,), dtype=dt)
-    dcpl.get_fill_value(value)
-    return value.tobytes()
+def _refusal(info: DatasetInfo) -> str | None:
+    """Why no reader here can give this dataset's values (None when one can)."""
+    if info.refused:
+        return info.refused
+    dt = info.dtype
+    if dt is not None and ((dt.kind == "f" and dt.itemsize > 8) or (dt.kind == "c" and dt.itemsize > 16)):
+        return f"{dt.itemsize}-byte extended-precision float: no portable numpy dtype"
+    return None
 
 
-def _filters(dcpl: Any) -> tuple[Filter, ...]:
-    out = []
-    for i in range(dcpl.get_nfilters()):
-        code, _flags, values, name = dcpl.get_filter(i)
-        out.append(Filter(id=int(code), name=name.decode(errors="replace"), values=tuple(int(v) for v in values)))
-    return tuple(out)
-
-
-def _chunks(ds: h5py.Dataset, base: int) -> tuple[Chunk, ...]:
-    found: list[Chunk] = []
-
-    def visit(info: Any) -> None:
-        found.append(Chunk(tuple(info.chunk_offset), Extent(base + info.byte_offset, info.size), info.filter_mask))
-
-    if hasattr(ds.id, "chunk_iter"):
-        ds.id.chunk_iter(visit)
-    else:  # older HDF5: one call per chunk
-        for i in range(ds.id.get_num_chunks()):
-            visit(ds.id.get_chunk_info(i))
-    return tuple(found)
+def _refuse_unsafe(info: DatasetInfo, url: str) -> None:
+    if info.layout == "virtual":
+        raise UnsafeCheckpointError(f"{url}: dataset {info.path} is virtual (maps data from other files)")
+    if info.external:
+        raise UnsafeCheckpointError(
+            f"{url}: dataset {info.path} keeps its data in external files; "
+            "lazyweights never reads outside the checkpoint"
+        )
 
 
 def dataset_spec(
-    ds: h5py.Dataset, ctx: ParseContext, *, key: str, layer: str, name: str, keras: bool = False
+    ds: Any, ctx: ParseContext, *, key: str, layer: str, name: str, keras: bool = False
 ) -> tuple[WeightSpec | None, str]:
-    """A :class:`WeightSpec` for ``ds`` (or None and the reason it holds no weight)."""
-    dcpl = ds.id.get_create_plist()
-    layout = dcpl.get_layout()
-    if layout == h5py.h5d.VIRTUAL:
-        raise UnsafeCheckpointError(f"{ctx.url}: dataset {ds.name} is virtual (maps data from other files)")
-    if dcpl.get_external_count() > 0:
-        raise UnsafeCheckpointError(
-            f"{ctx.url}: dataset {ds.name} keeps its data in external files; "
-            "lazyweights never reads outside the checkpoint"
-        )
-    dt = ds.dtype  # each access builds a new numpy dtype from the HDF5 type: read once
-    dtype = _dtype_name(ds, dt, keras)
+    """A :class:`WeightSpec` for ``ds`` (or None and the reason it holds no weight).
+
+    ``ds`` is an h5py dataset or an :mod:`.h5meta` node; either way one
+    :class:`~.hdf5_dataset.DatasetInfo` decides.  A dataset whose values no
+    reader here can give becomes an ``unsupported`` weight (reading it raises
+    :class:`UnsupportedError`); one whose stored type is not a numpy layout, or
+    that the pure-Python walk could not follow, is read by h5py alone.
+    """
+    info = dataset_info(ds, ctx.base)
+    _refuse_unsafe(info, ctx.url)
+    shape = info.shape or ()
+    fields: dict[str, Any] = {"key": key, "layer": layer, "name": name, "path": info.path, "shape": shape}
+    refused = _refusal(info)
+    if refused is not None:
+        size = info.dtype.itemsize if info.dtype is not None else 1
+        return WeightSpec(layout="unsupported", dtype=f"|V{size}", reason=refused, **fields), ""
+    dtype = _dtype_name(info, keras)
     if dtype is None:
-        return None, f"dtype {dt} is not numeric"
-    raw_shape = ds.shape
-    shape = tuple(int(n) for n in raw_shape) if raw_shape is not None else ()
-    fields: dict[str, Any] = {"key": key, "layer": layer, "name": name, "path": ds.name, "shape": shape, "dtype": dtype}
-    fields["fill"] = _fill_bytes(dcpl, dt) if dtype != "bfloat16" else None
-    if raw_shape is None or 0 in shape:
+        return None, f"dtype {info.dtype} is not numeric"
+    fields["dtype"] = dtype
+    fields["fill"] = None if dtype == "bfloat16" else info.fill
+    if info.shape is None or 0 in shape:
         return WeightSpec(layout="empty", **fields), ""
-    if layout == h5py.h5d.COMPACT:
-        return WeightSpec(layout="compact", inline=np.ascontiguousarray(ds[()]).tobytes(), **fields), ""
-    if layout == h5py.h5d.CONTIGUOUS:
-        offset = ds.id.get_offset()
-        if offset is None:
+    unwritten = info.layout == "contiguous" and (info.contiguous or (None,))[0] is None
+    if unwritten and info.fill is None and dtype != "bfloat16":
+        reason = "never written, and its fill value is undefined: it has no values"
+        return WeightSpec(layout="unsupported", reason=reason, **fields), ""
+    converted = info.converted and f"its stored type is not exactly the {dtype} layout; h5py converts the values"
+    via_h5py = converted or info.fallback
+    if info.layout == "compact" and not via_h5py:
+        return WeightSpec(layout="compact", inline=info.compact, **fields), ""
+    if info.layout == "contiguous":
+        offset, length = info.contiguous or (None, 0)
+        extent = None if offset is None else Extent(offset, length)
+        if via_h5py:
+            return WeightSpec(layout="h5py", extent=extent, reason=via_h5py, **fields), ""
+        if extent is None:
             return WeightSpec(layout="empty", **fields), ""
-        extent = Extent(ctx.base + offset, int(ds.id.get_storage_size()))
         return WeightSpec(layout="contiguous", extent=extent, **fields), ""
-    filters = _filters(dcpl)
-    chunk_shape = tuple(int(n) for n in ds.chunks)
-    mode = "chunked" if has_codecs(filters) else "h5py"
-    return WeightSpec(layout=mode, chunk_shape=chunk_shape, chunks=_chunks(ds, ctx.base), filters=filters, **fields), ""
+    if info.layout != "chunked" or info.chunk_shape is None:
+        return WeightSpec(layout="h5py", reason=via_h5py, **fields), ""
+    filters = tuple(Filter(id=fid, name=fname, values=values) for fid, fname, values in info.filters)
+    chunks = tuple(Chunk(origin, Extent(off, n), mask) for origin, off, n, mask in sorted(info.chunks()))
+    if via_h5py or not has_codecs(filters):
+        reason = via_h5py or f"filters {[f.name or f.id for f in filters]} have no codec here"
+        mode = "h5py"
+    else:
+        reason, mode = None, "chunked"
+    return WeightSpec(
+        layout=mode, chunk_shape=info.chunk_shape, chunks=chunks, filters=filters, reason=reason, **fields
+    ), ""
 
 
-def parse_generic(root: h5py.File, ctx: ParseContext) -> Manifest:
+def parse_generic(root: Any, ctx: ParseContext) -> Manifest:
     """Any HDF5 file: every numeric dataset is a weight keyed by its path; its group is its layer."""
     weights: list[WeightSpec] = []
     skipped: list[tuple[str, str]] = []

@@ -12,49 +12,50 @@ root, so unique by construction.
 
 from __future__ import annotations
 
-import h5py
+from typing import Any
 
 from ..errors import FormatError
 from ..manifest import Layer, Manifest, WeightSpec
 from .hdf5 import ParseContext, attr_list, child, dataset_spec, json_attrs
+from .hdf5_dataset import is_dataset, is_group, is_hard
 
 __all__ = ["is_keras_h5", "parse_keras_h5"]
 
 
-def weights_root(root: h5py.File) -> h5py.Group | None:
+def weights_root(root: Any) -> Any:
     """The group that holds ``layer_names``: the root, else ``model_weights`` (as Keras does)."""
     if attr_list(root, "layer_names") is not None:
         return root
     link = root.get("model_weights", getlink=True)
-    if isinstance(link, h5py.HardLink):
+    if is_hard(link):
         group = root["model_weights"]
-        if isinstance(group, h5py.Group) and attr_list(group, "layer_names") is not None:
+        if is_group(group) and attr_list(group, "layer_names") is not None:
             return group
     return None
 
 
-def is_keras_h5(root: h5py.File) -> bool:
+def is_keras_h5(root: Any) -> bool:
     return weights_root(root) is not None
 
 
-def _dataset(group: h5py.Group, path: str, ctx: ParseContext) -> h5py.Dataset:
+def _dataset(group: Any, path: str, ctx: ParseContext) -> Any:
     """Follow a weight name that may contain ``/`` one safe step at a time."""
     obj = group
     for part in path.split("/"):
         obj = child(obj, part, ctx.url)
-    if not isinstance(obj, h5py.Dataset):
+    if not is_dataset(obj):
         raise FormatError(f"{ctx.url}: weight {obj.name} listed in weight_names is a group, not a dataset")
     return obj
 
 
-def _weight(ds: h5py.Dataset, ctx: ParseContext, key: str, layer: str, name: str) -> WeightSpec:
+def _weight(ds: Any, ctx: ParseContext, key: str, layer: str, name: str) -> WeightSpec:
     spec, reason = dataset_spec(ds, ctx, key=key, layer=layer, name=name, keras=True)
     if spec is None:
         raise FormatError(f"{ctx.url}: weight {key!r} cannot be loaded: {reason}")
     return spec
 
 
-def _layers(wroot: h5py.Group, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec]]:
+def _layers(wroot: Any, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec]]:
     layers: list[Layer] = []
     weights: list[WeightSpec] = []
     for lname in attr_list(wroot, "layer_names") or []:
@@ -68,7 +69,7 @@ def _layers(wroot: h5py.Group, ctx: ParseContext) -> tuple[list[Layer], list[Wei
     return layers, weights
 
 
-def _optimizer(root: h5py.File, ctx: ParseContext) -> list[WeightSpec]:
+def _optimizer(root: Any, ctx: ParseContext) -> list[WeightSpec]:
     if "optimizer_weights" not in root:
         return []
     group = child(root, "optimizer_weights", ctx.url)
@@ -78,7 +79,7 @@ def _optimizer(root: h5py.File, ctx: ParseContext) -> list[WeightSpec]:
     ]
 
 
-def parse_keras_h5(root: h5py.File, ctx: ParseContext) -> Manifest:
+def parse_keras_h5(root: Any, ctx: ParseContext) -> Manifest:
     wroot = weights_root(root)
     if wroot is None:
         raise FormatError(f"{ctx.url}: no layer_names attribute at the root or in model_weights")

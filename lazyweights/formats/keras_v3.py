@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+from typing import Any
 
 import h5py
 
@@ -28,6 +29,7 @@ from ..errors import UnsafeCheckpointError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
 from .hdf5 import ParseContext, child, json_attrs
+from .hdf5_dataset import is_dataset, is_group
 from .keras_h5 import _weight
 
 __all__ = ["ASSETS_DIR", "extract_assets", "is_keras_v3", "keras_v3_layout", "parse_keras_v3"]
@@ -50,7 +52,7 @@ def keras_v3_layout(root: h5py.Group, ctx: ParseContext, *, known: bool = False)
     def walk(group: h5py.Group, prefix: str) -> bool:
         for name in group:
             obj = child(group, name, ctx.url)
-            if not isinstance(obj, h5py.Group):
+            if not is_group(obj):
                 if known:
                     continue
                 return False  # a dataset outside a vars group: not Keras 3's writer
@@ -68,12 +70,12 @@ def is_keras_v3(root: h5py.File, ctx: ParseContext | None = None) -> bool:
     return keras_v3_layout(root, ctx or ParseContext(url=root.filename, size=0)) is not None
 
 
-def _specs(path: str, vars_group: h5py.Group, ctx: ParseContext) -> list[WeightSpec]:
+def _specs(path: str, vars_group: Any, ctx: ParseContext) -> list[WeightSpec]:
     names = sorted(vars_group, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
     specs = []
     for name in names:
         ds = child(vars_group, name, ctx.url)
-        if isinstance(ds, h5py.Dataset):
+        if is_dataset(ds):
             key = f"{path}/vars/{name}" if path else f"vars/{name}"
             specs.append(_weight(ds, ctx, key, path, name))
     return specs

@@ -479,13 +479,17 @@ class Source:
         finally:
             os.close(fd)
 
-    def merged_spans(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+    def merged_spans(
+        self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None
+    ) -> list[tuple[int, int]]:
         """The byte spans :meth:`readinto_many` fetches for ``items`` (:func:`~lazyweights.geometry.merge_ranges`)."""
-        return merge_ranges([(off, buf.nbytes) for off, buf in items])
+        ranges = [(off, buf.nbytes) for off, buf in items]
+        return merge_ranges(ranges) if max_gap is None else merge_ranges(ranges, max_gap)
 
-    def readinto_many(self, items: Sequence[tuple[int, memoryview]]) -> int:
+    def readinto_many(self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None) -> int:
         """Fill each ``(offset, buffer)``; nearby ranges merge into one request, requests run concurrently.
 
+        ``max_gap`` overrides the merge policy's gap (0: only touching ranges merge).
         Returns the number of requests made (0 for local files, which are read
         one ``preadv`` per item).
         """
@@ -493,7 +497,7 @@ class Source:
             for offset, buf in items:
                 self.readinto(offset, buf)
             return 0
-        spans = self.merged_spans(items)
+        spans = self.merged_spans(items, max_gap)
         blocks = self._fetch_many(spans)
         starts = [s for s, _ in spans]
         for offset, buf in items:

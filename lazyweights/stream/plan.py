@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import geometry
+from ..errors import UnsupportedError
 from ..manifest import Chunk, Piece, WeightSpec
 from ..read.hdf5 import chunk_overlaps
 from .budget import allocate
@@ -278,6 +279,8 @@ def target_units(target: Target, slot: int, dest: np.ndarray, parts: PartSizes, 
         return list(_piece_units(spec, slot, box))
     if spec.layout == "zarr":
         raise ValueError(f"{spec.key!r}: zarr targets are planned by lazyweights.read.zarr")
+    if spec.layout == "unsupported":
+        raise UnsupportedError(f"weight {spec.key!r} (dataset {spec.path}) cannot be read: {spec.reason}")
     return [Constant(key=spec.key, slot=slot, spec=spec, box=box)]
 
 

@@ -25,7 +25,7 @@ class SymbolEntry:
     scratch: bytes
 
 
-GROUP_NODE_SPECULATIVE = 4096  # bytes read at a group B-tree node: its SNODs often follow it
+GROUP_NODE_SPECULATIVE = 2048  # bytes read at a group B-tree node (544 with K=16): the symbol node (1288) often follows
 
 
 def _node_size(ctx: Ctx, k: int, key_size: int) -> int:

@@ -99,6 +99,7 @@ class Datatype:
     size: int
     vlen_str: bool = False
     unsupported: str | None = None
+    converted: np.dtype | None = None  # an unsupported type's numpy dtype as h5py converts it (None: h5py cannot)
 
 
 _FLOAT_LAYOUTS = {
@@ -149,9 +150,11 @@ def _fixed(c: Cursor, bits: int, size: int) -> Datatype:
     kind = "i" if bits & 8 else "u"
     if size not in (1, 2, 4, 8):
         return Datatype(None, size, unsupported=f"{size}-byte integer")
+    dtype = np.dtype(f"{order if size > 1 else '|'}{kind}{size}")
     if offset != 0 or precision != 8 * size or bits & 0x6:
-        return Datatype(None, size, unsupported="integer with bit offset, partial precision or padding")
-    return Datatype(np.dtype(f"{order if size > 1 else '|'}{kind}{size}"), size)
+        reason = f"{precision}-bit integer at bit offset {offset} of {8 * size} bits (or padded)"
+        return Datatype(None, size, unsupported=reason, converted=dtype)
+    return Datatype(dtype, size)
 
 
 def _float(c: Cursor, bits: int, size: int) -> Datatype:
@@ -161,11 +164,18 @@ def _float(c: Cursor, bits: int, size: int) -> Datatype:
     if bits & 0x40:
         return Datatype(None, size, unsupported="VAX-order float")
     order = ">" if bits & 1 else "<"
+    converted = np.dtype(f"{order}f{size}") if size in _FLOAT_LAYOUTS else _longdouble(size)
     if size not in _FLOAT_LAYOUTS or (precision, eloc, esize, mloc, msize, bias) != _FLOAT_LAYOUTS[size] or offset:
-        return Datatype(None, size, unsupported=f"non-IEEE {size}-byte float")
+        return Datatype(None, size, unsupported=f"non-IEEE {size}-byte float", converted=converted)
     if ((bits >> 4) & 3) != 2 or ((bits >> 8) & 0xFF) != 8 * size - 1:
-        return Datatype(None, size, unsupported="float with unusual normalization or sign bit")
+        return Datatype(None, size, unsupported="float with unusual normalization or sign bit", converted=converted)
     return Datatype(np.dtype(f"{order}f{size}"), size)
+
+
+def _longdouble(size: int) -> np.dtype | None:
+    """numpy's long double when it has ``size`` bytes (h5py's type for wider floats), else None."""
+    ld = np.dtype(np.longdouble)
+    return ld if ld.itemsize == size and ld.itemsize > 8 else None
 
 
 def _enum(c: Cursor, bits: int, size: int, version: int) -> Datatype:

@@ -113,10 +113,12 @@ class Dataset(Node):
     ``contiguous`` is ``(absolute address or None if never written, size)``;
     ``chunk_table`` lists ``(chunk offset, absolute address, size, filter mask)``
     like h5py's ``chunk_iter``; ``filters`` lists ``(id, name, client values)``.
-    ``unsupported`` names why this one dataset cannot be handled (None if it can).
+    ``unsupported`` names why this one dataset cannot be handled (None if it can);
+    ``converted`` marks a datatype h5py converts on read (``dtype`` is then h5py's).
     """
 
     shape: tuple[int, ...] = ()
+    null: bool = False  # a null dataspace (no elements, not even a scalar; h5py's shape None)
     maxshape: tuple[int | None, ...] = ()
     dtype: np.dtype | None = None
     chunks: tuple[int, ...] | None = None
@@ -127,7 +129,8 @@ class Dataset(Node):
     chunk_index: str | None = None
     filters: list[tuple[int, str, tuple[int, ...]]] = field(default_factory=list)
     filter_flags: list[int] = field(default_factory=list)
-    fillvalue: bytes | None = None
+    fillvalue: bytes | None = None  # None: the file says the fill value is undefined
+    converted: str | None = None  # why the datatype is not a numpy layout (h5py converts it to ``dtype``)
     external: bool = False
     unsupported: str | None = None
 

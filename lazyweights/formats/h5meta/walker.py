@@ -55,11 +55,11 @@ MERGE_GAP = 256  # ranges closer than this are fetched as one
 class _Cache:
     """Bytes already fetched (and ``head``) as disjoint, sorted blocks, looked up by absolute range."""
 
-    def __init__(self, head: bytes):
+    def __init__(self, head: bytes, at: int = 0):
         self.starts: list[int] = []
         self.blocks: list[bytes] = []
         if head:
-            self.add(0, head)
+            self.add(at, head)
 
     def add(self, start: int, data: bytes) -> None:
         """Insert the parts of a block not already held (blocks stay disjoint; nothing is re-copied)."""
@@ -131,9 +131,9 @@ def _merge(ranges: list[tuple[int, int]], cache: _Cache) -> list[tuple[int, int]
     return [(a, b - a) for a, b in out]
 
 
-def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats) -> Any:
+def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_at: int = 0) -> Any:
     """Drive ``gen`` (and every sub-parser it spawns) to completion; return its result."""
-    cache = _Cache(head)
+    cache = _Cache(head, head_at)
     root = _Task(gen, None, 0)
     ready: deque[tuple[_Task, Any, BaseException | None]] = deque([(root, None, None)])
     waiting: list[tuple[_Task, list[tuple[int, int]]]] = []
@@ -212,17 +212,25 @@ def _fetch_level(waiting, cache: _Cache, fetch_many: FetchMany, stats: FetchStat
 # -- entry point -------------------------------------------------------------------
 
 
-def walk(fetch_many: FetchMany, size: int, head: bytes = b"", base: int = 0, limits: Limits | None = None) -> H5File:
+def walk(
+    fetch_many: FetchMany,
+    size: int,
+    head: bytes = b"",
+    base: int = 0,
+    limits: Limits | None = None,
+    head_at: int = 0,
+) -> H5File:
     """Walk the HDF5 metadata of a file of ``size`` bytes; return its tree.
 
     ``fetch_many(ranges)`` returns the bytes of each ``(offset, length)``;
-    ``head`` is an optional already-fetched prefix of the file (offset 0);
+    ``head`` is an optional block already fetched, at offset ``head_at`` (the file's prefix, or an
+    embedded HDF5 file's own first bytes);
     ``base`` is the offset of the HDF5 file inside the fetched object.
     """
     stats = FetchStats()
     ctx = Ctx(size=size, limits=limits or Limits())
     try:
-        f = run(_walk_file(ctx, base), fetch_many, head[:size], stats)
+        f = run(_walk_file(ctx, base), fetch_many, head[: max(0, size - head_at)], stats, head_at)
     except RecursionError as e:
         raise FormatError("HDF5 metadata nested too deeply") from e
     f.stats = stats
@@ -510,11 +518,13 @@ def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[
             continue
         if t == M.DATASPACE:
             space = M.parse_dataspace(m.data, ctx, what)
-            ds.shape, ds.maxshape = space.shape, space.maxshape
+            ds.shape, ds.maxshape, ds.null = space.shape, space.maxshape, space.null
         elif t == M.DATATYPE:
             dt = M.parse_datatype(Cursor(m.data, ctx, f"{what}: datatype"))
             ds.dtype, dtype_size = dt.dtype, dt.size
-            if dt.unsupported:
+            if dt.unsupported and dt.converted is not None:
+                ds.dtype, ds.converted = dt.converted, dt.unsupported
+            elif dt.unsupported:
                 reasons.append(dt.unsupported)
         elif t == M.LAYOUT:
             layout = M.parse_layout(m.data, ctx, what)
@@ -533,8 +543,9 @@ def _dataset_messages(ctx: Ctx, msgs: list[Message], ds: Dataset, reasons: list[
             reasons.append(f"unknown header message type 0x{t:x}")
     fv = fill or old_fill
     if fv is not None and fv.undefined:
-        reasons.append("undefined fill value")
-    ds.fillvalue = fv.value if fv is not None and fv.value is not None else bytes(dtype_size)
+        ds.fillvalue = None  # readable where written; never-written elements have no value
+    else:
+        ds.fillvalue = fv.value if fv is not None and fv.value is not None else bytes(dtype_size)
     if layout is None:
         reasons.append("no data layout message")
         return None
