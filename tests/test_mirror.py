@@ -31,7 +31,7 @@ def _same_manifest(a: lw.Checkpoint, b: lw.Checkpoint) -> None:
     assert mb.keys == ma.keys
     assert mb.layers == ma.layers
     assert [w.key for w in mb.optimizer] == [w.key for w in ma.optimizer]
-    assert dict(mb.attrs) == dict(ma.attrs)
+    assert {k: v for k, v in mb.attrs.items() if k != "lazyweights"} == dict(ma.attrs)
     for wa, wb in zip((*ma.weights, *ma.optimizer), (*mb.weights, *mb.optimizer), strict=True):
         assert (wb.layer, wb.name, wb.shape, wb.dtype) == (wa.layer, wa.name, wa.shape, wa.dtype)
         assert wb.layout == "zarr"
@@ -279,7 +279,7 @@ def _chunk_files(root: Path, weight: lw.Weight) -> list[Path]:
 
 def test_verify_detects_corrupt_and_missing_chunks(tmp_path: Path) -> None:
     src, dst = KERAS2 / "cnn_weights.h5", tmp_path / "m.zarr"
-    lw.mirror(src, dst, chunk_bytes=256)
+    lw.mirror(src, dst, chunk_bytes=256, checksum=False, shard_bytes=None)  # unverified: only verify finds it
     assert lw.verify(src, dst).ok
     with lw.open(dst) as mir:
         target, other = sorted(mir.weights, key=lambda w: w.nbytes)[-2:]
@@ -433,7 +433,7 @@ def test_raw_mirror_reads_hold_no_memory_locally_and_fetch_only_needed_bytes_rem
     lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB")
     report = lw.load(tmp_path / "m.zarr", max_memory="4KiB").report
     assert report.peak_in_flight == 0  # every chunk read with preadv straight into its array
-    lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB")
+    lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB", checksum=False, shard_bytes=None)
     with lw.open(f"{http_server.url}/raw.zarr") as mir:
         spec = mir["dense/kernel:0"].spec
         rows = spec.chunk_shape[0]
@@ -460,7 +460,7 @@ def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
     varied_h5: Path, where: str, http_server, http_root: Path, tmp_path: Path
 ) -> None:
     root = (tmp_path if where == "local" else http_root) / "trunc.zarr"
-    lw.mirror(varied_h5, root, chunk_bytes="1KiB", overwrite=True)
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", shard_bytes=None, overwrite=True)
     url = root if where == "local" else f"{http_server.url}/trunc.zarr"
     with lw.open(url) as mir:
         spec, table = mir["dense/kernel:0"].spec, mir["emb/table"].spec
@@ -613,3 +613,105 @@ def test_reopening_a_rewritten_mirror_reads_the_new_one(varied_h5: Path, keras3_
         for path in (f"/{name}.zarr", f"/{name}-other.zarr"):
             if mem.exists(path):
                 mem.rm(path, recursive=True)
+
+
+# -- checksummed and sharded mirrors -----------------------------------------------------
+
+
+def _chunk_bytes_at(root: Path, spec, index: tuple[int, ...]) -> tuple[Path, int, int]:
+    """``(object, offset, nbytes)`` of the stored chunk at grid ``index``, found as zarr's format documents it."""
+    fmt = spec.zarr
+    if fmt.shard is None:
+        path = root / spec.path / fmt.key(index)
+        return path, 0, path.stat().st_size
+    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
+    path = root / spec.path / fmt.key(shard)
+    data = path.read_bytes()
+    n = int(np.prod(fmt.shard))
+    table = np.frombuffer(data[-(16 * n + 4) : -4], "<u8").reshape(*fmt.shard, 2)
+    offset, nbytes = table[tuple(i % k for i, k in zip(index, fmt.shard, strict=True))]
+    return path, int(offset), int(nbytes)
+
+
+@pytest.mark.parametrize("where", ["local", "http"])
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+@pytest.mark.parametrize("sharded", [True, False])
+def test_corrupt_chunk_of_a_checksummed_mirror_is_refused(
+    varied_h5: Path, where: str, compressor, sharded: bool, http_server, http_root: Path, tmp_path: Path
+) -> None:
+    """One flipped byte in one chunk: every read of that chunk raises, naming the weight and the chunk."""
+    name = f"crc-{compressor}-{sharded}.zarr"
+    root = (tmp_path if where == "local" else http_root) / name
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", compressor=compressor, shard_bytes="64MiB" if sharded else None,
+              overwrite=True)  # fmt: skip
+    url = root if where == "local" else f"{http_server.url}/{name}"
+    try:
+        with lw.open(url) as mir:
+            spec = mir["dense/kernel:0"].spec
+            assert mir.attrs["lazyweights"]["checksums"] == "crc32c"
+            assert mir.attrs["lazyweights"]["sharded"] is sharded
+            assert (spec.zarr.shard is not None) is sharded and spec.zarr.checksum
+        path, offset, nbytes = _chunk_bytes_at(root, spec, (1, 0))
+        data = bytearray(path.read_bytes())
+        data[offset + nbytes // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        chunk = r"chunk \(1, 0\) in shard 'c/0/0'" if sharded else r"chunk 'c/1/0'"
+        pattern = rf"weight 'dense/kernel:0', {chunk}"
+        with pytest.raises(lw.LazyWeightsError, match=pattern):
+            lw.load(url)
+        rows = spec.chunk_shape[0]
+        with lw.open(url) as mir:
+            with pytest.raises(lw.LazyWeightsError, match=pattern):
+                mir["dense/kernel:0"][rows + 2 : rows + 4, 3:9]  # a region of the chunk: read whole and checked
+            np.testing.assert_array_equal(mir["dense/kernel:0"][:rows], _h5_values(varied_h5)["dense/kernel:0"][:rows])
+            np.testing.assert_array_equal(mir["emb/table"].read(), _h5_values(varied_h5)["emb/table"])
+    finally:
+        if where == "http":
+            shutil.rmtree(root)
+
+
+def test_unverified_mirrors_are_reported_and_still_read(varied_h5: Path, tmp_path: Path) -> None:
+    """Mirrors without chunk checksums (older ones, checksum=False, zarr v2) read as before and say so."""
+    from click.testing import CliRunner
+
+    from lazyweights.cli import cli
+
+    expected = _h5_values(varied_h5)
+    for name, kwargs in {"v3": {"checksum": False, "shard_bytes": None}, "v2": {"zarr_format": 2},
+                         "crc": {}}.items():  # fmt: skip
+        lw.mirror(varied_h5, tmp_path / name, chunk_bytes="1KiB", **kwargs)
+        with lw.open(tmp_path / name) as mir:
+            status = "crc32c" if name == "crc" else "unverified"
+            assert mir.attrs["lazyweights"]["checksums"] == status
+            assert not mir["dense/kernel:0"].spec.zarr.checksum or name == "crc"
+            got = lw.load(mir)
+            for key, want in expected.items():
+                np.testing.assert_array_equal(got[key], want, err_msg=key)
+        result = CliRunner().invoke(cli, ["inspect", "--json", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["checksums"] == status
+        text = CliRunner().invoke(cli, ["inspect", str(tmp_path / name)]).output
+        assert ("unverified" in text) == (status == "unverified")
+    assert lw.verify(tmp_path / "crc", tmp_path / "v3").ok  # the mirror's own facts are no model attribute
+
+
+def test_sharded_mirror_over_http_reads_each_shard_index_once_and_no_chunk_heads(
+    varied_h5: Path, http_server, http_root: Path
+) -> None:
+    lw.mirror(varied_h5, http_root / "sh.zarr", chunk_bytes="1KiB", overwrite=True)
+    unsharded = lw.mirror(varied_h5, http_root / "unsh.zarr", chunk_bytes="1KiB", shard_bytes=None, overwrite=True)
+    assert unsharded.weights == 5
+    counts = {}
+    for name in ("sh.zarr", "unsh.zarr"):
+        with lw.open(f"{http_server.url}/{name}") as mir:
+            spec = mir["dense/kernel:0"].spec
+            chunks = -(-spec.shape[0] // spec.chunk_shape[0])
+            http_server.reset()
+            got = lw.load(mir, concurrency=2)
+            np.testing.assert_array_equal(got[spec.key], _h5_values(varied_h5)[spec.key])
+            mine = [r for r in http_server.requests if f"/{spec.path}/" in r[1]]
+            counts[name] = (sum(r[0] == "HEAD" for r in mine), sum(r[0] == "GET" for r in mine))
+    assert chunks > 10
+    assert counts["unsh.zarr"] == (chunks, chunks)  # one HEAD and one GET per chunk object
+    heads, gets = counts["sh.zarr"]
+    assert heads == 1 and gets <= chunks + 1  # one shard object: pinned once, its index read once

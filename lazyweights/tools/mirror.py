@@ -41,16 +41,17 @@ from ..formats.zarr_store import open_store, source_store, stored_dtype, to_stor
 from ..manifest import Manifest, WeightSpec
 from ..storage import get_source, release_source
 from ..stream import LoadReport
-from ..stream.blocks import Block, Digests, for_each_block
+from ..stream.blocks import DEFAULT_BLOCK_BYTES, Block, Digests, for_each_block
 from ..stream.budget import parse_bytes
 from ..stream.progress import ProgressArg, progress_callback
 from ..stream.writepool import WritePool
 
-__all__ = ["MirrorReport", "chunk_shape", "mirror"]
+__all__ = ["MirrorReport", "chunk_shape", "mirror", "shard_shape"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
+DEFAULT_SHARD_BYTES = DEFAULT_BLOCK_BYTES
 _METADATA_CONCURRENCY = 32
 
 
@@ -85,6 +86,29 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tupl
         if inner <= chunk_bytes:
             return (1,) * axis + (max(1, min(dims[axis], chunk_bytes // inner)),) + tuple(dims[axis + 1 :])
     return tuple(dims)
+
+
+def shard_shape(chunks: tuple[int, ...], shape: tuple[int, ...], itemsize: int, shard_bytes: int) -> tuple[int, ...]:
+    """Shards of whole ``chunks`` (as :func:`chunk_shape` splits them) holding at most about ``shard_bytes``.
+
+    Split along the same leading axes as the chunks, each shard axis a
+    multiple of the chunk's (a shard may reach past the array's end, as zarr
+    allows), so a shard is one byte run of the array too.
+    """
+    if not shape:
+        return ()
+    outer = chunk_shape(shape, itemsize, max(shard_bytes, math.prod(chunks) * itemsize))
+    return tuple(c * max(1, -(-o // c) if o >= n else o // c) for c, o, n in zip(chunks, outer, shape, strict=True))
+
+
+def _codecs(compressor: Any, zarr_format: int, checksum: bool) -> Any:
+    """The compressors argument of ``create_array``: the compressor, then (zarr v3) a CRC32C of each chunk."""
+    codec = _compressors(compressor, zarr_format)
+    if zarr_format == 2 or not checksum:
+        return codec
+    from zarr.codecs import Crc32cCodec
+
+    return (*(() if codec is None else (codec,)), Crc32cCodec())
 
 
 def _compressors(compressor: Any, zarr_format: int) -> Any:
@@ -278,8 +302,28 @@ def _concurrently(dest: _Destination, work: Callable[[Any], list[Awaitable[Any]]
     sync(run())
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """How a mirror cuts arrays: chunks of about ``chunk_bytes``, shards of about ``shard_bytes`` (None: none)."""
+
+    chunk_bytes: int
+    shard_bytes: int | None
+
+    def chunks(self, spec: WeightSpec) -> tuple[int, ...]:
+        return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, self.chunk_bytes)
+
+    def shards(self, spec: WeightSpec) -> tuple[int, ...] | None:
+        if self.shard_bytes is None or not spec.shape:
+            return None
+        return shard_shape(self.chunks(spec), spec.shape, stored_dtype(spec.dtype).itemsize, self.shard_bytes)
+
+    def rows(self, spec: WeightSpec) -> int:
+        """Rows per write: whole shards (or chunks), so no object is written twice."""
+        return (self.shards(spec) or self.chunks(spec))[0] if spec.shape else 1
+
+
 def _create_arrays(
-    dest: _Destination, specs: list[WeightSpec], paths: dict[str, str], settings: dict, codecs: Any
+    dest: _Destination, specs: list[WeightSpec], paths: dict[str, str], grid: _Grid, codecs: Any
 ) -> None:
     def work(group: Any) -> list[Awaitable[Any]]:
         return [
@@ -287,7 +331,8 @@ def _create_arrays(
                 paths[spec.key],
                 shape=spec.shape,
                 dtype=stored_dtype(spec.dtype),
-                chunks=chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, settings["chunk_bytes"]),
+                chunks=grid.chunks(spec),
+                shards=grid.shards(spec),
                 compressors=codecs,
                 fill_value=0,
                 attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
@@ -342,6 +387,8 @@ def mirror(
     concurrency: int | None = None,
     overwrite: bool = False,
     zarr_format: int = 3,
+    checksum: bool = True,
+    shard_bytes: int | str | None = DEFAULT_SHARD_BYTES,
     client: Any = None,
     progress: ProgressArg = False,
 ) -> MirrorReport:
@@ -351,7 +398,15 @@ def mirror(
     ``"zstd"``, ``"blosc"`` (optionally ``":<level>"``) or a codec object;
     ``max_memory`` bounds the bytes in flight (reads and pending writes);
     ``client`` (a ``dask.distributed.Client``) runs the chunk writes on its
-    workers; ``zarr_format=2`` writes a zarr v2 mirror.  ``lazyweights.open(dst)``
+    workers; ``zarr_format=2`` writes a zarr v2 mirror.
+
+    zarr v3 mirrors are written for object stores and for integrity:
+    ``checksum`` (default True) appends zarr's ``crc32c`` codec, so every
+    chunk read checks its CRC32C (lazyweights checks it on its raw fast path
+    too); ``shard_bytes`` (default 64 MiB, at most the write block size under
+    ``max_memory``; None: one object per chunk) groups chunks into shard
+    objects with zarr's sharding codec, so a weight is a few objects and a
+    load a few ranged GETs, not one object (and one request) per chunk.  ``lazyweights.open(dst)``
     then gives the source's manifest and load semantics.
     """
     if zarr_format not in (2, 3):
@@ -364,26 +419,34 @@ def _mirror(ckpt: Checkpoint, dst: Url, args: dict[str, Any]) -> MirrorReport:
     start = time.perf_counter()
     dst = os.fspath(dst)
     manifest = ckpt.manifest
-    if ATTR in manifest.attrs:
+    own = manifest.attrs.get(ATTR)
+    if own is not None and not (isinstance(own, dict) and "mirror_of" in own):  # a mirror's facts are dropped
         raise LazyWeightsError(f"{ckpt.url}: has a root attribute {ATTR!r}, which a mirror needs for itself")
     specs = [*manifest.weights, *manifest.optimizer]
     paths = {s.key: encode_key(s.key) for s in specs}
     if len(set(paths.values())) != len(paths):
         raise LazyWeightsError(f"{ckpt.url}: two weight keys encode to the same zarr path; cannot mirror")
-    codecs = _compressors(args["compressor"], args["zarr_format"])
-    chunk_bytes = parse_bytes(args["chunk_bytes"])
-    settings = {"chunk_bytes": chunk_bytes, "compressor": _codec_token(codecs), "zarr_format": args["zarr_format"]}
-    doc = _root_doc(manifest, paths, settings)
-    options = dict(args["dst_storage_options"] or {})
-    dest = _prepare(dst, options, doc, manifest.attrs, args["overwrite"], args["zarr_format"])
-    todo = [s for s in specs if s.key not in dest.done]
-    _create_arrays(dest, todo, paths, settings, codecs)
-    _label_groups(dest, manifest, paths)
-    report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
+    v3 = args["zarr_format"] == 3
+    codecs = _codecs(args["compressor"], args["zarr_format"], args["checksum"])
+    chunk_bytes, shard_bytes = parse_bytes(args["chunk_bytes"]), parse_bytes(args["shard_bytes"]) if v3 else None
+    settings = {
+        "chunk_bytes": chunk_bytes, "compressor": _codec_token(_compressors(args["compressor"], args["zarr_format"])),
+        "zarr_format": args["zarr_format"], "checksum": bool(args["checksum"] and v3), "shard_bytes": shard_bytes,
+    }  # fmt: skip
     max_memory = parse_bytes(args["max_memory"])
     half = None if max_memory is None else max(1, max_memory // 2)
+    block_bytes = DEFAULT_BLOCK_BYTES if half is None else max(1 << 20, min(DEFAULT_BLOCK_BYTES, half // 4))
+    grid = _Grid(chunk_bytes, None if shard_bytes is None else min(shard_bytes, block_bytes))
+    doc = _root_doc(manifest, paths, settings)
+    options = dict(args["dst_storage_options"] or {})
+    attrs = {k: v for k, v in manifest.attrs.items() if k != ATTR}
+    dest = _prepare(dst, options, doc, attrs, args["overwrite"], args["zarr_format"])
+    todo = [s for s in specs if s.key not in dest.done]
+    _create_arrays(dest, todo, paths, grid, codecs)
+    _label_groups(dest, manifest, paths)
+    report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
     pool = WritePool(max_bytes=half, threads=args["concurrency"] or 4, client=args["client"])
-    load = _write_all(ckpt, dest, todo, paths, chunk_bytes, pool, half, args)
+    load = _write_all(ckpt, dest, todo, paths, grid, block_bytes, pool, half, args)
     _complete(dest, doc)
     report.written = [s.key for s in todo]
     report.bytes_written = pool.bytes_written
@@ -398,7 +461,8 @@ def _write_all(
     dest: _Destination,
     todo: list[WeightSpec],
     paths: dict[str, str],
-    chunk_bytes: int,
+    grid: _Grid,
+    block_bytes: int,
     pool: WritePool,
     read_budget: int | None,
     args: dict[str, Any],
@@ -416,16 +480,13 @@ def _write_all(
         if digest is not None and not whole:  # blocks of one weight may be stored in any order
             pool.after(spec.key, functools.partial(record_digest, dest.group[paths[spec.key]], digest))
 
-    def rows(spec: WeightSpec) -> int:  # blocks of whole chunks: no chunk is written twice
-        return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, chunk_bytes)[0] if spec.shape else 1
-
     total = sum(s.nbytes for s in todo)
     report = LoadReport(url=ckpt.url, format=ckpt.format)
     with progress_callback(args["progress"], total, f"mirroring {os.path.basename(ckpt.url) or ckpt.url}") as cb:
         try:
             for_each_block(
                 ckpt.source, todo, consume, max_memory=read_budget, concurrency=args["concurrency"],
-                align=rows, progress=cb, report=report,
+                block_bytes=block_bytes, align=grid.rows, progress=cb, report=report,
             )  # fmt: skip
         except BaseException:
             pool.cancel()
