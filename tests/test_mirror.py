@@ -18,7 +18,7 @@ import zarr
 import lazyweights as lw
 from lazyweights.formats.zarr import encode_name
 from lazyweights.manifest import ZarrChunks
-from lazyweights.tools.mirror import chunk_shape
+from lazyweights.tools.mirror import chunk_shape, shard_shape
 
 from .conftest import KERAS2
 
@@ -80,7 +80,12 @@ def test_keras2_full_model_mirror_keeps_layers_optimizer_and_config(tmp_path: Pa
     originals = {n.attrs["lazyweights"]["key"] for _, n in stored}
     assert originals == {w.key for w in (*a.weights, *a.optimizer_weights)}
     assert all(":" not in p for p, _ in stored)
-    assert any(n.metadata.to_dict()["codecs"][-1]["name"] == "zstd" for _, n in stored)
+    for _, n in stored:  # sharded (scalars excepted), zstd then a CRC32C per chunk
+        codecs = n.metadata.to_dict()["codecs"]
+        if n.ndim:
+            assert [c["name"] for c in codecs] == ["sharding_indexed"]
+            codecs = codecs[0]["configuration"]["codecs"]
+        assert [c["name"] for c in codecs] == ["bytes", "zstd", "crc32c"]
 
 
 def test_keras_topological_load_from_mirror_equals_keras(keras3_files: dict, tmp_path: Path) -> None:
@@ -149,6 +154,16 @@ def test_chunk_shape_splits_leading_axes() -> None:
     assert chunk_shape((10,), 4, 100) == (10,)
     assert chunk_shape((), 4, 10) == ()
     assert chunk_shape((0, 3), 4, 8) == (1, 2)
+
+
+def test_shard_shape_holds_whole_chunks_along_the_same_axes() -> None:
+    assert shard_shape((33, 30), (1000, 30), 4, 40_000) == (330, 30)  # 10 chunks of 33 rows
+    assert shard_shape((33, 30), (1000, 30), 4, 1 << 30) == (1023, 30)  # the whole array, rounded up to chunks
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 1 << 30) == (3, 1023, 30)
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 200_000) == (1, 1023, 30)
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 40_000) == (1, 330, 30)
+    assert shard_shape((33, 30), (1000, 30), 4, 10) == (33, 30)  # never less than a chunk
+    assert shard_shape((), (), 4, 100) == ()
 
 
 def test_existing_destination_refused_unless_overwrite(tmp_path: Path) -> None:
@@ -430,9 +445,14 @@ def test_mirror_loads_equal_the_source(varied_h5: Path, mirror_url, zarr_format:
 def test_raw_mirror_reads_hold_no_memory_locally_and_fetch_only_needed_bytes_remotely(
     varied_h5: Path, http_server, http_root: Path, tmp_path: Path
 ) -> None:
-    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB")
+    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB", checksum=False, shard_bytes=None)
     report = lw.load(tmp_path / "m.zarr", max_memory="4KiB").report
     assert report.peak_in_flight == 0  # every chunk read with preadv straight into its array
+    lw.mirror(varied_h5, tmp_path / "crc.zarr", chunk_bytes="4KiB")
+    report = lw.load(tmp_path / "crc.zarr", max_memory="4KiB").report
+    # whole chunks straight into their arrays and checked there; only a partial chunk at an array's end
+    # (its CRC32C covers the whole chunk) is staged, one at a time
+    assert 0 < report.peak_in_flight <= 4 * 1024 + 4
     lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB", checksum=False, shard_bytes=None)
     with lw.open(f"{http_server.url}/raw.zarr") as mir:
         spec = mir["dense/kernel:0"].spec
@@ -491,7 +511,7 @@ def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
 
 def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
     """Arrays zarr-python wrote with other settings: lazyweights' reads equal zarr's own, fill values included."""
-    from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
 
     rng = np.random.default_rng(3)
     data = rng.integers(-1000, 1000, (13, 6), dtype="<i4")
@@ -503,12 +523,15 @@ def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
     v3.create_array("transposed", data=data, chunks=(4, 4), filters=[TransposeCodec(order=(1, 0))],
                     compressors=ZstdCodec())  # fmt: skip
     v3.create_array("sharded", data=data, chunks=(2, 3), shards=(4, 6), compressors=None)
+    gaps = data.copy()
+    gaps[:2, :3] = 0  # a chunk of fill values: zarr leaves it out of its shard (an empty index entry)
+    v3.create_array("sharded-crc", data=gaps, chunks=(2, 3), shards=(4, 6), compressors=Crc32cCodec(), fill_value=0)
     v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
     v2.create_array("slash", data=data, chunks=(4, 4), chunk_key_encoding={"name": "v2", "separator": "/"},
                     compressors=None, fill_value=5)  # fmt: skip
     v2.create_array("fortran", data=data, chunks=(4, 4), order="F", compressors=None)
     v2.create_array("big", data=data.astype(">f8"), chunks=(5, 6), compressors=None, fill_value=1.5)
-    for group, missing in ((v3, {"big": "c/1/0", "dotted": "1.1"}), (v2, {"slash": "0/1", "big": "2.0"})):
+    for group, missing in ((v3, {"big": "c/1/0", "dotted": "1.1", "sharded": "c/1/0"}), (v2, {"slash": "0/1", "big": "2.0"})):
         for name, key in missing.items():  # never-written chunks: zarr's fill value
             (Path(group.store.root) / name / key).unlink()
     for root in ("v3.zarr", "v2.zarr"):
@@ -522,7 +545,9 @@ def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(ckpt[key][2:11, 1:5], want[2:11, 1:5], err_msg=f"{root}/{key}")
             assert ckpt["big"].spec.zarr.byteorder == ">"
     with lw.open(tmp_path / "v3.zarr") as ckpt:
-        assert ckpt["sharded"].spec.zarr is None  # zarr reads sharded arrays
+        # raw chunks in shards: read by lazyweights through the shard index
+        assert ckpt["sharded"].spec.zarr == ZarrChunks("/", "c", "<", False, (2, 2))
+        assert ckpt["sharded-crc"].spec.zarr == ZarrChunks("/", "c", "<", True, (2, 2))
         assert ckpt["dotted"].spec.zarr == ZarrChunks(".", "", "<")
         assert ckpt["transposed"].spec.zarr.byteorder is None
     with lw.open(tmp_path / "v2.zarr") as ckpt:
@@ -691,7 +716,7 @@ def test_unverified_mirrors_are_reported_and_still_read(varied_h5: Path, tmp_pat
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["checksums"] == status
         text = CliRunner().invoke(cli, ["inspect", str(tmp_path / name)]).output
-        assert ("unverified" in text) == (status == "unverified")
+        assert ("unverified (no chunk checksums)" in text) == (status == "unverified")
     assert lw.verify(tmp_path / "crc", tmp_path / "v3").ok  # the mirror's own facts are no model attribute
 
 
