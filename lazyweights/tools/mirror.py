@@ -103,6 +103,7 @@ def shard_shape(chunks: tuple[int, ...], shape: tuple[int, ...], itemsize: int, 
 
 def _codecs(compressor: Any, zarr_format: int, checksum: bool) -> Any:
     """The compressors argument of ``create_array``: the compressor, then (zarr v3) a CRC32C of each chunk."""
+    zarr_module()  # an error naming the extra when zarr is missing
     codec = _compressors(compressor, zarr_format)
     if zarr_format == 2 or not checksum:
         return codec
