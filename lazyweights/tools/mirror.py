@@ -17,7 +17,6 @@ are kept); anything else already at the destination is refused unless
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -28,7 +27,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 DEFAULT_SHARD_BYTES = DEFAULT_BLOCK_BYTES
-_METADATA_CONCURRENCY = 32
 
 
 @dataclass
@@ -203,6 +201,7 @@ class _Destination:
     options: dict[str, Any]
     group: Any
     done: set[str]
+    resumed: bool = False  # an interrupted mirror's nodes exist: create them over the old ones
 
 
 def _root_doc(manifest: Manifest, paths: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +245,7 @@ def _prepare(
                 f"with {doc['settings']}); pass overwrite=True to start over"
             )
         group = zarr.open_group(open_store(url, options, read_only=False), mode="r+", use_consolidated=False)
-        return _Destination(url, options, group, _done_keys(group, doc))
+        return _Destination(url, options, group, _done_keys(group, doc), resumed=True)
     store = open_store(url, options, read_only=False)
     group = zarr.open_group(store, mode="w", zarr_format=zarr_format, attributes={**attrs, ATTR: doc})
     return _Destination(url, options, group, set())
@@ -284,25 +283,6 @@ def _done_keys(group: Any, doc: dict[str, Any]) -> set[str]:
     return done
 
 
-def _concurrently(dest: _Destination, work: Callable[[Any], list[Awaitable[Any]]]) -> None:
-    """Run ``work(async root group)``'s metadata writes concurrently (dozens of small objects)."""
-    from zarr.api import asynchronous as zasync
-    from zarr.core.sync import sync
-
-    async def run() -> None:
-        group = await zasync.open_group(open_store(dest.url, dest.options, read_only=False), mode="r+",
-                                        use_consolidated=False)  # fmt: skip
-        limit = asyncio.Semaphore(_METADATA_CONCURRENCY)
-
-        async def bounded(aw: Awaitable[Any]) -> None:
-            async with limit:
-                await aw
-
-        await asyncio.gather(*(bounded(aw) for aw in work(group)))
-
-    sync(run())
-
-
 @dataclass(frozen=True)
 class _Grid:
     """How a mirror cuts arrays: chunks of about ``chunk_bytes``, shards of about ``shard_bytes`` (None: none)."""
@@ -323,30 +303,50 @@ class _Grid:
         return (self.shards(spec) or self.chunks(spec))[0] if spec.shape else 1
 
 
-def _create_arrays(
-    dest: _Destination, specs: list[WeightSpec], paths: dict[str, str], grid: _Grid, codecs: Any
+def _create_nodes(
+    dest: _Destination, manifest: Manifest, specs: list[WeightSpec], paths: dict[str, str], grid: _Grid, codecs: Any
 ) -> None:
-    def work(group: Any) -> list[Awaitable[Any]]:
-        return [
-            group.create_array(
-                paths[spec.key],
-                shape=spec.shape,
-                dtype=stored_dtype(spec.dtype),
-                chunks=grid.chunks(spec),
-                shards=grid.shards(spec),
-                compressors=codecs,
-                fill_value=0,
-                attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
-                overwrite=True,
-            )
-            for spec in specs
-        ]
+    """Write every array's and labelled group's metadata document at once, one PUT each.
 
-    _concurrently(dest, work)
+    Arrays are designed by ``create_array`` in a scratch in-memory store (no
+    requests), then written together by ``zarr.create_hierarchy``, which
+    creates the nodes concurrently; creating them one by one on an object
+    store cost ~18 requests per array (existence checks, listings, deletes),
+    this ~7 (16 arrays of ``cnn_weights.h5`` on moto S3: 319 → 108 requests).
+    """
+    zarr = zarr_module()
+    from zarr.core.group import GroupMetadata
+    from zarr.storage import MemoryStore
+
+    fmt = dest.group.metadata.zarr_format
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=fmt)
+    nodes: dict[str, Any] = {}
+    for spec in specs:
+        nodes[paths[spec.key]] = scratch.create_array(
+            paths[spec.key],
+            shape=spec.shape,
+            dtype=stored_dtype(spec.dtype),
+            chunks=grid.chunks(spec),
+            shards=grid.shards(spec),
+            compressors=codecs,
+            fill_value=0,
+            attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
+        ).metadata
+    labels = _group_labels(manifest, paths)
+    if not dest.resumed:  # on resuming, groups exist and hold finished arrays: naming them would erase them
+        nodes.update({path: GroupMetadata(attributes=attrs, zarr_format=fmt) for path, attrs in labels.items()})
+    with warnings.catch_warnings():  # zarr warns when it wraps a synchronous filesystem (memory://)
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in zarr.create_hierarchy(store=open_store(dest.url, dest.options, read_only=False), nodes=nodes,
+                                       overwrite=dest.resumed):  # fmt: skip
+            pass
+    if dest.resumed:
+        for path, attrs in labels.items():
+            dest.group[path].update_attributes(attrs)
 
 
-def _label_groups(dest: _Destination, manifest: Manifest, paths: dict[str, str]) -> None:
-    """Keep original names on encoded groups, and each layer's ``weight_names`` on its group."""
+def _group_labels(manifest: Manifest, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Attributes of groups: original names of encoded groups, and each layer's ``weight_names``."""
     labels: dict[str, dict[str, Any]] = {}
     for key in paths:
         parts = key.split("/")[:-1]
@@ -357,11 +357,7 @@ def _label_groups(dest: _Destination, manifest: Manifest, paths: dict[str, str])
         prefix = layer.name + "/"
         if layer.keys and all(k.startswith(prefix) for k in layer.keys):
             labels.setdefault(encode_key(layer.name), {})["weight_names"] = [k[len(prefix) :] for k in layer.keys]
-
-    async def label(group: Any, path: str, attrs: dict[str, Any]) -> None:
-        await (await group.getitem(path)).update_attributes(attrs)
-
-    _concurrently(dest, lambda group: [label(group, path, attrs) for path, attrs in labels.items()])
+    return labels
 
 
 def _complete(dest: _Destination, doc: dict[str, Any]) -> None:
@@ -443,8 +439,7 @@ def _mirror(ckpt: Checkpoint, dst: Url, args: dict[str, Any]) -> MirrorReport:
     attrs = {k: v for k, v in manifest.attrs.items() if k != ATTR}
     dest = _prepare(dst, options, doc, attrs, args["overwrite"], args["zarr_format"])
     todo = [s for s in specs if s.key not in dest.done]
-    _create_arrays(dest, todo, paths, grid, codecs)
-    _label_groups(dest, manifest, paths)
+    _create_nodes(dest, manifest, todo, paths, grid, codecs)
     report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
     pool = WritePool(max_bytes=half, threads=args["concurrency"] or 4, client=args["client"])
     load = _write_all(ckpt, dest, todo, paths, grid, block_bytes, pool, half, args)
