@@ -134,8 +134,7 @@ def _mirror_facts(source: Source, doc: Mapping[str, Any], specs: Mapping[str, We
     return {
         "mirror_of": dict(doc.get("source") or {}),
         "checksums": "crc32c" if all(checksummed(a) for a in arrays) else "unverified",
-        "sharded": any(a.ndim for a in arrays)
-        and all(a.metadata.zarr_format == 3 and a.shards is not None for a in arrays if a.ndim),
+        "sharded": any(a.metadata.zarr_format == 3 and a.shards is not None for a in arrays),
     }
 
 

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 DEFAULT_SHARD_BYTES = DEFAULT_BLOCK_BYTES
+MIN_SHARD_CHUNKS = 3
 
 
 @dataclass
@@ -294,9 +295,17 @@ class _Grid:
         return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, self.chunk_bytes)
 
     def shards(self, spec: WeightSpec) -> tuple[int, ...] | None:
+        """Shards for weights of at least :data:`MIN_SHARD_CHUNKS` chunks (None: chunk objects).
+
+        A shard costs a stat and an index read before its chunks; a weight of
+        one or two chunks reads in fewer requests as chunk objects.
+        """
         if self.shard_bytes is None or not spec.shape:
             return None
-        return shard_shape(self.chunks(spec), spec.shape, stored_dtype(spec.dtype).itemsize, self.shard_bytes)
+        chunks = self.chunks(spec)
+        if math.prod(-(-max(1, n) // c) for n, c in zip(spec.shape, chunks, strict=True)) < MIN_SHARD_CHUNKS:
+            return None
+        return shard_shape(chunks, spec.shape, stored_dtype(spec.dtype).itemsize, self.shard_bytes)
 
     def rows(self, spec: WeightSpec) -> int:
         """Rows per write: whole shards (or chunks), so no object is written twice."""
