@@ -38,6 +38,12 @@ of a checksummed chunk reads the whole chunk.  Chunks inside shard objects
 (zarr's sharding codec) are located through the shard's index, read once per
 shard and source (:func:`shard_index`; its own CRC32C checked), then read by
 byte range from the one shard object, which is stat-ed (pinned) once.
+The checksum's cost, measured (1 GB mirror of ``bench_mirror.py``'s source,
+warm cache, into pre-touched arrays, best of 3 on 2 shared cores, load ~8):
+0.154 s without CRC32C, 0.226-0.228 s with it (sharded or not), the h5 source
+0.123 s: ~0.07 s per GB, google-crc32c's pass over the destination.  Reading
+and checking 1 MiB slices while still in the CPU cache measured no better
+(0.22-0.26 s), so the chunk is read whole, then checked.
 
 A chunk whose object does not exist holds the fill value (zarr's rule).  A raw
 chunk whose object has the wrong size, or an encoded one that does not
