@@ -160,16 +160,19 @@ class ArrayRef:
     url: str
     options: str  # storage options as JSON, so the handle is hashable
     path: str
+    zarr_format: int = 3
 
     def open(self) -> Any:
-        return _open_array(self.url, self.options, self.path)
+        return _open_array(self.url, self.options, self.path, self.zarr_format)
 
 
 @functools.lru_cache(maxsize=256)
-def _open_array(url: str, options: str, path: str) -> Any:
+def _open_array(url: str, options: str, path: str, zarr_format: int) -> Any:
     zarr = zarr_module()
     store = open_store(url, json.loads(options), read_only=False)
-    return zarr.open_array(store, path=path, mode="r+").with_config({"write_empty_chunks": True})
+    # the format given: zarr does not probe for the other format's documents (a HEAD and a LIST each on S3)
+    arr = zarr.open_array(store, path=path, mode="r+", zarr_format=zarr_format)
+    return arr.with_config({"write_empty_chunks": True})
 
 
 def write_rows(ref: ArrayRef, start: int, dtype: str, digest: str | None, values: Any) -> int:
@@ -321,7 +324,8 @@ def _create_nodes(
     requests), then written together by ``zarr.create_hierarchy``, which
     creates the nodes concurrently; creating them one by one on an object
     store cost ~18 requests per array (existence checks, listings, deletes),
-    this ~7 (16 arrays of ``cnn_weights.h5`` on moto S3: 319 → 108 requests).
+    this ~7 (16 arrays of ``cnn_weights.h5`` on moto S3: 319 → 108 requests;
+    the whole mirror 575 → 264 with arrays opened in their known format).
     """
     zarr = zarr_module()
     from zarr.core.group import GroupMetadata
@@ -375,7 +379,8 @@ def _complete(dest: _Destination, doc: dict[str, Any]) -> None:
     dest.group.update_attributes({ATTR: {**doc, "complete": True, "id": uuid.uuid4().hex}})
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": we know
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(open_store(dest.url, dest.options, read_only=False))
+        zarr.consolidate_metadata(open_store(dest.url, dest.options, read_only=False),
+                                  zarr_format=dest.group.metadata.zarr_format)  # fmt: skip
 
 
 # -- the public function --------------------------------------------------------------
@@ -478,7 +483,7 @@ def _write_all(
 
     def consume(block: Block) -> None:
         spec = block.spec
-        ref = ArrayRef(dest.url, options, paths[spec.key])
+        ref = ArrayRef(dest.url, options, paths[spec.key], dest.group.metadata.zarr_format)
         digest = digests.update(block)
         whole = block.start == 0 and block.last
         pool.submit(spec.key, write_rows, ref, block.start, spec.dtype, digest if whole else None, values=block.values)
