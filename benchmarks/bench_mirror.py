@@ -21,6 +21,15 @@ Pairs (ratio = lazyweights time / by-hand time):
   straight into the destination) vs zarr's own ``arr.get_basic_selection(out=...)`` per array into
   the same kind of pre-touched arrays (``zarr-into-zstd``: the zstd mirror).
 
+Rows with ``-old`` read a mirror in the layout mirrors had before (one object per
+chunk, no checksum), ``-nocrc`` a sharded one without CRC32C (the checksum's cost).
+
+``--remote`` instead measures object stores: mirroring Keras's MobileNetV2
+(``weights=None``) to the moto S3 server (``tests/stores.py``) and loading it
+back, counted per S3 API call; and loading the ``--size-gb`` source and its
+mirrors from ``bench_remote.py``'s latency- and bandwidth-capped HTTP server
+(requests counted by the server), each load in a fresh process.
+
 ``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
 (mirrors missing from ``--dir`` are written first, untimed).
 """
@@ -125,6 +134,11 @@ def measure(method: str, h5: str, work: Path) -> dict[str, float]:
         def run() -> None:
             subprocess.run(["sha256sum", h5, h5], stdout=subprocess.DEVNULL, check=True)
 
+    elif method == "http-load":  # h5 is a URL here
+
+        def run() -> None:
+            lw.load(h5)
+
     elif method in (*MIRRORS, "load-h5"):
         src = work / MIRRORS[method][0] if method in MIRRORS else h5
 
@@ -176,8 +190,19 @@ def _chunks(ds: object) -> tuple[int, ...]:
 PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify", "sha256sum-x2"),
          ("load-mirror", "load-h5"), ("load-mirror-zstd", "load-h5"),
          ("into-mirror", "into-h5"), ("into-mirror-zstd", "into-h5"),
-         ("into-mirror", "zarr-into"), ("into-mirror-zstd", "zarr-into-zstd")]  # fmt: skip
-MIRRORS = {"load-mirror": ("mirror.zarr", None), "load-mirror-zstd": ("mirror-zstd.zarr", "zstd")}
+         ("into-mirror", "zarr-into"), ("into-mirror-zstd", "zarr-into-zstd"),
+         ("load-mirror", "load-mirror-old"), ("into-mirror", "into-mirror-old"),
+         ("into-mirror", "into-mirror-nocrc"), ("into-mirror-zstd", "into-mirror-zstd-nocrc")]  # fmt: skip
+# method -> (directory, compressor, other mirror settings).  The default mirror is sharded with a CRC32C per chunk;
+# "old" is the layout mirrors had before (one object per chunk, no checksum); "nocrc" isolates the checksum's cost.
+_OLD = {"checksum": False, "shard_bytes": None}
+MIRRORS = {
+    "load-mirror": ("mirror-crc.zarr", None, {}),
+    "load-mirror-zstd": ("mirror-zstd-crc.zarr", "zstd", {}),
+    "load-mirror-old": ("mirror-old.zarr", None, _OLD),
+    "load-mirror-nocrc": ("mirror-nocrc.zarr", None, {"checksum": False}),
+    "load-mirror-zstd-nocrc": ("mirror-zstd-nocrc.zarr", "zstd", {"checksum": False}),
+}
 
 
 def warm(path: Path) -> None:
@@ -192,12 +217,129 @@ def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
     """Write the mirrors the chosen load pairs read, when an earlier run has not (untimed)."""
     import lazyweights as lw
 
-    for method, _ in pairs:
-        method = method.replace("into-", "load-")
-        if method in MIRRORS and not (work / MIRRORS[method][0] / "zarr.json").exists():
-            name, compressor = MIRRORS[method]
+    for ours, theirs in pairs:
+        for method in (ours.replace("into-", "load-"), theirs.replace("into-", "load-")):
+            if method in MIRRORS and not (work / MIRRORS[method][0] / "zarr.json").exists():
+                name, compressor, settings = MIRRORS[method]
+                print(f"writing {work / name} ...", file=sys.stderr)
+                lw.mirror(h5, work / name, compressor=compressor, max_memory=BUDGET, overwrite=True, **settings)
+
+
+# -- object stores (--remote) ------------------------------------------------------------
+
+REMOTE_VARIANTS = {
+    "sharded+crc32c": {},
+    "old: chunk objects, no crc": _OLD,
+    "chunk objects+crc32c": {"shard_bytes": None},
+}
+
+
+class S3Calls:
+    """Counts S3 API calls made by any aiobotocore client in this process (s3fs's, zarr's FsspecStore's)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> S3Calls:
+        from aiobotocore.client import AioBaseClient
+
+        self._original = original = AioBaseClient._make_api_call
+        counter = self
+
+        async def counted(client: object, operation: str, params: dict) -> object:
+            counter.count += 1
+            return await original(client, operation, params)
+
+        AioBaseClient._make_api_call = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from aiobotocore.client import AioBaseClient
+
+        AioBaseClient._make_api_call = self._original
+
+
+def mobilenet(work: Path) -> Path:
+    """Keras 3's MobileNetV2 (weights=None) as a ``.weights.h5``, written once."""
+    path = work / "mobilenetv2.weights.h5"
+    if not path.exists():
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+        import keras
+
+        keras.applications.MobileNetV2(weights=None).save_weights(path)
+    return path
+
+
+def s3_rows(work: Path) -> None:
+    """Mirror MobileNetV2 to moto S3 and load it back: requests and seconds per mirror layout."""
+    import fsspec
+
+    import lazyweights as lw
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.stores import s3_server
+
+    h5 = mobilenet(work)
+    with s3_server() as s3:
+        s3.bucket("bench", versioned=False)
+        fsspec.filesystem("s3", **s3.options).put_file(str(h5), "bench/mobilenetv2.weights.h5")
+        rows = []
+        with S3Calls() as calls:
+            start = time.perf_counter()
+            lw.load("s3://bench/mobilenetv2.weights.h5", storage_options=s3.options)
+            rows.append(("source .weights.h5", "-", "-", calls.count, time.perf_counter() - start))
+        for label, settings in REMOTE_VARIANTS.items():
+            url = f"s3://bench/{len(rows)}.zarr"
+            with S3Calls() as calls:
+                start = time.perf_counter()
+                lw.mirror(h5, url, dst_storage_options=s3.options, **settings)
+                wrote, took = calls.count, time.perf_counter() - start
+            with S3Calls() as calls:
+                start = time.perf_counter()
+                lw.load(url, storage_options=s3.options)
+                rows.append((label, wrote, f"{took:.2f}", calls.count, time.perf_counter() - start))
+    print(f"\nMobileNetV2 (weights=None, {h5.stat().st_size / MiB:.1f} MiB .weights.h5) on moto S3 (loopback)")
+    header = f"{'layout':<28}{'mirror reqs':>12}{'mirror s':>10}{'load reqs':>11}{'load s':>8}"
+    print(header + "\n" + "-" * len(header))
+    for label, wrote, took, reqs, secs in rows:
+        print(f"{label:<28}{wrote!s:>12}{took:>10}{reqs:>11}{secs:>8.2f}")
+
+
+def http_rows(h5: Path, work: Path, latency_ms: float, bandwidth_mbs: float) -> None:
+    """The source and its mirrors loaded from the latency-capped HTTP server: requests and seconds."""
+    from bench_remote import stats
+
+    import lazyweights as lw
+
+    mirrors = {}
+    for label, settings in REMOTE_VARIANTS.items():
+        name = f"http-{len(mirrors)}.zarr"
+        if not (work / name / "zarr.json").exists():
             print(f"writing {work / name} ...", file=sys.stderr)
-            lw.mirror(h5, work / name, compressor=compressor, max_memory=BUDGET, overwrite=True)
+            lw.mirror(h5, work / name, max_memory=BUDGET, overwrite=True, **settings)
+        mirrors[label] = name
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_remote.py")), "--serve", str(work)]
+    cmd += ["--latency-ms", str(latency_ms), "--bandwidth-mbs", str(bandwidth_mbs)]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        base = server.stdout.readline().strip()
+        rows = []
+        for label, name in {"source .h5": h5.name, **mirrors}.items():
+            for path in (work / name,):
+                warm(path)
+            stats(base)
+            result = run_json([sys.executable, __file__, "--child", "http-load", "--h5", f"{base}/{name}",
+                               "--dir", str(work)])  # fmt: skip
+            rows.append((label, stats(base)["requests"], result["seconds"]))
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"\n{h5.stat().st_size / 1e9:.2f} GB over HTTP on loopback, {latency_ms:.0f} ms per request, "
+          f"{bandwidth_mbs:.0f} MB/s per connection (ratios against the source .h5)")  # fmt: skip
+    header = f"{'layout':<28}{'requests':>9}{'x reqs':>8}{'seconds':>9}{'x time':>8}"
+    print(header + "\n" + "-" * len(header))
+    for label, reqs, secs in rows:
+        print(f"{label:<28}{reqs:>9}{reqs / rows[0][1]:>8.2f}{secs:>9.2f}{secs / rows[0][2]:>8.2f}")
 
 
 def run_child(method: str, h5: Path, work: Path) -> dict[str, float]:
@@ -213,6 +355,9 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="comma-separated prefixes: run only the pairs whose first method has one"
     )
+    parser.add_argument("--remote", action="store_true", help="object stores: S3 (moto) and capped HTTP")
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--bandwidth-mbs", type=float, default=100.0)
     parser.add_argument("--child")
     parser.add_argument("--h5")
     args = parser.parse_args()
@@ -221,12 +366,16 @@ def main() -> None:
         return
     h5 = generate(args.dir / f"source_{args.size_gb:g}gb.h5", args.size_gb)
     size = h5.stat().st_size
+    if args.remote:
+        s3_rows(args.dir)
+        http_rows(h5, args.dir, args.latency_ms, args.bandwidth_mbs)
+        return
     pairs = [p for p in PAIRS if p[0].startswith(tuple(args.only.split(",")))]
     ensure_mirrors(h5, args.dir, pairs)
     results = {}
     for pair in pairs:
         os.sync()  # earlier pairs' writes (a new mirror, exports) are flushed, not competing with this pair
-        for path in (h5, *(args.dir / name for name, _ in MIRRORS.values())):  # warm the page cache
+        for path in (h5, *(args.dir / name for name, *_ in MIRRORS.values())):  # warm the page cache
             warm(path)
         for method in pair:
             if method in results:

@@ -31,6 +31,7 @@ import click
 import lazyweights as lw
 
 from .errors import LazyWeightsError
+from .formats.zarr import ATTR as MIRROR_ATTR
 from .stream.budget import DEFAULT_MAX_MEMORY
 from .targets.keras.config import RNN_CELLS, layer_classes
 from .tools.export import FORMATS
@@ -174,7 +175,15 @@ def describe(ckpt: lw.Checkpoint) -> dict[str, Any]:
         "total_bytes": ckpt.nbytes,
         "optimizer": {"weights": len(ckpt.optimizer_weights), "bytes": sum(w.nbytes for w in ckpt.optimizer_weights)},
         "skipped": [list(s) for s in ckpt.manifest.skipped],
+        "checksums": _checksums(ckpt, layouts),
     }
+
+
+def _checksums(ckpt: lw.Checkpoint, layouts: set[str]) -> str | None:
+    """A zarr mirror's ``"crc32c"`` or ``"unverified"`` (a corrupt raw chunk would load silently); None for files."""
+    if "zarr" not in layouts:
+        return None
+    return (ckpt.attrs.get(MIRROR_ATTR) or {}).get("checksums", "unverified")
 
 
 def _print_summary(info: dict[str, Any]) -> None:
@@ -185,7 +194,10 @@ def _print_summary(info: dict[str, Any]) -> None:
     if not console.is_terminal:  # piped: wide enough for long weight names rather than 80 columns
         console = Console(width=160)
     container = " (zarr mirror)" if info["container"] == "zarr" and info["format"] != "zarr" else ""
-    console.print(f"[bold]{info['url']}[/bold]  format [cyan]{info['format']}[/cyan]{container}")
+    checks = {"crc32c": "  chunks checksummed (crc32c)",
+              "unverified": "  [yellow]unverified[/yellow] (no chunk checksums)"}  # fmt: skip
+    checked = checks.get(info.get("checksums") or "", "")
+    console.print(f"[bold]{info['url']}[/bold]  format [cyan]{info['format']}[/cyan]{container}{checked}")
     facts = [f"{k} {info[k]}" for k in ("keras_version", "backend", "model_class", "model_name") if info.get(k)]
     if facts:
         console.print("  ".join(facts))

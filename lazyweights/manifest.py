@@ -84,12 +84,23 @@ class ZarrChunks:
     0-d array).  ``byteorder`` is set (``"<"``, ``">"``, or ``"|"`` for one-byte
     types) when chunks are **raw** — exactly ``prod(chunk_shape)`` elements in
     C order, no codec — so any run of a chunk is a byte range of its object;
-    it is None when chunks must be decoded.
+    it is None when chunks must be decoded.  ``checksum``: each raw chunk is
+    followed by the CRC32C of its bytes (zarr v3's ``crc32c`` codec, 4 bytes
+    little-endian).  ``shard``: chunks live in shard objects of that many
+    chunks per axis (zarr v3's sharding codec, index of ``(offset, nbytes)``
+    pairs and its CRC32C at the end); the object is named by the shard's grid
+    index.
     """
 
     separator: str = "/"
     prefix: str = "c"
     byteorder: str | None = None
+    checksum: bool = False
+    shard: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:  # a list after a JSON round trip
+            object.__setattr__(self, "shard", tuple(self.shard))
 
     def key(self, index: tuple[int, ...]) -> str:
         """The object key of the chunk at grid ``index``, relative to the array."""

@@ -18,7 +18,7 @@ import zarr
 import lazyweights as lw
 from lazyweights.formats.zarr import encode_name
 from lazyweights.manifest import ZarrChunks
-from lazyweights.tools.mirror import chunk_shape
+from lazyweights.tools.mirror import chunk_shape, shard_shape
 
 from .conftest import KERAS2
 
@@ -31,7 +31,7 @@ def _same_manifest(a: lw.Checkpoint, b: lw.Checkpoint) -> None:
     assert mb.keys == ma.keys
     assert mb.layers == ma.layers
     assert [w.key for w in mb.optimizer] == [w.key for w in ma.optimizer]
-    assert dict(mb.attrs) == dict(ma.attrs)
+    assert {k: v for k, v in mb.attrs.items() if k != "lazyweights"} == dict(ma.attrs)
     for wa, wb in zip((*ma.weights, *ma.optimizer), (*mb.weights, *mb.optimizer), strict=True):
         assert (wb.layer, wb.name, wb.shape, wb.dtype) == (wa.layer, wa.name, wa.shape, wa.dtype)
         assert wb.layout == "zarr"
@@ -80,7 +80,13 @@ def test_keras2_full_model_mirror_keeps_layers_optimizer_and_config(tmp_path: Pa
     originals = {n.attrs["lazyweights"]["key"] for _, n in stored}
     assert originals == {w.key for w in (*a.weights, *a.optimizer_weights)}
     assert all(":" not in p for p, _ in stored)
-    assert any(n.metadata.to_dict()["codecs"][-1]["name"] == "zstd" for _, n in stored)
+    for _, n in stored:  # weights of 3+ chunks sharded; zstd then a CRC32C per chunk
+        codecs = n.metadata.to_dict()["codecs"]
+        inner = int(np.prod([-(-max(1, s) // c) for s, c in zip(n.shape, n.chunks, strict=True)]))
+        assert (codecs[0]["name"] == "sharding_indexed") == (inner >= 3), n.path
+        if inner >= 3:
+            codecs = codecs[0]["configuration"]["codecs"]
+        assert [c["name"] for c in codecs] == ["bytes", "zstd", "crc32c"]
 
 
 def test_keras_topological_load_from_mirror_equals_keras(keras3_files: dict, tmp_path: Path) -> None:
@@ -149,6 +155,16 @@ def test_chunk_shape_splits_leading_axes() -> None:
     assert chunk_shape((10,), 4, 100) == (10,)
     assert chunk_shape((), 4, 10) == ()
     assert chunk_shape((0, 3), 4, 8) == (1, 2)
+
+
+def test_shard_shape_holds_whole_chunks_along_the_same_axes() -> None:
+    assert shard_shape((33, 30), (1000, 30), 4, 40_000) == (330, 30)  # 10 chunks of 33 rows
+    assert shard_shape((33, 30), (1000, 30), 4, 1 << 30) == (1023, 30)  # the whole array, rounded up to chunks
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 1 << 30) == (3, 1023, 30)
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 200_000) == (1, 1023, 30)
+    assert shard_shape((1, 33, 30), (3, 1000, 30), 4, 40_000) == (1, 330, 30)
+    assert shard_shape((33, 30), (1000, 30), 4, 10) == (33, 30)  # never less than a chunk
+    assert shard_shape((), (), 4, 100) == ()
 
 
 def test_existing_destination_refused_unless_overwrite(tmp_path: Path) -> None:
@@ -279,7 +295,7 @@ def _chunk_files(root: Path, weight: lw.Weight) -> list[Path]:
 
 def test_verify_detects_corrupt_and_missing_chunks(tmp_path: Path) -> None:
     src, dst = KERAS2 / "cnn_weights.h5", tmp_path / "m.zarr"
-    lw.mirror(src, dst, chunk_bytes=256)
+    lw.mirror(src, dst, chunk_bytes=256, checksum=False, shard_bytes=None)  # unverified: only verify finds it
     assert lw.verify(src, dst).ok
     with lw.open(dst) as mir:
         target, other = sorted(mir.weights, key=lambda w: w.nbytes)[-2:]
@@ -430,10 +446,15 @@ def test_mirror_loads_equal_the_source(varied_h5: Path, mirror_url, zarr_format:
 def test_raw_mirror_reads_hold_no_memory_locally_and_fetch_only_needed_bytes_remotely(
     varied_h5: Path, http_server, http_root: Path, tmp_path: Path
 ) -> None:
-    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB")
+    lw.mirror(varied_h5, tmp_path / "m.zarr", chunk_bytes="4KiB", checksum=False, shard_bytes=None)
     report = lw.load(tmp_path / "m.zarr", max_memory="4KiB").report
     assert report.peak_in_flight == 0  # every chunk read with preadv straight into its array
-    lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB")
+    lw.mirror(varied_h5, tmp_path / "crc.zarr", chunk_bytes="4KiB")
+    report = lw.load(tmp_path / "crc.zarr", max_memory="4KiB").report
+    # whole chunks straight into their arrays and checked there; only a partial chunk at an array's end
+    # (its CRC32C covers the whole chunk) is staged, one at a time
+    assert 0 < report.peak_in_flight <= 4 * 1024 + 4
+    lw.mirror(varied_h5, http_root / "raw.zarr", chunk_bytes="4KiB", checksum=False, shard_bytes=None)
     with lw.open(f"{http_server.url}/raw.zarr") as mir:
         spec = mir["dense/kernel:0"].spec
         rows = spec.chunk_shape[0]
@@ -460,7 +481,7 @@ def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
     varied_h5: Path, where: str, http_server, http_root: Path, tmp_path: Path
 ) -> None:
     root = (tmp_path if where == "local" else http_root) / "trunc.zarr"
-    lw.mirror(varied_h5, root, chunk_bytes="1KiB", overwrite=True)
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", shard_bytes=None, overwrite=True)
     url = root if where == "local" else f"{http_server.url}/trunc.zarr"
     with lw.open(url) as mir:
         spec, table = mir["dense/kernel:0"].spec, mir["emb/table"].spec
@@ -491,7 +512,7 @@ def test_truncated_chunk_is_an_error_and_a_missing_one_reads_as_fill(
 
 def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
     """Arrays zarr-python wrote with other settings: lazyweights' reads equal zarr's own, fill values included."""
-    from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
 
     rng = np.random.default_rng(3)
     data = rng.integers(-1000, 1000, (13, 6), dtype="<i4")
@@ -503,12 +524,16 @@ def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
     v3.create_array("transposed", data=data, chunks=(4, 4), filters=[TransposeCodec(order=(1, 0))],
                     compressors=ZstdCodec())  # fmt: skip
     v3.create_array("sharded", data=data, chunks=(2, 3), shards=(4, 6), compressors=None)
+    gaps = data.copy()
+    gaps[:2, :3] = 0  # a chunk of fill values: zarr leaves it out of its shard (an empty index entry)
+    v3.create_array("sharded-crc", data=gaps, chunks=(2, 3), shards=(4, 6), compressors=Crc32cCodec(), fill_value=0)
     v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
     v2.create_array("slash", data=data, chunks=(4, 4), chunk_key_encoding={"name": "v2", "separator": "/"},
                     compressors=None, fill_value=5)  # fmt: skip
     v2.create_array("fortran", data=data, chunks=(4, 4), order="F", compressors=None)
     v2.create_array("big", data=data.astype(">f8"), chunks=(5, 6), compressors=None, fill_value=1.5)
-    for group, missing in ((v3, {"big": "c/1/0", "dotted": "1.1"}), (v2, {"slash": "0/1", "big": "2.0"})):
+    gone = ((v3, {"big": "c/1/0", "dotted": "1.1", "sharded": "c/1/0"}), (v2, {"slash": "0/1", "big": "2.0"}))
+    for group, missing in gone:
         for name, key in missing.items():  # never-written chunks: zarr's fill value
             (Path(group.store.root) / name / key).unlink()
     for root in ("v3.zarr", "v2.zarr"):
@@ -522,7 +547,9 @@ def test_foreign_zarr_arrays_read_like_zarr(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(ckpt[key][2:11, 1:5], want[2:11, 1:5], err_msg=f"{root}/{key}")
             assert ckpt["big"].spec.zarr.byteorder == ">"
     with lw.open(tmp_path / "v3.zarr") as ckpt:
-        assert ckpt["sharded"].spec.zarr is None  # zarr reads sharded arrays
+        # raw chunks in shards: read by lazyweights through the shard index
+        assert ckpt["sharded"].spec.zarr == ZarrChunks("/", "c", "<", False, (2, 2))
+        assert ckpt["sharded-crc"].spec.zarr == ZarrChunks("/", "c", "<", True, (2, 2))
         assert ckpt["dotted"].spec.zarr == ZarrChunks(".", "", "<")
         assert ckpt["transposed"].spec.zarr.byteorder is None
     with lw.open(tmp_path / "v2.zarr") as ckpt:
@@ -613,3 +640,105 @@ def test_reopening_a_rewritten_mirror_reads_the_new_one(varied_h5: Path, keras3_
         for path in (f"/{name}.zarr", f"/{name}-other.zarr"):
             if mem.exists(path):
                 mem.rm(path, recursive=True)
+
+
+# -- checksummed and sharded mirrors -----------------------------------------------------
+
+
+def _chunk_bytes_at(root: Path, spec, index: tuple[int, ...]) -> tuple[Path, int, int]:
+    """``(object, offset, nbytes)`` of the stored chunk at grid ``index``, found as zarr's format documents it."""
+    fmt = spec.zarr
+    if fmt.shard is None:
+        path = root / spec.path / fmt.key(index)
+        return path, 0, path.stat().st_size
+    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
+    path = root / spec.path / fmt.key(shard)
+    data = path.read_bytes()
+    n = int(np.prod(fmt.shard))
+    table = np.frombuffer(data[-(16 * n + 4) : -4], "<u8").reshape(*fmt.shard, 2)
+    offset, nbytes = table[tuple(i % k for i, k in zip(index, fmt.shard, strict=True))]
+    return path, int(offset), int(nbytes)
+
+
+@pytest.mark.parametrize("where", ["local", "http"])
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+@pytest.mark.parametrize("sharded", [True, False])
+def test_corrupt_chunk_of_a_checksummed_mirror_is_refused(
+    varied_h5: Path, where: str, compressor, sharded: bool, http_server, http_root: Path, tmp_path: Path
+) -> None:
+    """One flipped byte in one chunk: every read of that chunk raises, naming the weight and the chunk."""
+    name = f"crc-{compressor}-{sharded}.zarr"
+    root = (tmp_path if where == "local" else http_root) / name
+    lw.mirror(varied_h5, root, chunk_bytes="1KiB", compressor=compressor, shard_bytes="64MiB" if sharded else None,
+              overwrite=True)  # fmt: skip
+    url = root if where == "local" else f"{http_server.url}/{name}"
+    try:
+        with lw.open(url) as mir:
+            spec = mir["dense/kernel:0"].spec
+            assert mir.attrs["lazyweights"]["checksums"] == "crc32c"
+            assert mir.attrs["lazyweights"]["sharded"] is sharded
+            assert (spec.zarr.shard is not None) is sharded and spec.zarr.checksum
+        path, offset, nbytes = _chunk_bytes_at(root, spec, (1, 0))
+        data = bytearray(path.read_bytes())
+        data[offset + nbytes // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        chunk = r"chunk \(1, 0\) in shard 'c/0/0'" if sharded else r"chunk 'c/1/0'"
+        pattern = rf"weight 'dense/kernel:0', {chunk}"
+        with pytest.raises(lw.LazyWeightsError, match=pattern):
+            lw.load(url)
+        rows = spec.chunk_shape[0]
+        with lw.open(url) as mir:
+            with pytest.raises(lw.LazyWeightsError, match=pattern):
+                mir["dense/kernel:0"][rows + 2 : rows + 4, 3:9]  # a region of the chunk: read whole and checked
+            np.testing.assert_array_equal(mir["dense/kernel:0"][:rows], _h5_values(varied_h5)["dense/kernel:0"][:rows])
+            np.testing.assert_array_equal(mir["emb/table"].read(), _h5_values(varied_h5)["emb/table"])
+    finally:
+        if where == "http":
+            shutil.rmtree(root)
+
+
+def test_unverified_mirrors_are_reported_and_still_read(varied_h5: Path, tmp_path: Path) -> None:
+    """Mirrors without chunk checksums (older ones, checksum=False, zarr v2) read as before and say so."""
+    from click.testing import CliRunner
+
+    from lazyweights.cli import cli
+
+    expected = _h5_values(varied_h5)
+    for name, kwargs in {"v3": {"checksum": False, "shard_bytes": None}, "v2": {"zarr_format": 2},
+                         "crc": {}}.items():  # fmt: skip
+        lw.mirror(varied_h5, tmp_path / name, chunk_bytes="1KiB", **kwargs)
+        with lw.open(tmp_path / name) as mir:
+            status = "crc32c" if name == "crc" else "unverified"
+            assert mir.attrs["lazyweights"]["checksums"] == status
+            assert not mir["dense/kernel:0"].spec.zarr.checksum or name == "crc"
+            got = lw.load(mir)
+            for key, want in expected.items():
+                np.testing.assert_array_equal(got[key], want, err_msg=key)
+        result = CliRunner().invoke(cli, ["inspect", "--json", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["checksums"] == status
+        text = CliRunner().invoke(cli, ["inspect", str(tmp_path / name)]).output
+        assert ("unverified (no chunk checksums)" in text) == (status == "unverified")
+    assert lw.verify(tmp_path / "crc", tmp_path / "v3").ok  # the mirror's own facts are no model attribute
+
+
+def test_sharded_mirror_over_http_reads_each_shard_index_once_and_no_chunk_heads(
+    varied_h5: Path, http_server, http_root: Path
+) -> None:
+    lw.mirror(varied_h5, http_root / "sh.zarr", chunk_bytes="1KiB", overwrite=True)
+    unsharded = lw.mirror(varied_h5, http_root / "unsh.zarr", chunk_bytes="1KiB", shard_bytes=None, overwrite=True)
+    assert unsharded.weights == 5
+    counts = {}
+    for name in ("sh.zarr", "unsh.zarr"):
+        with lw.open(f"{http_server.url}/{name}") as mir:
+            spec = mir["dense/kernel:0"].spec
+            chunks = -(-spec.shape[0] // spec.chunk_shape[0])
+            http_server.reset()
+            got = lw.load(mir, concurrency=2)
+            np.testing.assert_array_equal(got[spec.key], _h5_values(varied_h5)[spec.key])
+            mine = [r for r in http_server.requests if f"/{spec.path}/" in r[1]]
+            counts[name] = (sum(r[0] == "HEAD" for r in mine), sum(r[0] == "GET" for r in mine))
+    assert chunks > 10
+    assert counts["unsh.zarr"] == (chunks, chunks)  # one HEAD and one GET per chunk object
+    heads, gets = counts["sh.zarr"]
+    assert heads == 1 and gets <= chunks + 1  # one shard object: pinned once, its index read once

@@ -8,7 +8,10 @@ array path of every key — next to the source's own root attributes
 attribute holds its key, layer, original name, manifest dtype and SHA-256.
 Parsing rebuilds the source's manifest with ``zarr`` layouts, so every loader
 treats a mirror exactly like its source; the mirror reports the source's
-``format``.  A mirror whose writer has not finished is refused.
+``format``.  A mirror whose writer has not finished is refused.  The
+manifest's ``attrs["lazyweights"]`` says what the mirror itself is: its
+source, whether its chunks are checksummed (``"crc32c"``) or
+``"unverified"``, and whether they are sharded.
 
 Names zarr (or portable stores) cannot hold — ``kernel:0``, names with
 spaces, ``__``-prefixed or reserved names — are stored encoded
@@ -33,7 +36,7 @@ from ..errors import FormatError, UnsupportedError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
 from .hdf5 import group_layers
-from .zarr_store import array, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
+from .zarr_store import array, checksummed, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
 
 __all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
 
@@ -113,9 +116,26 @@ def _parse_mirror(source: Source, group: Any, doc: Mapping[str, Any]) -> Manifes
         weights=weights,
         layers=tuple(Layer(la["name"], tuple(la["keys"]), la.get("alias")) for la in doc["layers"]),
         optimizer=optimizer,
-        attrs={k: v for k, v in group.attrs.items() if k != ATTR},
+        attrs={**{k: v for k, v in group.attrs.items() if k != ATTR}, ATTR: _mirror_facts(source, doc, specs)},
         skipped=tuple((p, r) for p, r in doc.get("skipped", ())),
     )
+
+
+def _mirror_facts(source: Source, doc: Mapping[str, Any], specs: Mapping[str, WeightSpec]) -> dict[str, Any]:
+    """What a loader should know about the mirror itself: its source, and whether its chunks are checksummed.
+
+    ``checksums`` is ``"crc32c"`` when every array's chunks carry a CRC32C
+    checked on every read, else ``"unverified"`` (mirrors written before
+    checksums, or with ``checksum=False``, or zarr v2): a corrupt chunk of an
+    uncompressed unverified mirror reads as wrong values, found only by
+    ``lazyweights.verify``.
+    """
+    arrays = [array(source, spec.path) for spec in specs.values()]
+    return {
+        "mirror_of": dict(doc.get("source") or {}),
+        "checksums": "crc32c" if all(checksummed(a) for a in arrays) else "unverified",
+        "sharded": any(a.metadata.zarr_format == 3 and a.shards is not None for a in arrays),
+    }
 
 
 def _mirror_spec(source: Source, key: str, path: str) -> WeightSpec:

@@ -36,6 +36,7 @@ from ..storage import Source
 
 __all__ = [
     "array",
+    "checksummed",
     "chunk_format",
     "fill_bytes",
     "from_stored",
@@ -118,10 +119,13 @@ def from_stored(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def chunk_format(arr: Any) -> ZarrChunks | None:
-    """How ``arr``'s chunk objects are named, and their byte order when they are raw (no codec, C order).
+    """How ``arr``'s chunk objects are named, and their byte order when they are raw (C order, no compression).
 
-    None for arrays whose chunk objects are not one chunk each in a known
-    naming (sharded arrays, custom key encodings) or not C order: zarr reads those.
+    Raw means each chunk is its elements' bytes, optionally followed by their
+    CRC32C (zarr v3's ``crc32c`` codec), either as an object of its own or
+    inside a shard object (zarr v3's sharding codec with such inner codecs
+    and its default index: little-endian, CRC32C-checked, at the end).  None
+    for arrays in another key encoding; zarr reads those.
     """
     meta = arr.metadata
     if meta.zarr_format == 2:
@@ -129,19 +133,59 @@ def chunk_format(arr: Any) -> ZarrChunks | None:
             return None
         raw = not meta.compressor and not meta.filters
         return ZarrChunks(meta.dimension_separator or ".", "", _byteorder(arr.dtype) if raw else None)
-    from zarr.codecs import BytesCodec
-
     encoding = meta.chunk_key_encoding.to_dict()  # the metadata document's form: {"name", "configuration"}
     name, separator = encoding.get("name"), (encoding.get("configuration") or {}).get("separator")
-    if arr.shards is not None or name not in ("default", "v2") or separator not in ("/", "."):
+    if name not in ("default", "v2") or separator not in ("/", "."):
         return None
     prefix = "c" if name == "default" else ""
-    codecs = tuple(meta.codecs)
-    order = None
-    if len(codecs) == 1 and isinstance(codecs[0], BytesCodec):
-        endian = codecs[0].endian
-        order = "|" if endian is None or arr.dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]
-    return ZarrChunks(separator, prefix, order)
+    codecs, shard = tuple(meta.codecs), None
+    if arr.shards is not None:
+        sharding = codecs[0] if len(codecs) == 1 else None
+        if not _standard_index(sharding):
+            return None
+        codecs = tuple(sharding.codecs)
+        shard = tuple(s // c for s, c in zip(arr.shards, arr.chunks, strict=True))
+    order, checksum = _raw_codecs(codecs, arr.dtype)
+    return ZarrChunks(separator, prefix, order, checksum, shard)
+
+
+def _standard_index(codec: Any) -> bool:
+    """Whether ``codec`` is a sharding codec with zarr's default index (little-endian offsets, CRC32C, at the end)."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+    if not isinstance(codec, ShardingCodec) or codec.index_location.value != "end":
+        return False
+    index = tuple(codec.index_codecs)
+    return (
+        len(index) == 2
+        and isinstance(index[0], BytesCodec)
+        and (index[0].endian is None or index[0].endian.value == "little")
+        and isinstance(index[1], Crc32cCodec)
+    )
+
+
+def _raw_codecs(codecs: tuple[Any, ...], dtype: np.dtype) -> tuple[str | None, bool]:
+    """``(byte order or None, checksummed)`` of a v3 codec chain: raw when it is ``bytes`` [+ ``crc32c``]."""
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    body = codecs[:-1] if checksum else codecs
+    if len(body) != 1 or not isinstance(body[0], BytesCodec):
+        return None, checksum
+    endian = body[0].endian
+    return ("|" if endian is None or dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]), checksum
+
+
+def checksummed(arr: Any) -> bool:
+    """Whether every chunk of ``arr`` carries a CRC32C that zarr or lazyweights checks on reading."""
+    from zarr.codecs import Crc32cCodec, ShardingCodec
+
+    if arr.metadata.zarr_format == 2:
+        return False
+    codecs = tuple(arr.metadata.codecs)
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        codecs = tuple(codecs[0].codecs)
+    return any(isinstance(c, Crc32cCodec) for c in codecs)
 
 
 def _byteorder(dtype: np.dtype) -> str:

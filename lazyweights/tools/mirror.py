@@ -17,7 +17,6 @@ are kept); anything else already at the destination is refused unless
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -28,7 +27,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,17 +40,18 @@ from ..formats.zarr_store import open_store, source_store, stored_dtype, to_stor
 from ..manifest import Manifest, WeightSpec
 from ..storage import get_source, release_source
 from ..stream import LoadReport
-from ..stream.blocks import Block, Digests, for_each_block
+from ..stream.blocks import DEFAULT_BLOCK_BYTES, Block, Digests, for_each_block
 from ..stream.budget import parse_bytes
 from ..stream.progress import ProgressArg, progress_callback
 from ..stream.writepool import WritePool
 
-__all__ = ["MirrorReport", "chunk_shape", "mirror"]
+__all__ = ["MirrorReport", "chunk_shape", "mirror", "shard_shape"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
-_METADATA_CONCURRENCY = 32
+DEFAULT_SHARD_BYTES = DEFAULT_BLOCK_BYTES
+MIN_SHARD_CHUNKS = 3
 
 
 @dataclass
@@ -85,6 +85,30 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tupl
         if inner <= chunk_bytes:
             return (1,) * axis + (max(1, min(dims[axis], chunk_bytes // inner)),) + tuple(dims[axis + 1 :])
     return tuple(dims)
+
+
+def shard_shape(chunks: tuple[int, ...], shape: tuple[int, ...], itemsize: int, shard_bytes: int) -> tuple[int, ...]:
+    """Shards of whole ``chunks`` (as :func:`chunk_shape` splits them) holding at most about ``shard_bytes``.
+
+    Split along the same leading axes as the chunks, each shard axis a
+    multiple of the chunk's (a shard may reach past the array's end, as zarr
+    allows), so a shard is one byte run of the array too.
+    """
+    if not shape:
+        return ()
+    outer = chunk_shape(shape, itemsize, max(shard_bytes, math.prod(chunks) * itemsize))
+    return tuple(c * max(1, -(-o // c) if o >= n else o // c) for c, o, n in zip(chunks, outer, shape, strict=True))
+
+
+def _codecs(compressor: Any, zarr_format: int, checksum: bool) -> Any:
+    """The compressors argument of ``create_array``: the compressor, then (zarr v3) a CRC32C of each chunk."""
+    zarr_module()  # an error naming the extra when zarr is missing
+    codec = _compressors(compressor, zarr_format)
+    if zarr_format == 2 or not checksum:
+        return codec
+    from zarr.codecs import Crc32cCodec
+
+    return (*(() if codec is None else (codec,)), Crc32cCodec())
 
 
 def _compressors(compressor: Any, zarr_format: int) -> Any:
@@ -136,16 +160,19 @@ class ArrayRef:
     url: str
     options: str  # storage options as JSON, so the handle is hashable
     path: str
+    zarr_format: int = 3
 
     def open(self) -> Any:
-        return _open_array(self.url, self.options, self.path)
+        return _open_array(self.url, self.options, self.path, self.zarr_format)
 
 
 @functools.lru_cache(maxsize=256)
-def _open_array(url: str, options: str, path: str) -> Any:
+def _open_array(url: str, options: str, path: str, zarr_format: int) -> Any:
     zarr = zarr_module()
     store = open_store(url, json.loads(options), read_only=False)
-    return zarr.open_array(store, path=path, mode="r+").with_config({"write_empty_chunks": True})
+    # the format given: zarr does not probe for the other format's documents (a HEAD and a LIST each on S3)
+    arr = zarr.open_array(store, path=path, mode="r+", zarr_format=zarr_format)
+    return arr.with_config({"write_empty_chunks": True})
 
 
 def write_rows(ref: ArrayRef, start: int, dtype: str, digest: str | None, values: Any) -> int:
@@ -178,6 +205,7 @@ class _Destination:
     options: dict[str, Any]
     group: Any
     done: set[str]
+    resumed: bool = False  # an interrupted mirror's nodes exist: create them over the old ones
 
 
 def _root_doc(manifest: Manifest, paths: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +249,7 @@ def _prepare(
                 f"with {doc['settings']}); pass overwrite=True to start over"
             )
         group = zarr.open_group(open_store(url, options, read_only=False), mode="r+", use_consolidated=False)
-        return _Destination(url, options, group, _done_keys(group, doc))
+        return _Destination(url, options, group, _done_keys(group, doc), resumed=True)
     store = open_store(url, options, read_only=False)
     group = zarr.open_group(store, mode="w", zarr_format=zarr_format, attributes={**attrs, ATTR: doc})
     return _Destination(url, options, group, set())
@@ -259,48 +287,79 @@ def _done_keys(group: Any, doc: dict[str, Any]) -> set[str]:
     return done
 
 
-def _concurrently(dest: _Destination, work: Callable[[Any], list[Awaitable[Any]]]) -> None:
-    """Run ``work(async root group)``'s metadata writes concurrently (dozens of small objects)."""
-    from zarr.api import asynchronous as zasync
-    from zarr.core.sync import sync
+@dataclass(frozen=True)
+class _Grid:
+    """How a mirror cuts arrays: chunks of about ``chunk_bytes``, shards of about ``shard_bytes`` (None: none)."""
 
-    async def run() -> None:
-        group = await zasync.open_group(open_store(dest.url, dest.options, read_only=False), mode="r+",
-                                        use_consolidated=False)  # fmt: skip
-        limit = asyncio.Semaphore(_METADATA_CONCURRENCY)
+    chunk_bytes: int
+    shard_bytes: int | None
 
-        async def bounded(aw: Awaitable[Any]) -> None:
-            async with limit:
-                await aw
+    def chunks(self, spec: WeightSpec) -> tuple[int, ...]:
+        return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, self.chunk_bytes)
 
-        await asyncio.gather(*(bounded(aw) for aw in work(group)))
+    def shards(self, spec: WeightSpec) -> tuple[int, ...] | None:
+        """Shards for weights of at least :data:`MIN_SHARD_CHUNKS` chunks (None: chunk objects).
 
-    sync(run())
+        A shard costs a stat and an index read before its chunks; a weight of
+        one or two chunks reads in fewer requests as chunk objects.
+        """
+        if self.shard_bytes is None or not spec.shape:
+            return None
+        chunks = self.chunks(spec)
+        if math.prod(-(-max(1, n) // c) for n, c in zip(spec.shape, chunks, strict=True)) < MIN_SHARD_CHUNKS:
+            return None
+        return shard_shape(chunks, spec.shape, stored_dtype(spec.dtype).itemsize, self.shard_bytes)
+
+    def rows(self, spec: WeightSpec) -> int:
+        """Rows per write: whole shards (or chunks), so no object is written twice."""
+        return (self.shards(spec) or self.chunks(spec))[0] if spec.shape else 1
 
 
-def _create_arrays(
-    dest: _Destination, specs: list[WeightSpec], paths: dict[str, str], settings: dict, codecs: Any
+def _create_nodes(
+    dest: _Destination, manifest: Manifest, specs: list[WeightSpec], paths: dict[str, str], grid: _Grid, codecs: Any
 ) -> None:
-    def work(group: Any) -> list[Awaitable[Any]]:
-        return [
-            group.create_array(
-                paths[spec.key],
-                shape=spec.shape,
-                dtype=stored_dtype(spec.dtype),
-                chunks=chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, settings["chunk_bytes"]),
-                compressors=codecs,
-                fill_value=0,
-                attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
-                overwrite=True,
-            )
-            for spec in specs
-        ]
+    """Write every array's and labelled group's metadata document at once, one PUT each.
 
-    _concurrently(dest, work)
+    Arrays are designed by ``create_array`` in a scratch in-memory store (no
+    requests), then written together by ``zarr.create_hierarchy``, which
+    creates the nodes concurrently; creating them one by one on an object
+    store cost ~18 requests per array (existence checks, listings, deletes),
+    this ~7 (16 arrays of ``cnn_weights.h5`` on moto S3: 319 → 108 requests;
+    the whole mirror 575 → 264 with arrays opened in their known format).
+    """
+    zarr = zarr_module()
+    from zarr.core.group import GroupMetadata
+    from zarr.storage import MemoryStore
+
+    fmt = dest.group.metadata.zarr_format
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=fmt)
+    nodes: dict[str, Any] = {}
+    for spec in specs:
+        nodes[paths[spec.key]] = scratch.create_array(
+            paths[spec.key],
+            shape=spec.shape,
+            dtype=stored_dtype(spec.dtype),
+            chunks=grid.chunks(spec),
+            shards=grid.shards(spec),
+            compressors=codecs,
+            fill_value=0,
+            attributes={ATTR: {"key": spec.key, "layer": spec.layer, "name": spec.name, "dtype": spec.dtype}},
+        ).metadata
+    labels = _group_labels(manifest, paths)
+    if not dest.resumed:  # on resuming, groups exist and hold finished arrays: naming them would erase them
+        nodes.update({path: GroupMetadata(attributes=attrs, zarr_format=fmt) for path, attrs in labels.items()})
+    with warnings.catch_warnings():  # zarr warns when it wraps a synchronous filesystem (memory://)
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in zarr.create_hierarchy(store=open_store(dest.url, dest.options, read_only=False), nodes=nodes,
+                                       overwrite=dest.resumed):  # fmt: skip
+            pass
+    if dest.resumed:
+        for path, attrs in labels.items():
+            dest.group[path].update_attributes(attrs)
 
 
-def _label_groups(dest: _Destination, manifest: Manifest, paths: dict[str, str]) -> None:
-    """Keep original names on encoded groups, and each layer's ``weight_names`` on its group."""
+def _group_labels(manifest: Manifest, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Attributes of groups: original names of encoded groups, and each layer's ``weight_names``."""
     labels: dict[str, dict[str, Any]] = {}
     for key in paths:
         parts = key.split("/")[:-1]
@@ -311,11 +370,7 @@ def _label_groups(dest: _Destination, manifest: Manifest, paths: dict[str, str])
         prefix = layer.name + "/"
         if layer.keys and all(k.startswith(prefix) for k in layer.keys):
             labels.setdefault(encode_key(layer.name), {})["weight_names"] = [k[len(prefix) :] for k in layer.keys]
-
-    async def label(group: Any, path: str, attrs: dict[str, Any]) -> None:
-        await (await group.getitem(path)).update_attributes(attrs)
-
-    _concurrently(dest, lambda group: [label(group, path, attrs) for path, attrs in labels.items()])
+    return labels
 
 
 def _complete(dest: _Destination, doc: dict[str, Any]) -> None:
@@ -324,7 +379,8 @@ def _complete(dest: _Destination, doc: dict[str, Any]) -> None:
     dest.group.update_attributes({ATTR: {**doc, "complete": True, "id": uuid.uuid4().hex}})
     with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec": we know
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(open_store(dest.url, dest.options, read_only=False))
+        zarr.consolidate_metadata(open_store(dest.url, dest.options, read_only=False),
+                                  zarr_format=dest.group.metadata.zarr_format)  # fmt: skip
 
 
 # -- the public function --------------------------------------------------------------
@@ -342,6 +398,8 @@ def mirror(
     concurrency: int | None = None,
     overwrite: bool = False,
     zarr_format: int = 3,
+    checksum: bool = True,
+    shard_bytes: int | str | None = DEFAULT_SHARD_BYTES,
     client: Any = None,
     progress: ProgressArg = False,
 ) -> MirrorReport:
@@ -351,7 +409,15 @@ def mirror(
     ``"zstd"``, ``"blosc"`` (optionally ``":<level>"``) or a codec object;
     ``max_memory`` bounds the bytes in flight (reads and pending writes);
     ``client`` (a ``dask.distributed.Client``) runs the chunk writes on its
-    workers; ``zarr_format=2`` writes a zarr v2 mirror.  ``lazyweights.open(dst)``
+    workers; ``zarr_format=2`` writes a zarr v2 mirror.
+
+    zarr v3 mirrors are written for object stores and for integrity:
+    ``checksum`` (default True) appends zarr's ``crc32c`` codec, so every
+    chunk read checks its CRC32C (lazyweights checks it on its raw fast path
+    too); ``shard_bytes`` (default 64 MiB, at most the write block size under
+    ``max_memory``; None: one object per chunk) groups chunks into shard
+    objects with zarr's sharding codec, so a weight is a few objects and a
+    load a few ranged GETs, not one object (and one request) per chunk.  ``lazyweights.open(dst)``
     then gives the source's manifest and load semantics.
     """
     if zarr_format not in (2, 3):
@@ -364,26 +430,33 @@ def _mirror(ckpt: Checkpoint, dst: Url, args: dict[str, Any]) -> MirrorReport:
     start = time.perf_counter()
     dst = os.fspath(dst)
     manifest = ckpt.manifest
-    if ATTR in manifest.attrs:
+    own = manifest.attrs.get(ATTR)
+    if own is not None and not (isinstance(own, dict) and "mirror_of" in own):  # a mirror's facts are dropped
         raise LazyWeightsError(f"{ckpt.url}: has a root attribute {ATTR!r}, which a mirror needs for itself")
     specs = [*manifest.weights, *manifest.optimizer]
     paths = {s.key: encode_key(s.key) for s in specs}
     if len(set(paths.values())) != len(paths):
         raise LazyWeightsError(f"{ckpt.url}: two weight keys encode to the same zarr path; cannot mirror")
-    codecs = _compressors(args["compressor"], args["zarr_format"])
-    chunk_bytes = parse_bytes(args["chunk_bytes"])
-    settings = {"chunk_bytes": chunk_bytes, "compressor": _codec_token(codecs), "zarr_format": args["zarr_format"]}
-    doc = _root_doc(manifest, paths, settings)
-    options = dict(args["dst_storage_options"] or {})
-    dest = _prepare(dst, options, doc, manifest.attrs, args["overwrite"], args["zarr_format"])
-    todo = [s for s in specs if s.key not in dest.done]
-    _create_arrays(dest, todo, paths, settings, codecs)
-    _label_groups(dest, manifest, paths)
-    report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
+    v3 = args["zarr_format"] == 3
+    codecs = _codecs(args["compressor"], args["zarr_format"], args["checksum"])
+    chunk_bytes, shard_bytes = parse_bytes(args["chunk_bytes"]), parse_bytes(args["shard_bytes"]) if v3 else None
+    settings = {
+        "chunk_bytes": chunk_bytes, "compressor": _codec_token(_compressors(args["compressor"], args["zarr_format"])),
+        "zarr_format": args["zarr_format"], "checksum": bool(args["checksum"] and v3), "shard_bytes": shard_bytes,
+    }  # fmt: skip
     max_memory = parse_bytes(args["max_memory"])
     half = None if max_memory is None else max(1, max_memory // 2)
+    block_bytes = DEFAULT_BLOCK_BYTES if half is None else max(1 << 20, min(DEFAULT_BLOCK_BYTES, half // 4))
+    grid = _Grid(chunk_bytes, None if shard_bytes is None else min(shard_bytes, block_bytes))
+    doc = _root_doc(manifest, paths, settings)
+    options = dict(args["dst_storage_options"] or {})
+    attrs = {k: v for k, v in manifest.attrs.items() if k != ATTR}
+    dest = _prepare(dst, options, doc, attrs, args["overwrite"], args["zarr_format"])
+    todo = [s for s in specs if s.key not in dest.done]
+    _create_nodes(dest, manifest, todo, paths, grid, codecs)
+    report = MirrorReport(src=ckpt.url, dst=dst, weights=len(specs), resumed=sorted(dest.done))
     pool = WritePool(max_bytes=half, threads=args["concurrency"] or 4, client=args["client"])
-    load = _write_all(ckpt, dest, todo, paths, chunk_bytes, pool, half, args)
+    load = _write_all(ckpt, dest, todo, paths, grid, block_bytes, pool, half, args)
     _complete(dest, doc)
     report.written = [s.key for s in todo]
     report.bytes_written = pool.bytes_written
@@ -398,7 +471,8 @@ def _write_all(
     dest: _Destination,
     todo: list[WeightSpec],
     paths: dict[str, str],
-    chunk_bytes: int,
+    grid: _Grid,
+    block_bytes: int,
     pool: WritePool,
     read_budget: int | None,
     args: dict[str, Any],
@@ -409,15 +483,12 @@ def _write_all(
 
     def consume(block: Block) -> None:
         spec = block.spec
-        ref = ArrayRef(dest.url, options, paths[spec.key])
+        ref = ArrayRef(dest.url, options, paths[spec.key], dest.group.metadata.zarr_format)
         digest = digests.update(block)
         whole = block.start == 0 and block.last
         pool.submit(spec.key, write_rows, ref, block.start, spec.dtype, digest if whole else None, values=block.values)
         if digest is not None and not whole:  # blocks of one weight may be stored in any order
             pool.after(spec.key, functools.partial(record_digest, dest.group[paths[spec.key]], digest))
-
-    def rows(spec: WeightSpec) -> int:  # blocks of whole chunks: no chunk is written twice
-        return chunk_shape(spec.shape, stored_dtype(spec.dtype).itemsize, chunk_bytes)[0] if spec.shape else 1
 
     total = sum(s.nbytes for s in todo)
     report = LoadReport(url=ckpt.url, format=ckpt.format)
@@ -425,7 +496,7 @@ def _write_all(
         try:
             for_each_block(
                 ckpt.source, todo, consume, max_memory=read_budget, concurrency=args["concurrency"],
-                align=rows, progress=cb, report=report,
+                block_bytes=block_bytes, align=grid.rows, progress=cb, report=report,
             )  # fmt: skip
         except BaseException:
             pool.cancel()

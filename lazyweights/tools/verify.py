@@ -154,7 +154,7 @@ def _structure(ma: Manifest, mb: Manifest) -> list[Difference]:
     lb = [(x.name, x.keys) for x in mb.layers]
     if la != lb:
         out.append(Difference("<layers>", "layers", [n for n, _ in la][:8], [n for n, _ in lb][:8]))
-    for name in sorted(set(ma.attrs) | set(mb.attrs)):
+    for name in sorted((set(ma.attrs) | set(mb.attrs)) - {ATTR}):  # ATTR: a mirror's own facts, not the model's
         va, vb = ma.attrs.get(name), mb.attrs.get(name)
         if va != vb:
             out.append(Difference(f"<attrs.{name}>", "attribute", _short(va), _short(vb)))
