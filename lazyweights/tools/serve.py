@@ -33,6 +33,7 @@ class RangeHTTPServer(ThreadingHTTPServer):
         self.root = Path(root)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, int]] = []
+        self.honour_if_match = True  # False: answer as if If-Match were not there (as many servers and CDNs do)
         super().__init__((host, port), self.handler_class)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -66,7 +67,7 @@ class RangeHTTPServer(ThreadingHTTPServer):
 
 
 class RangeHandler(BaseHTTPRequestHandler):
-    """HEAD and ranged GET of the server's files.  ``_refused`` and ``_cut`` are hooks for test servers."""
+    """HEAD and ranged GET of the server's files.  ``_refused``, ``_span`` and ``_cut`` are hooks for test servers."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
@@ -116,26 +117,19 @@ class RangeHandler(BaseHTTPRequestHandler):
         path = self._file()
         if path is None:
             return
-        if "If-Match" in self.headers and self.headers["If-Match"] != self._etag(path):
+        if self.server.honour_if_match and "If-Match" in self.headers and self.headers["If-Match"] != self._etag(path):
             self._record(0)
             self.send_error(412)
             return
         size = path.stat().st_size
-        start, end, status = 0, size - 1, 200
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-        if match:
-            a, b = match.groups()
-            if a == "":
-                start, end = max(0, size - int(b)), size - 1
-            else:
-                start, end = int(a), min(size - 1, int(b)) if b else size - 1
-            status = 206
-            if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+        span = self._span(size)
+        if span is None:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start, end, status = span
         length = end - start + 1
         self.send_response(status)
         self.send_header("Content-Length", str(length))
@@ -149,6 +143,18 @@ class RangeHandler(BaseHTTPRequestHandler):
         self._send_body(path, start, max(0, length - cut))
         if cut:  # a short body: hang up, so the client sees fewer bytes than Content-Length said
             self.close_connection = True
+
+    def _span(self, size: int) -> tuple[int, int, int] | None:
+        """``(first byte, last byte, status)`` of the answer to the request's Range; None: unsatisfiable (416)."""
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if not match:
+            return 0, size - 1, 200
+        a, b = match.groups()
+        if a == "":
+            start, end = max(0, size - int(b)), size - 1
+        else:
+            start, end = int(a), min(size - 1, int(b)) if b else size - 1
+        return None if start >= size else (start, end, 206)
 
     def _send_body(self, path: Path, start: int, length: int) -> None:
         with open(path, "rb") as f:
