@@ -496,8 +496,8 @@ def attribute_value(raw: bytes, dt: Datatype, space: Dataspace, ctx: Ctx, what: 
 
 
 @dataclass
-class AttrInfo:
-    """Dense attribute storage: fractal heap and name / creation-order indexes."""
+class DenseInfo:
+    """Link info (0x2) or attribute info (0x15): where dense storage lives (undefined while compact)."""
 
     heap: int
     name_index: int
@@ -506,17 +506,26 @@ class AttrInfo:
     indexed: bool
 
 
-def parse_attr_info(data: bytes, ctx: Ctx, what: str) -> AttrInfo:
-    """Decode an attribute info message (0x15)."""
-    c = Cursor(data, ctx, f"{what}: attribute info")
+AttrInfo = LinkInfo = DenseInfo
+
+
+def _parse_dense_info(data: bytes, ctx: Ctx, what: str, kind: str, max_index_bytes: int) -> DenseInfo:
+    """Both messages: version 0, flags (1: creation order tracked, 2: indexed), an optional maximum
+    creation index of ``max_index_bytes``, the fractal heap and name index, the order index if indexed."""
+    c = Cursor(data, ctx, f"{what}: {kind}")
     if c.u8() != 0:
-        raise FormatError(f"{what}: attribute info version")
+        raise FormatError(f"{what}: {kind} version")
     flags = c.u8()
     if flags & 1:
-        c.skip(2)
+        c.skip(max_index_bytes)
     heap, name_idx = c.offset(), c.offset()
     order = c.offset() if flags & 2 else None
-    return AttrInfo(heap, name_idx, order, bool(flags & 1), bool(flags & 2))
+    return DenseInfo(heap, name_idx, order, bool(flags & 1), bool(flags & 2))
+
+
+def parse_attr_info(data: bytes, ctx: Ctx, what: str) -> DenseInfo:
+    """Decode an attribute info message (0x15)."""
+    return _parse_dense_info(data, ctx, what, "attribute info", 2)
 
 
 # -- links -----------------------------------------------------------------------
@@ -561,28 +570,9 @@ def parse_link(data: bytes, ctx: Ctx, what: str) -> Link:
     return Link(name, "external", target="", filename=f"<user-defined link type {ltype}>", crt_order=crt)
 
 
-@dataclass
-class LinkInfo:
-    """Link info message: dense link storage addresses (undefined when links are compact)."""
-
-    heap: int
-    name_index: int
-    order_index: int | None
-    tracked: bool
-    indexed: bool
-
-
-def parse_link_info(data: bytes, ctx: Ctx, what: str) -> LinkInfo:
+def parse_link_info(data: bytes, ctx: Ctx, what: str) -> DenseInfo:
     """Decode a link info message (0x2)."""
-    c = Cursor(data, ctx, f"{what}: link info")
-    if c.u8() != 0:
-        raise FormatError(f"{what}: link info version")
-    flags = c.u8()
-    if flags & 1:
-        c.skip(8)
-    heap, name_idx = c.offset(), c.offset()
-    order = c.offset() if flags & 2 else None
-    return LinkInfo(heap, name_idx, order, bool(flags & 1), bool(flags & 2))
+    return _parse_dense_info(data, ctx, what, "link info", 8)
 
 
 def parse_symbol_table(data: bytes, ctx: Ctx, what: str) -> tuple[int, int]:
