@@ -7,8 +7,7 @@ the loads of :mod:`.redirect` patched in; ``LW_KERAS_SUITE=keras`` runs them
 against Keras itself instead (the baseline the expected failures below are
 judged against).  Tests that fail with Keras itself (:data:`FAILS_WITH_KERAS`)
 or through lazyweights (:data:`EXPECTED_FAILURES`, strict, so a fix shows up
-as a failure to update the list) are marked ``xfail`` with their reason;
-:data:`OTHER_BRANCH` lists, not strictly, those another branch fixes.
+as a failure to update the list) are marked ``xfail`` with their reason.
 The three modules take about two minutes.
 """
 
@@ -56,34 +55,11 @@ EXPECTED_FAILURES: dict[str, str] = {
         "lazyweights never inflates model.weights.h5 (it reads the stored member in place), so a deflated one is "
         "refused as UnsupportedError (NotImplementedError), not as Keras's ValueError from its lowered private limit"
     ),
-}
-
-# Items 1-4 of issue 13 are done on branch w13a; until it is merged these fail here (not strict: they pass there).
-_W13A = "issue 13 items 1-4 on branch w13a: "
-OTHER_BRANCH: dict[str, str] = {
-    "saving_api_test.py::LoadWeightsTests::test_load_sharded_weights": _W13A + "sharded weights",
-    "saving_lib_test.py::SavingTest::test_weights_sharding_efficientnet_b0_10": _W13A + "sharded weights",
-    "saving_lib_test.py::SavingTest::test_weights_sharding_efficientnet_b0_512": _W13A + "sharded weights",
-    "saving_lib_test.py::SavingTest::test_compile_overridden_warnings_subclassed": _W13A + "subclassed models",
-    "saving_lib_test.py::SavingTest::test_compile_preserved_subclassed": _W13A + "subclassed models",
-    "saving_lib_test.py::SavingTest::test_inference_after_instantiation_subclassed": _W13A + "subclassed models",
-    "saving_lib_test.py::SavingTest::test_load_weights_only_with_unbuilt_model": _W13A + "subclassed models",
-    "saving_lib_test.py::SavingTest::test_saving_preserve_unbuilt_state": _W13A + "subclassed models",
-    "saving_lib_test.py::SavingTest::test_saving_custom_assets_and_variables": _W13A + "assets",
-    **{
-        f"saving_lib_test.py::SavingBattleTest::test_nested_container_layer_saving_{kind}": _W13A + "nested containers"
-        for kind in ("dict", "list", "tuple")
-    },
-    "saving_lib_test.py::SavingBattleTest::test_deeply_nested_container_layer_saving": _W13A + "nested containers",
-    "saving_lib_test.py::SavingBattleTest::test_mixed_nested_container_layer_saving": _W13A + "nested containers",
-    "saving_lib_test.py::SavingBattleTest::test_redefinition_of_trackable": _W13A + "subclassed models",
-    "saving_lib_test.py::SafeGetH5DatasetTest::test_load_weights_rejects_shape_bomb": _W13A + "shape checks",
     "saving_lib_test.py::SafeZipReadTest::test_load_model_rejects_extraction_bomb": (
-        "lazyweights does not extract the archive, so a deflated assets member costs nothing and is not refused "
-        "(the test lowers Keras's private _ZIP_EXTRACT_BOMB_FLOOR_BYTES); may change with assets, " + _W13A + "assets"
+        "the test lowers Keras's private _ZIP_EXTRACT_BOMB_FLOOR_BYTES; lazyweights extracts only assets/ members, "
+        "with its own bomb rule (over 256 MiB declared and over 100x the stored size), so this member is not refused"
     ),
 }
-
 
 def pytest_configure(config: pytest.Config) -> None:
     """The markers Keras's own conftest declares (the torch backend trains, so they select nothing out)."""
@@ -108,8 +84,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xfail(reason=f"fails with Keras itself: {FAILS_WITH_KERAS[key]}"))
         elif REDIRECT and key in EXPECTED_FAILURES:
             item.add_marker(pytest.mark.xfail(reason=EXPECTED_FAILURES[key], strict=True))
-        elif REDIRECT and key in OTHER_BRANCH:
-            item.add_marker(pytest.mark.xfail(reason=OTHER_BRANCH[key], strict=False))
 
 
 @pytest.fixture(autouse=True)
