@@ -492,6 +492,35 @@ def test_corrupt_continuation(tmp_path: Path) -> None:
         walk_bytes(bytes(data))
 
 
+def test_checksums_of_v2_structures_are_verified(tmp_path: Path) -> None:
+    """A byte changed inside a checksummed structure (libver="latest": superblock v3, OHDR, B-tree v2,
+    fractal heap, fixed and extensible arrays) is refused, as libhdf5 refuses it; the lookup3 code is
+    checked against every checksum h5py wrote."""
+    p = tmp_path / "latest.h5"
+    with h5py.File(p, "w", libver="latest") as f:
+        f.create_dataset("farray", data=np.arange(3000.0), chunks=(1,))
+        ea = f.create_dataset("earray", shape=(0,), maxshape=(None,), chunks=(1,), dtype="f4")
+        ea.resize((3000,))
+        ea[...] = 1
+        f.create_dataset("bt2", data=np.ones((4, 4)), chunks=(2, 2), maxshape=(None, None))
+        for i in range(30):
+            f.attrs[f"a{i}"] = np.arange(i + 1)  # dense attributes: fractal heap + v2 B-tree
+    data = p.read_bytes()
+    check_file(p)  # every stored checksum verifies
+    refused = 0
+    for sig in (b"OHDR", b"BTHD", b"BTLF", b"FRHP", b"FAHD", b"FADB", b"EAHD", b"EAIB", b"EADB"):
+        at = data.find(sig)
+        assert at >= 0, sig
+        bad = bytearray(data)
+        bad[at + 5] ^= 0x01  # the byte after the version: inside the checksummed range
+        with pytest.raises(FormatError, match="checksum"):
+            w = walk_bytes(bytes(bad))
+            for d in w.visit_datasets():
+                dict(d.attrs)
+        refused += 1
+    assert refused == 9
+
+
 def test_cycle(tmp_path: Path) -> None:
     p = tmp_path / "cycle.h5"
     with h5py.File(p, "w") as f:

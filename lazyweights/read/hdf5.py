@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, LazyWeightsError, UnsupportedError
 from ..formats.filters import chunk_array, decode_chunk
 from ..geometry import Box, intersect
 from ..manifest import Chunk, WeightSpec
@@ -58,14 +58,19 @@ def read_h5py_box(source: Source, spec: WeightSpec, box: Box) -> np.ndarray:
     The only data path through h5py, serialised by the source's handle lock
     (h5py holds a global lock anyway).
     """
-    with source.handle("h5py", _open_h5py) as f:
-        try:
+    what = f"{source.url}: weight {spec.key!r} (dataset {spec.path})"
+    try:
+        with source.handle("h5py", _open_h5py) as f:
             values = f[spec.path][box]
-        except OSError as exc:  # libhdf5 cannot load the filter (plugin missing)
-            names = ", ".join(f"{flt.name or '?'} (id {flt.id})" for flt in spec.filters) or "none"
-            raise UnsupportedError(
-                f"{source.url}: weight {spec.key!r}: cannot decode its filter pipeline [{names}]: {exc}"
-            ) from exc
+    except LazyWeightsError:
+        raise
+    except OSError as exc:
+        if spec.filters:  # libhdf5 cannot load the filter (plugin missing)
+            names = ", ".join(f"{flt.name or '?'} (id {flt.id})" for flt in spec.filters)
+            raise UnsupportedError(f"{what}: cannot decode its filter pipeline [{names}]: {exc}") from exc
+        raise FormatError(f"{what}: libhdf5 cannot read it: {exc}") from exc
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # libhdf5 refusing damaged metadata
+        raise FormatError(f"{what}: libhdf5 cannot read it: {exc}") from exc
     if spec.dtype == "bfloat16":
         values = values.view(spec.np_dtype)
     return np.asarray(values)

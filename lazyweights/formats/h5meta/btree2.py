@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import FormatError
-from ._base import Ctx, Cursor, Task, limit_enc_size, read_many, spec_read
+from ._base import Ctx, Cursor, Task, check_sum, limit_enc_size, read_many, spec_read
 
 __all__ = ["btree2_records"]
 
@@ -37,6 +37,7 @@ def _header(ctx: Ctx, rel: int, data: bytes, what: str) -> _Header:
     t, node_size, rec_size, depth = c.u8(), c.u32(), c.u16(), c.u16()
     c.skip(2)
     root, root_nrec, total = c.offset(), c.u16(), c.length()
+    check_sum(data, c.pos, what)
     if not 64 <= node_size <= 1 << 20 or rec_size == 0 or rec_size > node_size:
         raise FormatError(f"{what}: node size {node_size} / record size {rec_size} implausible")
     if depth > ctx.limits.max_btree_depth:
@@ -99,6 +100,8 @@ def _node(ctx, h: _Header, data: bytes, rel: int, nrec: int, depth: int, nrec_si
     nw = f"{what}: node at 0x{rel:x}"
     c = Cursor(data, ctx, nw)
     c.signature(b"BTIN" if depth else b"BTLF")
+    pointer = ctx.so + nrec_size + (cum_size[depth - 1] if depth > 1 else 0)
+    check_sum(data, 6 + nrec * h.rec_size + ((nrec + 1) * pointer if depth else 0), nw)  # before trusting a field
     c.skip(1)
     if c.u8() != h.type:
         raise FormatError(f"{nw}: record type differs from the header")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from math import ceil, prod
 
 from ...errors import FormatError, UnsupportedError
-from ._base import Ctx, Cursor, Task, log2_floor, read_many
+from ._base import Ctx, Cursor, Task, check_sum, log2_floor, read_many
 from .btree1 import btree1_chunks
 from .btree2 import btree2_records
 from .messages import Dataspace, Layout
@@ -109,6 +109,7 @@ def _farray(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int, what: str) 
     c.signature(b"FAHD")
     c.skip(1)
     client, esize, page_bits, n, dblk = c.u8(), c.u8(), c.u8(), c.length(), c.offset()
+    check_sum(data, c.pos, hw)
     filtered = client == 1
     if esize < ctx.so or n > ctx.limits.max_chunks or n * esize > ctx.size:
         raise FormatError(f"{hw}: {n} entries of {esize} bytes are implausible")
@@ -130,17 +131,22 @@ def _farray(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int, what: str) 
     if n > page:
         c.pos = prefix
         bits = c.bytes((npages + 7) // 8)
+        check_sum(data, c.pos, dw)
         c.skip(4)
         for p in range(npages):
             cnt = min(page, n - p * page)
             init = bits[p // 8] & (0x80 >> (p % 8))
+            start = c.pos
             for _ in range(cnt):
                 e = _element(c, ctx, esize, filtered, nbytes)
                 elems.append(e if init else (ctx.undef, 0, 0))
+            if init:
+                check_sum(data[start : c.pos + 4], c.pos - start, f"{dw}: page {p}")
             c.skip(4)
     else:
         c.pos = prefix
         elems = [_element(c, ctx, esize, filtered, nbytes) for _ in range(n)]
+        check_sum(data, c.pos, dw)
     chunk = layout.chunk or ()
     mgrid = _max_grid(space, chunk)
     return _entries(ctx, enumerate(elems), chunk, lambda i: _unravel(i, mgrid))
@@ -176,6 +182,7 @@ def _earray(ctx: Ctx, layout: Layout, space: Dataspace, nbytes: int, what: str) 
     for _ in range(4):
         c.length()
     max_idx, _nelmts, iblock = c.length(), c.length(), c.offset()
+    check_sum(data, c.pos, hw)
     if esize < ctx.so or max_idx > ctx.limits.max_chunks or not min_elmts or not min_ptrs or max_bits > 64:
         raise FormatError(f"{hw}: implausible parameters")
     if ctx.is_undef(iblock) or max_idx == 0:
@@ -229,6 +236,7 @@ class _EAGeometry:
         elems = list(enumerate(self._elem(c) for _ in range(self.idx_elmts)))
         dblks = [c.offset() for _ in range(self.ndblk_addrs)]
         sblks = [c.offset() for _ in range(self.nsblk_addrs)]
+        check_sum(data, c.pos, iw)
         # (data block address, nelmts, initialized pages or None) in element order;
         # secondary blocks expand in a second level.
         plan: list[tuple[int, int, list[bool] | None]] = []
@@ -288,23 +296,34 @@ class _EAGeometry:
         c.signature(b"EASB")
         c.pos = 6 + self.ctx.so + self.off_size
         if ne <= self.page:
-            return [(c.offset(), ne, None) for _ in range(nd)]
+            out = [(c.offset(), ne, None) for _ in range(nd)]
+            check_sum(data, c.pos, f"{self.what}: EA secondary block at 0x{a:x}")
+            return out
         npages = ne // self.page
         # Room for a byte-aligned bitmap per data block, indexed as one bit string.
         bits = _bits(c.bytes(nd * ((npages + 7) // 8)), nd * npages)
-        return [(c.offset(), ne, bits[i * npages : (i + 1) * npages]) for i in range(nd)]
+        out = [(c.offset(), ne, bits[i * npages : (i + 1) * npages]) for i in range(nd)]
+        check_sum(data, c.pos, f"{self.what}: EA secondary block at 0x{a:x}")
+        return out
 
     def _dblock(self, a: int, ne: int, data: bytes, init: list[bool] | None) -> list[tuple[int, int, int]]:
         c = Cursor(data, self.ctx, f"{self.what}: EA data block at 0x{a:x}")
         c.signature(b"EADB")
         c.pos = 6 + self.ctx.so + self.off_size
+        dw = f"{self.what}: EA data block at 0x{a:x}"
         if ne <= self.page:
-            return [self._elem(c) for _ in range(ne)]
-        c.skip(4)  # the prefix's checksum; pages follow, each with its own checksum
+            elems = [self._elem(c) for _ in range(ne)]
+            check_sum(data, c.pos, dw)
+            return elems
+        check_sum(data, c.pos, dw)  # the prefix's checksum; pages follow, each with its own
+        c.skip(4)
         out = []
         undef = (self.ctx.undef, 0, 0)
         for p in range(ne // self.page):
+            start = c.pos
             page = [self._elem(c) for _ in range(self.page)]
+            if init is None or init[p]:
+                check_sum(data[start : c.pos + 4], c.pos - start, f"{dw}: page {p}")
             c.skip(4)
             out.extend(page if init is None or init[p] else [undef] * self.page)
         return out

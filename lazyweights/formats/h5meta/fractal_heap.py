@@ -14,7 +14,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from ...errors import FormatError, UnsupportedError
-from ._base import Ctx, Cursor, Task, gather, limit_enc_size, log2_floor, read_many, spec_read
+from ._base import Ctx, Cursor, Task, check_sum, gather, limit_enc_size, log2_floor, read_many, spec_read
 from .btree2 import btree2_records
 
 __all__ = ["FractalHeap", "heap_objects", "read_fractal_heap"]
@@ -86,6 +86,7 @@ def _parse_header(ctx: Ctx, rel: int, data: bytes) -> FractalHeap:
     root, rows = c.offset(), c.u16()
     if filter_len:
         raise UnsupportedError(f"{what}: filtered fractal heaps are not supported")
+    check_sum(data, c.pos, what)
     ok = width and start and max_direct and not (width & (width - 1)) and not (start & (start - 1))
     if not ok or max_direct & (max_direct - 1) or max_direct < start or not 8 <= max_bits <= 64 or id_len < 2:
         raise FormatError(f"{what}: implausible geometry (width {width}, blocks {start}..{max_direct})")
@@ -183,6 +184,7 @@ def _indirect(ctx: Ctx, h: FractalHeap, a: int, nrows: int, data: bytes) -> list
                 out.append(("direct", child, size))
             else:
                 out.append(("indirect", child, log2_floor(size) - first_row_bits + 1))
+    check_sum(data, c.pos, f"{h.what}: indirect block at 0x{a:x}")
     return out
 
 

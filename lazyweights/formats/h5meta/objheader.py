@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import FormatError
-from ._base import Ctx, Cursor, Task, read_many, spec_read
+from ._base import Ctx, Cursor, Task, check_sum, read_many, spec_read
 
 __all__ = ["HEADER_SPECULATIVE", "MSG_CONTINUATION", "Message", "read_object_header"]
 
@@ -117,6 +117,7 @@ def _v2_first(ctx: Ctx, start: int, head: bytes, what: str) -> Task:
     ctx.check_abs(start, total, f"{what}: first chunk of {size0} bytes")
     if len(head) < total:
         head = yield from spec_read(ctx, start, total, total, what)
+    check_sum(head, total - 4, what)
     msgs = _messages_v2(head, c.pos, c.pos + size0, flags, what)
     return msgs, _continuations(ctx, msgs, what), flags
 
@@ -124,6 +125,7 @@ def _v2_first(ctx: Ctx, start: int, head: bytes, what: str) -> Task:
 def _messages_v2_block(data: bytes, what: str, hflags: int) -> list[Message]:
     if data[:4] != b"OCHK":
         raise FormatError(f"{what}: bad signature {bytes(data[:4])!r}")
+    check_sum(data, len(data) - 4, what)
     return _messages_v2(data, 4, len(data) - 4, hflags, what)
 
 

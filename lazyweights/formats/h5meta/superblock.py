@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import FormatError, TruncatedFileError
-from ._base import Ctx, Cursor, Task, read_many
+from ._base import Ctx, Cursor, Task, check_sum, read_many
 
 __all__ = ["SIGNATURE", "Superblock", "read_superblock"]
 
@@ -108,4 +108,5 @@ def _parse_v23(ctx: Ctx, data: bytes, at: int, version: int) -> Superblock:
     _sizes(ctx, c.u8(), c.u8(), at)
     c.skip(1)
     base, _ext, eof, root = c.offset(), c.offset(), c.offset(), c.offset()
+    check_sum(data, c.pos, f"superblock at 0x{at:x}")
     return Superblock(version, at, base, eof, root)

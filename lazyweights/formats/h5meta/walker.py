@@ -12,8 +12,10 @@ whatever the number of objects.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -230,11 +232,30 @@ def walk(
     stats = FetchStats()
     ctx = Ctx(size=size, limits=limits or Limits())
     try:
-        f = run(_walk_file(ctx, base), fetch_many, head[: max(0, size - head_at)], stats, head_at)
+        with _gc_paused():
+            f = run(_walk_file(ctx, base), fetch_many, head[: max(0, size - head_at)], stats, head_at)
     except RecursionError as e:
         raise FormatError("HDF5 metadata nested too deeply") from e
     f.stats = stats
     return f
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector off for the walk (restored after, whatever it was).
+
+    The walk allocates a few objects per byte of metadata (parsers are generators, results small
+    objects) and keeps nearly all of them, so the collector's generation-2 passes re-scan a growing
+    heap for nothing: measured on a 2,000-layer ``.weights.h5``, 1.6 s of CPU with it, 1.0 s without.
+    Nothing the walk builds depends on cycle collection; a pending collection simply runs after.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _walk_file(ctx: Ctx, base: int) -> Task:
@@ -278,11 +299,22 @@ def _object(
 
 
 def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5File, node, pre) -> Task:
+    """A group: its links and children, and (beside them, not before them) its attributes.
+
+    Attributes may need levels of their own (vlen strings in global heap collections, dense
+    storage); the children's walk does not wait for them, so they stay off the critical path.
+    """
     what = f"group {path} (object header at 0x{rel:x})"
-    links, attrs = yield from gather([_links(ctx, msgs, what, pre), _attributes(ctx, msgs, what)])
     g = node if node is not None else Group(name=path, address=ctx.base + rel, file=f)
-    g.attrs = attrs
-    chain = (*ancestors, rel)
+    members = _members(ctx, msgs, path, (*ancestors, rel), f, g, pre)
+    _, g.attrs = yield from gather([members, _attributes(ctx, msgs, what)])
+    return g
+
+
+def _members(ctx: Ctx, msgs: list[Message], path: str, chain: tuple[int, ...], f: H5File, g: Group, pre) -> Task:
+    """Read the group's links into ``g.links``, then walk its hard-linked children into ``g.children``."""
+    what = f"group {path} (object header at 0x{chain[-1]:x})"
+    links = yield from _links(ctx, msgs, what, pre)
     hard = []
     for link in links:
         if link.kind == "hard":
@@ -300,7 +332,6 @@ def _group(ctx: Ctx, rel: int, msgs: list[Message], path: str, ancestors, f: H5F
     )
     for link, kid in zip(hard, kids, strict=False):
         g.children[link.name] = kid
-    return g
 
 
 def _ordered(items: list, tracked: bool) -> list:
