@@ -67,6 +67,29 @@ def _put(kind, path, s3, gcs, http_server, http_root, name=None):
     return f"{http_server.url}/{name}", None
 
 
+# -- the first round trip ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", ["lw-versioned", "lw-plain"])
+def test_s3_open_stats_with_its_head_get(bucket, keras3_files, s3, monkeypatch) -> None:
+    """The stat of an S3 checkpoint is the GetObject of its head (size from ContentRange, ETag and
+    VersionId pinned from that answer): no HeadObject; an empty object still opens as empty."""
+    path = keras3_files["keras"]
+    s3.fs().put_file(str(path), f"{bucket}/first-{path.name}")
+    s3.fs().pipe(f"{bucket}/first-empty.h5", b"")
+    stats: list[str] = []
+    real = Source.stat
+    monkeypatch.setattr(Source, "stat", lambda self: stats.append(self.url) or real(self))
+    with lw.open(f"s3://{bucket}/first-{path.name}", s3.options, index=False) as ckpt:
+        assert ckpt._source.pinned and ckpt._source.pin.size == path.stat().st_size
+        assert (ckpt._source.pin.version is not None) == (bucket == "lw-versioned")
+        got = ckpt.load()
+    assert stats == []
+    _assert_same(got, _local(path))
+    with pytest.raises(lw.FormatError, match="empty"):
+        lw.open(f"s3://{bucket}/first-empty.h5", s3.options, index=False)
+
+
 # -- the same arrays from every store -------------------------------------------------------
 
 

@@ -71,12 +71,15 @@ def test_http_slice_reads_only_its_rows(row_file, http_server, http_root) -> Non
     with lw.open(url) as ckpt:
         arr = ckpt["big"].to_dask()
         http_server.reset()
-        got = arr[1000:1010].compute()
-        np.testing.assert_array_equal(got, np.arange(4096 * 256, dtype="f4").reshape(4096, 256)[1000:1010])
+        got = arr[3000:3010].compute()
+        np.testing.assert_array_equal(got, np.arange(4096 * 256, dtype="f4").reshape(4096, 256)[3000:3010])
         assert http_server.bytes_sent == 10 * 1024, http_server.requests  # ten 1 KiB rows, nothing else
         http_server.reset()
-        np.testing.assert_array_equal(ckpt["big"].read(5), np.arange(5 * 256, 6 * 256, dtype="f4"))
+        np.testing.assert_array_equal(ckpt["big"].read(3500), np.arange(3500 * 256, 3501 * 256, dtype="f4"))
         assert http_server.bytes_sent == 1024
+        http_server.reset()
+        np.testing.assert_array_equal(ckpt["big"].read(5), np.arange(5 * 256, 6 * 256, dtype="f4"))
+        assert http_server.requests == []  # inside the head the open fetched: no request at all
 
 
 def test_http_chunked_slice_reads_only_its_chunks(row_file, http_server, http_root) -> None:
@@ -213,6 +216,45 @@ def test_remote_store_members_reuse_the_filesystem_and_are_checked(http_server, 
             store.verify()  # unpinned members are re-stat-ed
     finally:
         mem.rm("/lw-members.zarr", recursive=True)
+
+
+@pytest.mark.parametrize("kind", ["weights", "h5", "keras"])
+def test_a_small_remote_checkpoint_opens_in_one_request(keras3_files, http_server, http_root, kind) -> None:
+    """The stat is the head's ranged GET (size from Content-Range, ETag): no HEAD, and a file under 1 MiB
+    is all in that one answer (a ``.keras`` archive asks for its end in a concurrent suffix range)."""
+    path = keras3_files[kind]
+    assert path.stat().st_size < 1 << 20
+    shutil.copy(path, http_root / path.name)
+    http_server.reset()
+    with lw.open(f"{http_server.url}/{path.name}", index=False) as ckpt:
+        remote = ckpt.load()
+    with lw.open(path, index=False) as ckpt:
+        local = ckpt.load()
+    size = path.stat().st_size
+    expected = [("GET", f"/{path.name}", size)] * (2 if kind == "keras" else 1)
+    assert sorted(http_server.requests) == expected
+    assert remote.keys() == local.keys()
+    for key, value in local.items():
+        np.testing.assert_array_equal(remote[key], value)
+
+
+def test_the_head_get_pins_the_version(http_server, http_root) -> None:
+    """The version the first GET saw is the one every later read must match: a replaced file is refused;
+    what the head already holds is of the opened version by construction."""
+    served = http_root / "pinned-by-head.h5"
+    with h5py.File(served, "w") as f:
+        f["small"] = np.arange(10.0)
+        f["big"] = np.arange(1 << 19, dtype="f8")  # 4 MiB: most of it past the 1 MiB head
+    with lw.open(f"{http_server.url}/{served.name}", index=False) as ckpt:
+        big = ckpt.manifest.weights[[s.key for s in ckpt.manifest.weights].index("big")]
+        data = bytearray(served.read_bytes())
+        data[big.extent.end - 8] ^= 0xFF
+        served.write_bytes(bytes(data))
+        stamp = time.time() + 5
+        os.utime(served, (stamp, stamp))  # a new Last-Modified and ETag
+        np.testing.assert_array_equal(ckpt["small"].read(), np.arange(10.0))  # in the head: the opened version
+        with pytest.raises(lw.ObjectChangedError):
+            ckpt["big"].read()
 
 
 def test_a_missing_remote_file_costs_at_most_two_requests(http_server) -> None:

@@ -31,29 +31,37 @@ MemberBytes = tuple[dict[str, bytes], int, bytes]
 def read_members(source: Source, infos: list[zipfile.ZipInfo], hdf5: zipfile.ZipInfo) -> MemberBytes:
     """``(small members' bytes by name, HDF5 member's data offset, its first bytes)``, in one round.
 
-    Everything is served from the source's head where it lies there.
+    Everything is served from the source's head where it lies there: the HDF5
+    member's first bytes are then the rest of the head (Keras writes it third,
+    after a config of a few KiB), and only members or parts past the head are fetched.
     """
-    wanted = [*infos, hdf5]
-    spans = [(i.header_offset, _LOCAL + len(i.filename.encode()) + len(i.extra) + _SLACK) for i in wanted]
-    spans[-1] = (spans[-1][0], spans[-1][1] + min(hdf5.file_size, _HEAD))
+    spans = [(i.header_offset, _LOCAL + len(i.filename.encode()) + len(i.extra) + _SLACK) for i in [*infos, hdf5]]
     spans[:-1] = [(off, n + i.compress_size) for (off, n), i in zip(spans[:-1], infos, strict=True)]
+    past_head = spans[-1][0] + spans[-1][1] > len(source.head())
+    if past_head:  # the member starts past the head: fetch its first bytes with its local header
+        spans[-1] = (spans[-1][0], spans[-1][1] + min(hdf5.file_size, _HEAD))
     spans = [(off, max(0, min(n, source.size - off))) for off, n in spans]
     blobs = _fetch(source, spans)
     pairs = zip(infos, blobs[:-1], strict=True)
     out = {i.filename: _decode(source, i, _data(source, i, b, i.compress_size)) for i, b in pairs}
     start = _data_start(source, hdf5, blobs[-1])
-    return out, hdf5.header_offset + start, blobs[-1][start : start + min(hdf5.file_size, _HEAD)]
+    first = blobs[-1] if past_head else source.head()[hdf5.header_offset :]
+    return out, hdf5.header_offset + start, first[start : start + min(hdf5.file_size, _HEAD)]
 
 
 def _fetch(source: Source, spans: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each span: what the head (or tail) holds is copied, only the rest is read, in one round."""
     head = source.head()
     bufs = [bytearray(n) for _, n in spans]
     missing = []
     for (off, n), buf in zip(spans, bufs, strict=True):
-        if off + n <= len(head):
-            buf[:] = head[off : off + n]
-        else:
-            missing.append((off, memoryview(buf)))
+        held = source.cached(off, n)
+        if held is not None:
+            buf[:] = held
+            continue
+        k = max(0, min(n, len(head) - off))  # a prefix inside the head
+        buf[:k] = head[off : off + k]
+        missing.append((off + k, memoryview(buf)[k:]))
     if missing:
         source.readinto_many(missing, max_gap=0)
     return [bytes(b) for b in bufs]

@@ -49,12 +49,14 @@ class _Ranged(Protocol):
 
     def head(self) -> bytes: ...
 
+    def cached(self, offset: int, length: int) -> bytes | None: ...
+
 
 class MetadataFile(_ReadOnlyFile):
     """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
 
     Reads inside the source's head (its first ``HEAD_BYTES``, one request)
-    cost nothing more; others go through fsspec's ``BlockCache`` of
+    or its tail when fetched (:meth:`Source.fetch_ends`) cost nothing more; others go through fsspec's ``BlockCache`` of
     :data:`METADATA_BLOCK_BYTES` blocks, so nearby reads share a request.
     Every fetch is the source's own pinned, retried, length-checked read.
     """
@@ -76,8 +78,10 @@ class MetadataFile(_ReadOnlyFile):
         if end <= self._pos:
             return 0
         try:
-            head = self._source.head()  # fetched once; most small files' metadata lives there
-            data = head[self._pos : end] if end <= len(head) else self._blocks._fetch(self._pos, end)
+            self._source.head()  # fetched once; most small files' metadata lives there
+            data = self._source.cached(self._pos, end - self._pos)  # the head, or an archive's tail
+            if data is None:
+                data = self._blocks._fetch(self._pos, end)
         except StorageError as exc:  # libhdf5 turns it into "file signature not found": keep it for the caller
             self.failure = exc
             raise

@@ -24,17 +24,22 @@ storage layer re-checks their size and modification stamp after a load.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "First",
+    "FirstRead",
     "Pin",
     "RangeMismatchError",
     "VersionMismatchError",
     "check_response",
     "checks_responses",
+    "first_read",
     "local_stamp",
     "pin_of",
     "pinned_fetch",
@@ -251,3 +256,114 @@ def pinned_readinto(fs: Any, path: str, pin: Pin) -> ReadInto | None:
             return pos
 
     return readinto
+
+
+FirstRead = Callable[[int, int], Awaitable["First | None"]]
+
+
+@dataclass(frozen=True)
+class First:
+    """What the first ranged GETs of an object told: its ``info()``, its first bytes, its last bytes (or None)."""
+
+    info: dict[str, Any]
+    head: bytes
+    tail: bytes | None = None
+
+
+def first_read(fs: Any, path: str) -> FirstRead | None:
+    """For HTTP(S) and S3: a coroutine ``read(n, tail)``: the object's stat, its first ``n`` bytes and, when
+    ``tail``, its last ``tail`` bytes (a suffix range, in a concurrent request), in one round trip.
+
+    A ranged GET of ``[0, n)`` answers what a HEAD would (size from ``Content-Range``, ETag,
+    Last-Modified, S3 VersionId) and brings the head with it.  Returns None where the answer
+    cannot pin (no ``Content-Range``, an empty object, a server ignoring ``Range`` on an object
+    larger than asked for): the caller then stats as before.  None for other stores.  Two answers
+    of different object versions raise ``ConnectionError`` (transient: the caller retries).
+    """
+    if not getattr(fs, "async_impl", False):
+        return None
+    protocols = _protocols(fs)
+    if protocols & {"http", "https"}:
+        part = functools.partial(_http_part, fs, path)
+    elif protocols & {"s3", "s3a"}:
+        part = functools.partial(_s3_part, fs, path)
+    else:
+        return None
+
+    async def read(n: int, tail: int) -> First | None:
+        ranges = [f"bytes=0-{n - 1}"] + ([f"bytes=-{tail}"] if tail else [])
+        parts = await asyncio.gather(*(part(r, max(n, tail)) for r in ranges))
+        if any(p is None for p in parts):
+            return None
+        (info, head), *rest = parts
+        if rest and (rest[0][0]["size"] != info["size"] or rest[0][0].get("ETag") != info.get("ETag")):
+            raise ConnectionError("the object changed between its first two answers")
+        return First(info, head, rest[0][1] if rest else None)
+
+    return read
+
+
+def _answered(span: Any, asked: str) -> tuple[int, int, int] | None:
+    """``(start, end, object size)`` a ``Content-Range`` gives, if it answers the range ``asked``."""
+    found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", str(span or "").strip())
+    if found is None:
+        return None
+    start, end, size = int(found[1]), int(found[2]) + 1, int(found[3])
+    if asked.startswith("bytes=0-"):
+        ok = start == 0 and end == min(size, int(asked[8:]) + 1)
+    else:  # a suffix range: the last N bytes
+        ok = end == size and start == max(0, size - int(asked[7:]))
+    return (start, end, size) if ok else None
+
+
+async def _http_part(fs: Any, path: str, asked: str, limit: int) -> tuple[dict[str, Any], bytes] | None:
+    kw = dict(getattr(fs, "kwargs", {}))
+    kw["headers"] = {**dict(kw.get("headers") or {}), "Range": asked}
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(path), **kw) as response:
+        if response.status == 416:  # an empty object
+            return None
+        try:
+            response.raise_for_status()
+        except Exception as exc:
+            if response.status == 404:  # as fsspec says it, the status kept in the chain
+                raise FileNotFoundError(path) from exc
+            raise
+        if response.status == 206:
+            got = _answered(response.headers.get("Content-Range"), asked)
+        else:  # 200: the whole object, acceptable only when it is no longer than asked for
+            size = response.content_length
+            got = None if response.status != 200 or size is None or size > limit else (0, size, size)
+        if got is None:
+            return None  # closing the response drops the rest of the body unread
+        try:
+            data = await response.content.readexactly(got[1] - got[0]) if got[1] > got[0] else b""
+        except asyncio.IncompleteReadError as exc:  # cut short: transient, retried
+            raise ConnectionError(f"short body: got {len(exc.partial)} of {got[1] - got[0]} bytes") from exc
+        info = {"name": path, "type": "file", "size": got[2]}
+        info.update({k: response.headers[k] for k in ("ETag", "Last-Modified") if response.headers.get(k)})
+        return info, data
+
+
+async def _s3_part(fs: Any, path: str, asked: str, limit: int) -> tuple[dict[str, Any], bytes] | None:
+    bucket, key, version = fs.split_path(path)
+    extra = {"VersionId": version} if version else {}
+    try:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=asked, **extra, **fs.req_kw)
+    except Exception as exc:  # an empty object answers InvalidRange (416): stat it instead
+        if any(word in str(exc) for word in ("InvalidRange", "416", "not satisfiable")):
+            return None
+        raise
+    try:
+        got = _answered(resp.get("ContentRange"), asked)
+        if got is None:
+            return None
+        data = await resp["Body"].read()
+    finally:
+        resp["Body"].close()
+    if len(data) != got[1] - got[0]:
+        raise ConnectionError(f"short body: got {len(data)} of {got[1] - got[0]} bytes")  # transient: retried
+    info = {"name": path, "type": "file", "size": got[2], "ETag": resp.get("ETag")}
+    if resp.get("VersionId"):
+        info["VersionId"] = resp["VersionId"]
+    return info, data

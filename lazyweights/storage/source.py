@@ -57,14 +57,15 @@ from ..geometry import merge_ranges
 from .files import MetadataFile
 from .local import pread_into
 from .options import SINGLE_ATTEMPT, fs_options, target_protocol
-from .pinning import Pin, checks_responses, local_stamp, pin_of, pinned_fetch, pinned_readinto
+from .pinning import First, Pin, checks_responses, first_read, local_stamp, pin_of, pinned_fetch, pinned_readinto
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify, describe, retry_after
 
-__all__ = ["HEAD_BYTES", "STORE_MARKERS", "Source", "get_source", "release_source"]
+__all__ = ["HEAD_BYTES", "STORE_MARKERS", "TAIL_BYTES", "Source", "get_source", "release_source"]
 
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 20  # fetched in one request at open: the superblock and, for most files, much of the metadata
+TAIL_BYTES = 64 << 10  # an archive's end: a zip's end record (a 64 KiB comment at most) and, usually, its directory
 
 _CACHE_SIZE = 64
 
@@ -122,6 +123,8 @@ def get_source(
     *,
     refresh: bool = False,
     store: bool = False,
+    with_head: bool = False,
+    with_tail: bool = False,
 ) -> Source:
     """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted), held by the caller.
 
@@ -135,6 +138,10 @@ def get_source(
     if a root metadata document it read changed (a store rewritten since).
     With ``store``, ``url`` is taken as a prefix of objects without a stat
     (a folder of checkpoint files over HTTP, which has no directories).
+    With ``with_head``, a new remote source's stat is the ranged GET of its
+    head (:meth:`Source.head`), where the store's answer pins: one round trip;
+    ``with_tail`` adds its tail (:meth:`Source.tail`, an archive's end) in a
+    concurrent request of the same round.
     The replaced source leaves the cache and closes when its users are done.
     """
     key = _cache_key(str(url), storage_options, store)
@@ -144,7 +151,7 @@ def get_source(
         release_source(source)
         source = None
     if source is None:
-        source = _cached_new(key, str(url), storage_options, store)
+        source = _cached_new(key, str(url), storage_options, store, (with_head, with_tail))
     if pin is not None and not pin.same_object(source.pin):
         release_source(source)
         raise ObjectChangedError(
@@ -169,8 +176,10 @@ def _forget(key: tuple[str, str], source: Source) -> None:
             del _cache[key]
 
 
-def _cached_new(key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool) -> Source:
-    source = Source(url, storage_options, store=store)
+def _cached_new(
+    key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool, ends: tuple[bool, bool]
+) -> Source:
+    source = Source(url, storage_options, store=store, with_head=ends[0], with_tail=ends[1])
     evicted = []
     with _cache_lock:
         existing = _cache.get(key)
@@ -220,6 +229,8 @@ class Source:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         store: bool = False,
+        with_head: bool = False,
+        with_tail: bool = False,
     ):
         self.url = url
         self.store = store
@@ -245,7 +256,15 @@ class Source:
         if (store_options.get("config_kwargs") or {}).get("retries") == SINGLE_ATTEMPT and hasattr(store_fs, "retries"):
             store_fs.retries = 1  # s3fs: one attempt per call; our RetryPolicy is the retry layer (see options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        self._init_object({"type": "directory", "size": 0} if store else self.stat())
+        if store:
+            self._init_object({"type": "directory", "size": 0})
+            return
+        info, first = self._stat_with_head(with_tail) if with_head else (self.stat(), None)
+        self._init_object(info)
+        if first is not None and not self.is_dir:
+            self._head = first.head if len(first.head) == min(self.size, HEAD_BYTES) else None
+            tail = first.tail
+            self._tail = tail if tail is not None and len(tail) == min(self.size, TAIL_BYTES) else None
 
     def _init_object(self, info: Mapping[str, Any]) -> None:
         """Everything that follows from the object's ``info()``: kind, pin, pinned readers, empty caches."""
@@ -265,6 +284,7 @@ class Source:
         self._responses_checked = self.pinned and not self._whole_file and checks_responses(self.fs)
         self._cache_path: str | None = None  # simplecache::/filecache::: the local copy, fetched once
         self._head: bytes | None = None
+        self._tail: bytes | None = None
         self._head_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._handle_lock = threading.Lock()
@@ -383,6 +403,27 @@ class Source:
                 raise self._error(exc, "cannot stat") from exc
         return self._retrying_sync(info, "cannot stat")
 
+    def _stat_with_head(self, tail: bool) -> tuple[dict[str, Any], First | None]:
+        """:meth:`stat` and the head (and, with ``tail``, the tail) in one round where the store's answer
+        pins (HTTP, S3): a round trip saved.  Elsewhere (local, memory, GCS, chained caches), or when
+        the answer cannot pin, a plain stat.
+        """
+        read = None if self.is_local else first_read(self.fs, self.path)
+        if read is None:
+            return self.stat(), None
+
+        def attempt() -> First | None:
+            self._count()
+            try:
+                return fsspec.asyn.sync(self.fs.loop, read, HEAD_BYTES, TAIL_BYTES if tail else 0)
+            except FileNotFoundError:
+                if self._is_store_prefix():
+                    return First({"type": "directory", "size": 0}, b"")
+                raise
+
+        got = self._retrying_sync(attempt, "cannot stat")
+        return (got.info, got) if got is not None else (self.stat(), None)
+
     def verify(self) -> None:
         """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
 
@@ -449,7 +490,8 @@ class Source:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
             return bytes(buf)
-        return self._fetch(offset, offset + length)
+        held = self.cached(offset, length)
+        return held if held is not None else self._fetch(offset, offset + length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset`` (local files: no intermediate copy)."""
@@ -458,7 +500,10 @@ class Source:
         if self._whole_file:  # a chained whole-file cache: fetched once, then read like a local file
             self._check_length(offset, length, self._with_fd(lambda fd: pread_into(fd, offset, view)))
         elif not self.is_local:
-            if self._areadinto is None:
+            held = self.cached(offset, length)
+            if held is not None:  # inside the head (or an archive's tail) fetched at open: no request
+                view[:] = held
+            elif self._areadinto is None:
                 view[:] = self.read(offset, length)
             elif length:  # streamed into ``buf`` as the body arrives: no whole-body bytes object, no second copy
                 fsspec.asyn.sync(self.fs.loop, self._areadinto_checked, offset, view)
@@ -497,6 +542,9 @@ class Source:
             for offset, buf in items:
                 self.readinto(offset, buf)
             return 0
+        items = self._copy_held(items)
+        if not items:
+            return 0
         spans = self.merged_spans(items, max_gap)
         blocks = self._fetch_many(spans)
         starts = [s for s, _ in spans]
@@ -506,6 +554,17 @@ class Source:
                 rel = offset - starts[i]
                 buf.cast("B")[:] = memoryview(blocks[i])[rel : rel + buf.nbytes]
         return len(spans)
+
+    def _copy_held(self, items: Sequence[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
+        """Fill the items the head or tail already holds; return the others."""
+        rest = []
+        for offset, buf in items:
+            held = self.cached(offset, buf.nbytes)
+            if held is None:
+                rest.append((offset, buf))
+            elif buf.nbytes:
+                buf.cast("B")[:] = held
+        return rest
 
     def _fetch(self, start: int, end: int) -> bytes:
         """One pinned, retried, length-checked ranged GET."""
@@ -631,6 +690,39 @@ class Source:
                 if self._head is None:
                     self._head = self.read(0, min(self.size, HEAD_BYTES))
         return self._head
+
+    def tail(self) -> bytes:
+        """The object's last :data:`TAIL_BYTES` (all of it when smaller), fetched once and kept: an archive's end."""
+        if self._tail is None:
+            with self._head_lock:
+                if self._tail is None:
+                    n = min(self.size, TAIL_BYTES)
+                    head = self._head
+                    whole = head is not None and len(head) == self.size  # a small object: the head is all of it
+                    self._tail = head[self.size - n :] if whole else self.read(self.size - n, n)
+        return self._tail
+
+    def fetch_ends(self) -> None:
+        """Fetch the head and the tail in one round of concurrent requests (an archive needs both at once)."""
+        if self._head is not None:  # the head came with the stat: the tail alone
+            self.tail()
+            return
+        with self._head_lock:
+            if self._head is not None or self._tail is not None or self.is_local or self.is_dir:
+                return
+            head, tail = bytearray(min(self.size, HEAD_BYTES)), bytearray(min(self.size, TAIL_BYTES))
+            self.readinto_many([(0, memoryview(head)), (self.size - len(tail), memoryview(tail))], max_gap=0)
+            self._head, self._tail = bytes(head), bytes(tail)
+
+    def cached(self, offset: int, length: int) -> bytes | None:
+        """``[offset, offset + length)`` if the head or tail already fetched holds it, else None (nothing is read)."""
+        head, tail = self._head, self._tail
+        if head is not None and offset + length <= len(head):
+            return head[offset : offset + length]
+        if tail is not None and offset >= self.size - len(tail):
+            at = offset - (self.size - len(tail))
+            return tail[at : at + length] if at + length <= len(tail) else None
+        return None
 
     def sibling_path(self, suffix: str) -> str | None:
         """The filesystem path of the object named like this one plus ``suffix`` (None for URLs with a query)."""
