@@ -22,7 +22,7 @@ request and each connection's body paced to a bandwidth cap
   metadata already known.
 - sharding: bytes each of 2 and 4 ranks fetches (``lw.load(shard=...)``),
   open included, each rank with cold caches.
-- local open: ``lw.open`` of the local file, old (h5py) and new walk, best of 3.
+- local open: ``lw.open`` of the local file, h5py and the walk (the default), best of 3.
 
 Ratios are printed against the targets of issue 9.
 """
@@ -299,7 +299,7 @@ def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
             ok = max(fr) <= 1.02 / world
             cells.append(" ".join(f"{f:.3f}" for f in fr) + f" {_mark(ok)}")
         print(f"{r['file']:<34}{cells[0]:>22}{cells[1]:>34}")
-    print("\nlocal open (best of 3): old h5py vs new walk; the default for local files is h5py")
+    print("\nlocal open (best of 3): h5py vs the walk; the walk is the default, local and remote")
     for r in rows:
         ratio = r["local_new"] / r["local_old"]
         print(f"{r['file']:<34}{r['local_old']:>8.3f}s {r['local_new']:>8.3f}s  new/old {ratio:.2f}x")

@@ -67,6 +67,33 @@ def _reader(source: Source, unit: plan.Unit) -> Source:
     return member
 
 
+def _ranges(unit: plan.Unit) -> list[tuple[int, int]] | None:
+    """The byte ranges a plain unit reads (None: a unit whose reads are its reader's business)."""
+    if isinstance(unit, plan.Batch):
+        return [(r.offset, r.length) for r in unit.reads]
+    if isinstance(unit, plan.Direct | plan.Staged | plan.Span):
+        return [(unit.offset, unit.stored)]
+    if isinstance(unit, plan.PieceRead):
+        return [(unit.piece.extent.offset, unit.piece.extent.length)]
+    if isinstance(unit, plan.HDF5Chunk):
+        return [(unit.chunk.extent.offset, unit.chunk.extent.length)]
+    return None
+
+
+def wire_cost(source: Source, unit: plan.Unit) -> tuple[int, int]:
+    """``(bytes, requests)`` ``unit`` costs in storage: ranges the open already fetched (a remote
+    object's head or tail) are served from memory and cost none, so the report counts the wire."""
+    ranges = None if source.is_local else _ranges(unit)
+    if ranges is None:
+        return unit.stored, unit.requests
+    reader = _reader(source, unit)
+    rest = [(off, n) for off, n in ranges if reader.cached(off, n) is None]
+    if len(rest) == len(ranges):
+        return unit.stored, unit.requests
+    spans = geometry.merge_ranges(rest)
+    return sum(end - start for start, end in spans), len(spans)
+
+
 def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> list[tuple[plan.Unit, memoryview]]:
     """Make the I/O calls ``unit`` describes, filling its destination among ``arrays`` (the group's).
 
@@ -201,11 +228,11 @@ class _Progress:
             if self.pending[key] == 0:
                 self.done.append(key)
 
-    def finish(self, unit: plan.Unit) -> None:
+    def finish(self, unit: plan.Unit, wire: tuple[int, int]) -> None:
         with self.lock:
-            self.stored += unit.stored
+            self.stored += wire[0]
             self.loaded += unit.nbytes
-            self.requests += unit.requests
+            self.requests += wire[1]
             for part in unit.members:
                 self.started.add(part.key)
                 self.pending[part.key] -= 1
@@ -304,10 +331,11 @@ def _submit_group(
     def run(unit: plan.Unit) -> None:
         try:
             if state.error is None:
+                wire = wire_cost(source, unit)
                 read = run_unit(source, unit, arrays)
                 if checksums.expected:
                     checksums.add(read)
-                state.finish(unit)
+                state.finish(unit, wire)
         except BaseException as exc:  # recorded and re-raised by execute()
             state.fail(unit.key, exc)
         finally:
