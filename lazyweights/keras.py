@@ -78,6 +78,7 @@ def load_weights(
     max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
     progress: ProgressArg = False,
+    **kwargs: Any,
 ) -> LoadReport:
     """Load a checkpoint's weights into a built Keras 3 model, as ``model.load_weights`` would.
 
@@ -92,7 +93,13 @@ def load_weights(
     the bytes in flight (default ``DEFAULT_MAX_MEMORY``, 256 MiB, as
     ``lw.load`` and ``lwt.load_state_dict``; None: unbounded).  Returns the
     :class:`~lazyweights.LoadReport`.
+
+    Any other keyword raises :class:`~lazyweights.UsageError` (a
+    ``ValueError``, as Keras's ``load_weights`` raises for a keyword it does
+    not take), before the file is opened.
     """
+    if kwargs:
+        raise UsageError(f"Invalid keyword arguments: {kwargs}")
     with _opened(src, storage_options) as (ckpt, _):
         if not model.built:
             raise UsageError(
