@@ -60,10 +60,15 @@ def is_keras_h5(root: Any, url: str) -> bool:
     return weights_root(root, url) is not None
 
 
-def _dataset(group: Any, path: str, ctx: ParseContext) -> Any:
-    """Follow a weight name that may contain ``/`` one safe step at a time."""
-    obj = group
-    for part in path.split("/"):
+def _dataset(group: Any, path: str, ctx: ParseContext, root: Any) -> Any:
+    """Follow a weight name that may contain ``/`` one safe step at a time.
+
+    A name starting with ``/`` is absolute: h5py wrote it from the file's
+    root, and Keras reads it back from there (Keras 2.0's Theano optimizers
+    list ``/iterations`` among their ``optimizer_weights``).
+    """
+    obj = root if path.startswith("/") else group
+    for part in path.lstrip("/").split("/"):
         obj = keras_child(obj, part, ctx.url)
     if not is_dataset(obj):
         raise FormatError(f"{ctx.url}: weight {obj.name} listed in weight_names is a group, not a dataset")
@@ -77,7 +82,7 @@ def _weight(ds: Any, ctx: ParseContext, key: str, layer: str, name: str) -> Weig
     return spec
 
 
-def _layers(wroot: Any, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec]]:
+def _layers(wroot: Any, ctx: ParseContext, root: Any) -> tuple[list[Layer], list[WeightSpec]]:
     layers: list[Layer] = []
     weights: list[WeightSpec] = []
     for lname in attr_list(wroot, "layer_names") or []:
@@ -85,7 +90,7 @@ def _layers(wroot: Any, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec
         keys = []
         for wname in attr_list(group, "weight_names") or []:
             key = f"{lname}/{wname}"
-            weights.append(_weight(_dataset(group, wname, ctx), ctx, key, lname, wname))
+            weights.append(_weight(_dataset(group, wname, ctx, root), ctx, key, lname, wname))
             keys.append(key)
         layers.append(Layer(name=lname, keys=tuple(keys)))
     return layers, weights
@@ -96,7 +101,7 @@ def _optimizer(root: Any, ctx: ParseContext) -> list[WeightSpec]:
         return []
     group = keras_child(root, "optimizer_weights", ctx.url)
     return [
-        _weight(_dataset(group, name, ctx), ctx, f"optimizer_weights/{name}", "optimizer_weights", name)
+        _weight(_dataset(group, name, ctx, root), ctx, f"optimizer_weights/{name}", "optimizer_weights", name)
         for name in attr_list(group, "weight_names") or []
     ]
 
@@ -105,7 +110,7 @@ def parse_keras_h5(root: Any, ctx: ParseContext) -> Manifest:
     wroot = weights_root(root, ctx.url)
     if wroot is None:
         raise FormatError(f"{ctx.url}: no layer_names attribute at the root or in model_weights")
-    layers, weights = _layers(wroot, ctx)
+    layers, weights = _layers(wroot, ctx, root)
     attrs = json_attrs(wroot, ctx.url)
     attrs.update(json_attrs(root, ctx.url) if wroot is not root else {})
     return Manifest(
