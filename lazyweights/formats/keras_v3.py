@@ -107,6 +107,9 @@ def parse_keras_v3(
     functional model's ``layers`` first, then attributes by name), which is
     ``model.get_weights()``'s for Sequential and functional models and for
     subclassed models whose attributes sort in the order they were assigned.
+    Other subclassed models list their weights in the order sub-layers were
+    assigned, which the file does not record: ``lazyweights.keras.weight_keys``
+    gives that order from the model.
     """
     layout = keras_v3_layout(root, ctx, known=known)
     if layout is None:
