@@ -43,9 +43,9 @@ def keras_v3_layout(root: h5py.Group, ctx: ParseContext, *, known: bool = False)
     are groups named after attributes (``layers/dense``, a subclassed model's
     ``dense1``, ``encoder/layers/...``, containers' ``list/dense_1``), every
     object's variables are the datasets of its ``vars`` group, and there is
-    no dataset anywhere else.  A soft link in a file laid out so is refused
-    (:func:`.keras_h5.refuse_soft_link`), as Keras refuses it.  At least one ``vars`` group must exist.
-    ``known``: the file is Keras's by other evidence (a ``.keras`` archive's
+    no dataset anywhere else.  At least one ``vars`` group must exist.  A
+    soft link in a file laid out so is refused, as Keras refuses it
+    (:func:`.keras_h5.refuse_soft_link`).  ``known``: the file is Keras's by other evidence (a ``.keras`` archive's
     ``config.json``); then other datasets are ignored, as Keras ignores them,
     and a file without variables is an empty Keras 3 file.
     """

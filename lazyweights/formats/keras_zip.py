@@ -40,9 +40,10 @@ def keras_limit(name: str) -> int:
 
     Read at call time from Keras's module when Keras is loaded, so that a
     limit a user (or Keras's own tests) changes there applies here too; never
-    imports Keras (formats do not depend on it).  This only ever refuses more
-    than lazyweights' own fixed limits do, except for ``assets/`` extraction,
-    which follows Keras's rule as Keras applies it to the same extraction.
+    imports Keras (formats do not depend on it).  lazyweights' own fixed
+    limits (a JSON member over 64 MiB, a compressed weights member) apply
+    whatever Keras's are; ``assets/`` extraction follows Keras's rule as Keras
+    applies it to the same extraction.
     """
     value = getattr(sys.modules.get(_KERAS_SAVING), name, None)
     return value if isinstance(value, int) and not isinstance(value, bool) else _KERAS_LIMITS[name]
