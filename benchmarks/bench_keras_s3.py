@@ -1,7 +1,7 @@
 """Keras 3 models from S3 under a 64 MiB budget: the predictions of Keras's own load, RSS bounded.
 
     python benchmarks/bench_keras_s3.py [--model sharded|subclassed] [--size-gb 1] [--shard-gb 0.1]
-                                        [--width 6144] [--budget 64MiB] [--concurrency N] [--dir DIR] [--json]
+                                        [--width 4096] [--budget 64MiB] [--concurrency N] [--dir DIR] [--json]
 
 Two models, each written once by Keras itself:
 
@@ -20,8 +20,11 @@ Then, each in a fresh process:
 - ``keras``: Keras's own load of the local copy;
 - ``lwk``: ``lazyweights.keras`` of the ``s3://`` copy with
   ``max_memory=--budget`` (and ``concurrency=--concurrency``; default, the
-  library's 16 connections, which suit real S3, while moto on two shared
-  cores serves a few large requests faster than many small ones).
+  library's 16 connections, which suit real S3).  moto reads and copies
+  the whole object for every ranged GET, so a request costs the object's
+  size: the sharded model's 64 MiB shards are cheap, but a single 0.5 GB
+  ``.keras`` wants ``--concurrency 4`` (fewer, larger requests), and at
+  1 GB moto, not the load, takes minutes.
 
 Each reports its wall time, "peak RSS" (VmHWM, reset just before the load,
 after a warm-up that imports the S3 client and builds a tiny model of the
@@ -266,7 +269,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["sharded", "subclassed"], default="sharded")
     parser.add_argument("--size-gb", type=float, default=1.0, help="sharded: the weights' total")
     parser.add_argument("--shard-gb", type=float, default=0.1)
-    parser.add_argument("--width", type=int, default=6144, help="subclassed: the Dense width (6144: 1.0 GB)")
+    parser.add_argument("--width", type=int, default=4096, help="subclassed: the Dense width (4096: 0.47 GB)")
     parser.add_argument("--budget", default="64MiB")
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lazyweights-bench"))
