@@ -287,13 +287,13 @@ def print_table(results: dict[str, dict[str, float]], size: int) -> None:
             ratio = results[ours]["seconds"] / results[theirs]["seconds"]
             print(f"{ours} / {theirs} time: {ratio:.2f}")
     print(f"\nfile: {size / 1e9:.2f} GB ({size / MiB:.0f} MiB), warm page cache, best of runs, 64 MiB budget for lw")
-    header = f"{'method':<12}{'seconds':>9}{'GB/s':>8}{'x cat':>8}{'x h5py':>8}{'peak RSS MiB':>14}{'growth MiB':>12}"
+    header = f"{'method':<14}{'seconds':>9}{'GB/s':>8}{'x cat':>8}{'x h5py':>8}{'peak RSS MiB':>14}{'growth MiB':>12}"
     print(header)
     print("-" * len(header))
     for method, r in results.items():
         s = r["seconds"]
         print(
-            f"{method:<12}{s:>9.3f}{size / s / 1e9:>8.2f}"
+            f"{method:<14}{s:>9.3f}{size / s / 1e9:>8.2f}"
             f"{(s / cat if cat else float('nan')):>8.2f}{(s / h5 if h5 else float('nan')):>8.2f}"
             f"{r['peak'] / MiB:>14.0f}{r['growth'] / MiB:>12.0f}"
         )

@@ -45,6 +45,7 @@ from .targets.keras import (
     import_keras,
     legacy_groups,
     load_v3_state,
+    model_order_keys,
     optimizer_group,
     optimizer_pairs,
     v3_store,
@@ -54,7 +55,7 @@ from .targets.keras.object_graph import object_graph_groups, object_graph_optimi
 
 require("keras", "keras")  # fail at import, naming the extra, not at the first call
 
-__all__ = ["load_model", "load_weights"]
+__all__ = ["load_model", "load_weights", "weight_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def load_weights(
     max_memory: int | str | None = DEFAULT_MAX_MEMORY,
     concurrency: int | None = None,
     progress: ProgressArg = False,
+    **kwargs: Any,
 ) -> LoadReport:
     """Load a checkpoint's weights into a built Keras 3 model, as ``model.load_weights`` would.
 
@@ -92,7 +94,13 @@ def load_weights(
     the bytes in flight (default ``DEFAULT_MAX_MEMORY``, 256 MiB, as
     ``lw.load`` and ``lwt.load_state_dict``; None: unbounded).  Returns the
     :class:`~lazyweights.LoadReport`.
+
+    Any other keyword raises :class:`~lazyweights.UsageError` (a
+    ``ValueError``, as Keras's ``load_weights`` raises for a keyword it does
+    not take), before the file is opened.
     """
+    if kwargs:
+        raise UsageError(f"Invalid keyword arguments: {kwargs}")
     with _opened(src, storage_options) as (ckpt, _):
         if not model.built:
             raise UsageError(
@@ -166,6 +174,34 @@ def load_model(
         if compile:
             _compile_legacy(model, ckpt, loader, custom_objects, matched, best_effort=compile == "best_effort")
         return model
+
+
+def weight_keys(
+    model: Any, src: Url | _checkpoint.Checkpoint, *, storage_options: Mapping[str, Any] | None = None
+) -> list[str | None]:
+    """The checkpoint key of each of ``model.weights``, in ``model.get_weights()`` order; None where none.
+
+    ``ckpt.weights`` lists a Keras 3 file's weights in the order Keras wrote
+    them: its save traversal, which for a subclassed model visits attributes
+    by name, not in the order they were assigned, the order of
+    ``get_weights()``.  The file does not record that order; the model does.
+    The keys are paired with variables as :func:`load_weights` pairs them::
+
+        with lw.open(url) as ckpt:
+            arrays = [ckpt[key].read() for key in lwk.weight_keys(model, ckpt)]   # model.get_weights()'s order
+
+    Reads metadata only.  For Keras 3 files (``.weights.h5``, ``.keras``,
+    sharded); other formats raise :class:`~lazyweights.UsageError`.
+    """
+    with _opened(src, storage_options) as (ckpt, _):
+        if ckpt.format not in _V3:
+            raise UsageError(
+                f"{ckpt.url}: weight_keys pairs Keras 3 object paths; this is a {ckpt.format} file, whose "
+                "ckpt.weights already follow its layers' order"
+            )
+        with warnings.catch_warnings():  # see _load_v3: Keras's traversal, numpy's notes on Variable.__array__
+            warnings.filterwarnings("ignore", _ARRAY_COPY_WARNING, DeprecationWarning)
+            return model_order_keys(model, ckpt.keys())
 
 
 # -- shared plumbing -------------------------------------------------------------------------

@@ -127,13 +127,17 @@ def test_unbuilt_model_is_a_value_error_like_keras(saved) -> None:
     assert isinstance(info.value, lw.UsageError) and type(keras_info.value) is ValueError
 
 
-def test_by_name_on_keras3_file_is_a_value_error_like_keras(saved) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "words"), [({"by_name": True}, "by_name"), ({"bad_kwarg": None}, "Invalid keyword arguments")]
+)
+def test_keyword_refused_with_a_value_error_like_keras(saved, kwargs, words) -> None:
+    """``by_name`` on a Keras 3 file, and a keyword load_weights does not take."""
     paths, _ = saved
-    with pytest.raises(ValueError, match="by_name"):
-        _model().load_weights(paths["weights"], by_name=True)
-    with pytest.raises(ValueError, match="by_name") as info:
-        lwk.load_weights(_model(), paths["weights"], by_name=True)
-    assert isinstance(info.value, lw.LazyWeightsError)
+    with pytest.raises(ValueError, match=words):
+        _model().load_weights(paths["weights"], **kwargs)
+    with pytest.raises(ValueError, match=words) as info:
+        lwk.load_weights(_model(), paths["weights"], **kwargs)
+    assert isinstance(info.value, lw.UsageError)
 
 
 def test_custom_object_without_from_config_is_a_type_error_like_keras(tmp_path) -> None:
@@ -284,3 +288,54 @@ def test_config_decompression_bomb_refused_before_inflating(saved, tmp_path, mon
     with pytest.raises(ValueError, match="decompression bomb") as info:
         lwk.load_model(bomb)
     assert isinstance(info.value, lw.FormatError)
+
+
+def _soft_linked(saved, tmp_path, kind: str):
+    """A copy of a saved file with a weights group replaced by a soft link to the same group elsewhere."""
+    import shutil
+
+    import h5py
+
+    paths, _ = saved
+    path = tmp_path / ("m.h5" if kind == "h5" else "m.weights.h5")
+    shutil.copy(paths[kind], path)
+    group = "model_weights" if kind == "h5" else "layers/dense_1"
+    with h5py.File(path, "r+") as f:
+        f.move(group, "real")
+        f[group] = h5py.SoftLink("/real")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["h5py", "walk"])
+@pytest.mark.parametrize("kind", ["h5", "weights"])
+def test_soft_link_refused_like_keras(saved, tmp_path, monkeypatch, kind, mode) -> None:
+    """Keras refuses a SoftLink where it looks for weights; so does each metadata path (h5py, h5meta's walk)."""
+    path = _soft_linked(saved, tmp_path, kind)
+    with pytest.raises(ValueError, match="SoftLink"):
+        _model().load_weights(path)
+    monkeypatch.setenv("LAZYWEIGHTS_HDF5_METADATA", mode)
+    with pytest.raises(ValueError, match="Not allowed: H5 file with SoftLink") as info:
+        lwk.load_weights(_model(), path)
+    assert isinstance(info.value, lw.UnsafeCheckpointError)
+
+
+def test_keras_zip_bomb_limits_followed_at_call_time(saved, tmp_path, monkeypatch) -> None:
+    """Keras's member limits are read when the archive is opened: lowered there, a deflated config is a bomb."""
+    import zipfile
+
+    from keras.src.saving import saving_lib
+
+    paths, expected = saved
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(paths["keras"]) as good, zipfile.ZipFile(deflated, "w") as out:
+        for info in good.infolist():
+            method = zipfile.ZIP_DEFLATED if info.filename == "config.json" else zipfile.ZIP_STORED
+            out.writestr(info.filename, good.read(info), compress_type=method)
+    np.testing.assert_array_equal(lwk.load_model(deflated).predict(X, verbose=0), expected)
+    monkeypatch.setattr(saving_lib, "_ZIP_MEMBER_BOMB_FLOOR_BYTES", 64)
+    monkeypatch.setattr(saving_lib, "_ZIP_MEMBER_MAX_EXPANSION", 1)
+    with pytest.raises(ValueError, match="decompression bomb"):
+        keras.saving.load_model(deflated)
+    with pytest.raises(ValueError, match=r"ZIP member 'config.json'.*decompression bomb") as info:
+        lwk.load_model(deflated)
+    assert isinstance(info.value, lw.UnsafeCheckpointError)

@@ -112,6 +112,54 @@ def test_subclassed_weights_h5_is_keras_v3_in_get_weights_order(sub_files) -> No
         np.testing.assert_array_equal(ours, theirs)
 
 
+class Unsorted(keras.Model):
+    """Attributes assigned out of name order: the file (save traversal, by name) and get_weights() differ."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.zeta = keras.layers.Dense(5)
+        self.blocks = [Block(), Block()]
+        self.alpha = keras.layers.Dense(3)
+        self.heads = {"b": keras.layers.Dense(2), "a": keras.layers.Dense(1)}
+
+    def call(self, x):
+        x = self.alpha(self.blocks[1](self.blocks[0](self.zeta(x))))
+        return self.heads["a"](x) + self.heads["b"](x)[:, :1]
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+def test_weight_keys_follow_get_weights_order(tmp_path, kind) -> None:
+    keras.utils.set_random_seed(1)
+    model = Unsorted()
+    model(X)
+    path = tmp_path / ("u.weights.h5" if kind == "weights" else "u.keras")
+    model.save_weights(path) if kind == "weights" else model.save(path)
+    expected = model.get_weights()
+    fresh = Unsorted()
+    fresh(X)
+    with lw.open(path) as ckpt:
+        shapes = [w.shape for w in ckpt.weights]
+        keys = lwk.weight_keys(fresh, ckpt)
+        values = [ckpt[key].read() for key in keys]
+    assert shapes != [v.shape for v in expected]  # the file's own order is not get_weights()'s here
+    assert len(values) == len(expected)
+    for ours, theirs in zip(values, expected, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_weight_keys_none_where_the_file_has_none(tmp_path) -> None:
+    model = _two_dense(4)
+    path = tmp_path / "small.weights.h5"
+    model.save_weights(path)
+    bigger = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(4), keras.layers.Dense(4)])
+    keys = lwk.weight_keys(bigger, path)
+    with lw.open(path) as ckpt:
+        assert keys[:4] == [w.key for w in ckpt.weights] and keys[4:] == [None, None]
+    model.save(tmp_path / "small.h5")
+    with pytest.raises(ValueError, match="Keras 3 object paths"):
+        lwk.weight_keys(model, tmp_path / "small.h5")
+
+
 @pytest.mark.parametrize("kind", ["weights", "keras"])
 def test_subclassed_load_weights_equals_keras(sub_files, kind) -> None:
     ours, theirs = _sub_model(1), _sub_model(1)

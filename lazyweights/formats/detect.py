@@ -34,7 +34,7 @@ from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_sharded import is_sharded_index, parse_sharded
 from .keras_v3 import parse_keras_v3
-from .keras_zip import read_members
+from .keras_zip import read_members, refuse_bomb
 from .tf.checkpoint_dir import POINTER_FILE, TF_FILE_SUFFIX, locate
 from .tf.parse import parse_tf
 from .zarr import parse_zarr
@@ -235,7 +235,7 @@ def _parse_hdf5(
 def _parse_tree(root: Any, ctx: ParseContext, fmt: str | None) -> Manifest:
     """The manifest of an HDF5 tree (h5py's or the walker's)."""
     try:
-        if is_keras_h5(root):
+        if is_keras_h5(root, ctx.url):
             return parse_keras_h5(root, ctx)
         manifest = parse_keras_v3(root, ctx, fmt or "keras-v3", known=fmt is not None)
         return manifest if manifest is not None else parse_generic(root, ctx)
@@ -262,6 +262,9 @@ def _parse_keras_zip(source: Source) -> Manifest:
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{source.url}: a damaged zip archive: {type(exc).__name__}: {exc}") from exc
         names = archive.namelist()
+        for name in ("config.json", "metadata.json", _KERAS_MEMBER):  # Keras's order: refused before inflated
+            if name in names:
+                refuse_bomb(source.url, archive.getinfo(name))
         if _KERAS_MEMBER not in names:
             raise FormatError(
                 f"{source.url}: a zip archive without {_KERAS_MEMBER} (members: {names[:8]}); "

@@ -34,6 +34,7 @@ __all__ = [
     "is_external",
     "is_group",
     "is_hard",
+    "is_soft",
 ]
 
 
@@ -78,6 +79,10 @@ def is_external(link: Any) -> bool:
 
 def is_hard(link: Any) -> bool:
     return isinstance(link, (h5py.HardLink, h5meta.HardLink))
+
+
+def is_soft(link: Any) -> bool:
+    return isinstance(link, (h5py.SoftLink, h5meta.SoftLink))
 
 
 def dataset_info(ds: Any, base: int) -> DatasetInfo:

@@ -14,19 +14,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsafeCheckpointError
 from ..manifest import Layer, Manifest, WeightSpec
 from .hdf5 import ParseContext, attr_list, child, dataset_spec, json_attrs
-from .hdf5_dataset import is_dataset, is_group, is_hard
+from .hdf5_dataset import is_dataset, is_group, is_hard, is_soft
 
-__all__ = ["is_keras_h5", "parse_keras_h5"]
+__all__ = ["is_keras_h5", "keras_child", "parse_keras_h5", "refuse_soft_link"]
 
 
-def weights_root(root: Any) -> Any:
-    """The group that holds ``layer_names``: the root, else ``model_weights`` (as Keras does)."""
+def refuse_soft_link(group: Any, name: str, link: Any, url: str) -> None:
+    """Refuse ``link`` (``group``'s member ``name``) if it is a soft link, as Keras refuses one in a weights file.
+
+    A soft link cannot leave the file, but Keras (``saving_lib.safe_get_h5_group``
+    and ``safe_get_h5_dataset``) refuses it anywhere it looks for weights, with
+    ``ValueError("Not allowed: H5 file with SoftLink")``; a file Keras refuses
+    is refused here too, with the same words.
+    """
+    if is_soft(link):
+        raise UnsafeCheckpointError(
+            f"{url}: Not allowed: H5 file with SoftLink: {group.name.rstrip('/')}/{name} -> {link.path} "
+            "(Keras refuses soft links in weights files)"
+        )
+
+
+def keras_child(group: Any, name: str, url: str) -> Any:
+    """``group[name]`` in a Keras weights file: :func:`.hdf5.child`, refusing soft links as Keras does."""
+    refuse_soft_link(group, name, group.get(name, getlink=True), url)
+    return child(group, name, url)
+
+
+def weights_root(root: Any, url: str) -> Any:
+    """The group that holds ``layer_names``: the root, else ``model_weights`` (as Keras does, no soft link)."""
     if attr_list(root, "layer_names") is not None:
         return root
     link = root.get("model_weights", getlink=True)
+    refuse_soft_link(root, "model_weights", link, url)
     if is_hard(link):
         group = root["model_weights"]
         if is_group(group) and attr_list(group, "layer_names") is not None:
@@ -34,15 +56,20 @@ def weights_root(root: Any) -> Any:
     return None
 
 
-def is_keras_h5(root: Any) -> bool:
-    return weights_root(root) is not None
+def is_keras_h5(root: Any, url: str) -> bool:
+    return weights_root(root, url) is not None
 
 
-def _dataset(group: Any, path: str, ctx: ParseContext) -> Any:
-    """Follow a weight name that may contain ``/`` one safe step at a time."""
-    obj = group
-    for part in path.split("/"):
-        obj = child(obj, part, ctx.url)
+def _dataset(group: Any, path: str, ctx: ParseContext, root: Any) -> Any:
+    """Follow a weight name that may contain ``/`` one safe step at a time.
+
+    A name starting with ``/`` is absolute: h5py wrote it from the file's
+    root, and Keras reads it back from there (Keras 2.0's Theano optimizers
+    list ``/iterations`` among their ``optimizer_weights``).
+    """
+    obj = root if path.startswith("/") else group
+    for part in path.lstrip("/").split("/"):
+        obj = keras_child(obj, part, ctx.url)
     if not is_dataset(obj):
         raise FormatError(f"{ctx.url}: weight {obj.name} listed in weight_names is a group, not a dataset")
     return obj
@@ -55,15 +82,15 @@ def _weight(ds: Any, ctx: ParseContext, key: str, layer: str, name: str) -> Weig
     return spec
 
 
-def _layers(wroot: Any, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec]]:
+def _layers(wroot: Any, ctx: ParseContext, root: Any) -> tuple[list[Layer], list[WeightSpec]]:
     layers: list[Layer] = []
     weights: list[WeightSpec] = []
     for lname in attr_list(wroot, "layer_names") or []:
-        group = child(wroot, lname, ctx.url)
+        group = keras_child(wroot, lname, ctx.url)
         keys = []
         for wname in attr_list(group, "weight_names") or []:
             key = f"{lname}/{wname}"
-            weights.append(_weight(_dataset(group, wname, ctx), ctx, key, lname, wname))
+            weights.append(_weight(_dataset(group, wname, ctx, root), ctx, key, lname, wname))
             keys.append(key)
         layers.append(Layer(name=lname, keys=tuple(keys)))
     return layers, weights
@@ -72,18 +99,18 @@ def _layers(wroot: Any, ctx: ParseContext) -> tuple[list[Layer], list[WeightSpec
 def _optimizer(root: Any, ctx: ParseContext) -> list[WeightSpec]:
     if "optimizer_weights" not in root:
         return []
-    group = child(root, "optimizer_weights", ctx.url)
+    group = keras_child(root, "optimizer_weights", ctx.url)
     return [
-        _weight(_dataset(group, name, ctx), ctx, f"optimizer_weights/{name}", "optimizer_weights", name)
+        _weight(_dataset(group, name, ctx, root), ctx, f"optimizer_weights/{name}", "optimizer_weights", name)
         for name in attr_list(group, "weight_names") or []
     ]
 
 
 def parse_keras_h5(root: Any, ctx: ParseContext) -> Manifest:
-    wroot = weights_root(root)
+    wroot = weights_root(root, ctx.url)
     if wroot is None:
         raise FormatError(f"{ctx.url}: no layer_names attribute at the root or in model_weights")
-    layers, weights = _layers(wroot, ctx)
+    layers, weights = _layers(wroot, ctx, root)
     attrs = json_attrs(wroot, ctx.url)
     attrs.update(json_attrs(root, ctx.url) if wroot is not root else {})
     return Manifest(

@@ -29,8 +29,9 @@ from ..errors import UnsafeCheckpointError
 from ..manifest import Layer, Manifest, WeightSpec
 from ..storage import Source
 from .hdf5 import ParseContext, child, json_attrs
-from .hdf5_dataset import is_dataset, is_group
-from .keras_h5 import _weight
+from .hdf5_dataset import is_dataset, is_group, is_soft
+from .keras_h5 import _weight, keras_child, refuse_soft_link
+from .keras_zip import refuse_bomb
 
 __all__ = ["ASSETS_DIR", "extract_assets", "is_keras_v3", "keras_v3_layout", "parse_keras_v3"]
 
@@ -42,15 +43,21 @@ def keras_v3_layout(root: h5py.Group, ctx: ParseContext, *, known: bool = False)
     are groups named after attributes (``layers/dense``, a subclassed model's
     ``dense1``, ``encoder/layers/...``, containers' ``list/dense_1``), every
     object's variables are the datasets of its ``vars`` group, and there is
-    no dataset anywhere else.  At least one ``vars`` group must exist.
-    ``known``: the file is Keras's by other evidence (a ``.keras`` archive's
+    no dataset anywhere else.  At least one ``vars`` group must exist.  A
+    soft link in a file laid out so is refused, as Keras refuses it
+    (:func:`.keras_h5.refuse_soft_link`).  ``known``: the file is Keras's by other evidence (a ``.keras`` archive's
     ``config.json``); then other datasets are ignored, as Keras ignores them,
     and a file without variables is an empty Keras 3 file.
     """
     found: list[tuple[str, h5py.Group]] = []
+    soft: list[tuple[h5py.Group, str, Any]] = []  # refused once the file is known to be Keras's, as Keras does
 
     def walk(group: h5py.Group, prefix: str) -> bool:
         for name in group:
+            link = group.get(name, getlink=True)
+            if is_soft(link):
+                soft.append((group, name, link))
+                continue
             obj = child(group, name, ctx.url)
             if not is_group(obj):
                 if known:
@@ -62,7 +69,11 @@ def keras_v3_layout(root: h5py.Group, ctx: ParseContext, *, known: bool = False)
                 return False
         return True
 
-    return found if walk(root, "") and (found or known) else None
+    if not (walk(root, "") and (found or known)):
+        return None
+    for group, name, link in soft[:1]:
+        refuse_soft_link(group, name, link, ctx.url)
+    return found
 
 
 def is_keras_v3(root: h5py.File, ctx: ParseContext | None = None) -> bool:
@@ -74,7 +85,7 @@ def _specs(path: str, vars_group: Any, ctx: ParseContext) -> list[WeightSpec]:
     names = sorted(vars_group, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
     specs = []
     for name in names:
-        ds = child(vars_group, name, ctx.url)
+        ds = keras_child(vars_group, name, ctx.url)
         if is_dataset(ds):
             key = f"{path}/vars/{name}" if path else f"vars/{name}"
             specs.append(_weight(ds, ctx, key, path, name))
@@ -96,6 +107,9 @@ def parse_keras_v3(
     functional model's ``layers`` first, then attributes by name), which is
     ``model.get_weights()``'s for Sequential and functional models and for
     subclassed models whose attributes sort in the order they were assigned.
+    Other subclassed models list their weights in the order sub-layers were
+    assigned, which the file does not record: ``lazyweights.keras.weight_keys``
+    gives that order from the model.
     """
     layout = keras_v3_layout(root, ctx, known=known)
     if layout is None:
@@ -125,8 +139,6 @@ def parse_keras_v3(
 
 
 ASSETS_DIR = "assets"
-_EXTRACT_BOMB_FLOOR_BYTES = 1 << 28  # Keras's extraction guard (``saving_lib._reject_zip_extract_bomb``)
-_MAX_EXPANSION = 100
 
 
 def extract_assets(source: Source, directory: str) -> bool:
@@ -135,19 +147,16 @@ def extract_assets(source: Source, directory: str) -> bool:
     Keras hands each layer's ``load_assets`` a directory path, so assets
     (vocabularies, lookup tables) must be files; only those members are
     extracted, read from the archive through ``source`` (CRC-checked by
-    :mod:`zipfile`).  As Keras does, a member that declares more than 256 MiB
-    and over 100 times what it stores is refused before it is read, and so is
-    a name that would land outside ``directory``.
+    :mod:`zipfile`).  As Keras does, a member that declares more than Keras's
+    extraction floor (256 MiB) and over 100 times what it stores is refused
+    before it is read (:func:`.keras_zip.refuse_bomb`), and so is a name that
+    would land outside ``directory``.
     """
     with source.open_file() as raw, zipfile.ZipFile(raw) as archive:
         members = [i for i in archive.infolist() if i.filename.startswith(f"{ASSETS_DIR}/") and not i.is_dir()]
         root = os.path.realpath(directory)
         for info in members:
-            if info.file_size > _EXTRACT_BOMB_FLOOR_BYTES and info.file_size > _MAX_EXPANSION * info.compress_size:
-                raise UnsafeCheckpointError(
-                    f"{source.url}: Not allowed: archive member '{info.filename}' declares {info.file_size} bytes "
-                    f"but only {info.compress_size} are stored; refusing to extract a potential decompression bomb"
-                )
+            refuse_bomb(source.url, info, extract=True)
             target = os.path.realpath(os.path.join(root, info.filename))
             if os.path.commonpath([root, target]) != root or os.path.isabs(info.filename):
                 raise UnsafeCheckpointError(f"{source.url}: archive member {info.filename!r} escapes the asset folder")

@@ -8,18 +8,62 @@ wanted (its local header, its data, and for the HDF5 member its first
 :data:`~lazyweights.storage.source.HEAD_BYTES`) is one range of one
 ``readinto_many`` call.  Stored and deflated members are decoded and checked
 against the directory's size and CRC-32.
+
+:func:`refuse_bomb` applies Keras's decompression-bomb rule to a member
+before it is inflated or extracted, with Keras's limits of the moment.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import zipfile
 import zlib
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsafeCheckpointError
 from ..storage import Source
 
-__all__ = ["MemberBytes", "read_members"]
+__all__ = ["MemberBytes", "keras_limit", "read_members", "refuse_bomb"]
+
+# Keras's limits on archive members (``keras.src.saving.saving_lib``: ``_reject_zip_bomb`` for a member read
+# into memory, ``_reject_zip_extract_bomb`` for one extracted to disk), by the names Keras gives them
+_KERAS_SAVING = "keras.src.saving.saving_lib"
+_KERAS_LIMITS = {
+    "_ZIP_MEMBER_BOMB_FLOOR_BYTES": 1 << 32,
+    "_ZIP_MEMBER_MAX_EXPANSION": 100,
+    "_ZIP_EXTRACT_BOMB_FLOOR_BYTES": 1 << 28,
+}
+
+
+def keras_limit(name: str) -> int:
+    """Keras's bomb limit ``name`` as Keras holds it now, else its default.
+
+    Read at call time from Keras's module when Keras is loaded, so that a
+    limit a user (or Keras's own tests) changes there applies here too; never
+    imports Keras (formats do not depend on it).  lazyweights' own fixed
+    limits (a JSON member over 64 MiB, a compressed weights member) apply
+    whatever Keras's are; ``assets/`` extraction follows Keras's rule as Keras
+    applies it to the same extraction.
+    """
+    value = getattr(sys.modules.get(_KERAS_SAVING), name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else _KERAS_LIMITS[name]
+
+
+def refuse_bomb(url: str, info: zipfile.ZipInfo, *, extract: bool = False) -> None:
+    """Refuse a member declaring over Keras's floor and over its expansion ratio times the bytes it stores.
+
+    Keras writes members stored (ratio 1) and deflate cannot exceed about
+    1032:1, so such a member is a decompression bomb; it is refused from the
+    archive's directory, before a byte of it is inflated.  ``extract``: the
+    member would be written to disk (Keras's lower floor for extraction).
+    """
+    floor = keras_limit("_ZIP_EXTRACT_BOMB_FLOOR_BYTES" if extract else "_ZIP_MEMBER_BOMB_FLOOR_BYTES")
+    if info.file_size > floor and info.file_size > keras_limit("_ZIP_MEMBER_MAX_EXPANSION") * info.compress_size:
+        raise UnsafeCheckpointError(
+            f"{url}: Not allowed: ZIP member '{info.filename}' declares {info.file_size} bytes but only "
+            f"{info.compress_size} are stored on disk; refusing to {'extract' if extract else 'load'} a potential "
+            "decompression bomb"
+        )
 
 _LOCAL = 30  # fixed part of a local file header
 _SLACK = 4096  # room for a local extra field longer than the directory's

@@ -36,30 +36,7 @@ FAILS_WITH_KERAS: dict[str, str] = {
 }
 
 # test id -> why it fails through lazyweights though Keras passes it (strict: a fix must update this list)
-EXPECTED_FAILURES: dict[str, str] = {
-    "saving_api_test.py::LoadWeightsTests::test_load_weights_invalid_kwargs": (
-        "lwk.load_weights declares its keywords, so an unknown one (bad_kwarg=None) raises Python's TypeError, "
-        "not Keras's ValueError('Invalid keyword arguments'); the test's four other checks pass"
-    ),
-    "saving_api_test.py::LoadWeightsTests::test_load_weights_rejects_h5_soft_link": (
-        "lazyweights follows soft links inside a file (they cannot leave it), so a file whose model_weights is a "
-        "SoftLink is read as generic HDF5 and refused with ValueError for having no layer_names, without the word "
-        "'SoftLink'"
-    ),
-    "saving_lib_test.py::SafeZipReadTest::test_load_model_rejects_bomb_config": (
-        "the test lowers Keras's private limits (_ZIP_MEMBER_BOMB_FLOOR_BYTES=64, _ZIP_MEMBER_MAX_EXPANSION=10) "
-        "to make a 200 kB config a bomb; lazyweights has its own limit (64 MiB declared, checked before "
-        "inflating) and refuses this archive with a ValueError for having no model.weights.h5 instead"
-    ),
-    "saving_lib_test.py::SafeZipReadTest::test_load_model_rejects_bomb_weights": (
-        "lazyweights never inflates model.weights.h5 (it reads the stored member in place), so a deflated one is "
-        "refused as UnsupportedError (NotImplementedError), not as Keras's ValueError from its lowered private limit"
-    ),
-    "saving_lib_test.py::SafeZipReadTest::test_load_model_rejects_extraction_bomb": (
-        "the test lowers Keras's private _ZIP_EXTRACT_BOMB_FLOOR_BYTES; lazyweights extracts only assets/ members, "
-        "with its own bomb rule (over 256 MiB declared and over 100x the stored size), so this member is not refused"
-    ),
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     """The markers Keras's own conftest declares (the torch backend trains, so they select nothing out)."""

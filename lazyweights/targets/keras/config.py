@@ -100,6 +100,9 @@ def layer_classes(config: Any) -> dict[str, str]:
 def translate_config(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a Keras 2 model config that Keras 3 deserialises; logs each change."""
     config = copy.deepcopy(config)
+    for node in _list_sequentials(config):  # Keras 1 and 2.0-2.1 saved a Sequential's config as its layer list
+        node["config"] = {"name": node.get("name", "sequential"), "layers": node["config"]}
+        logger.info("Keras 2 config: Sequential layer list became {'layers': [...]}")
     for node in layer_configs(config):
         cls, args = node["class_name"], node["config"]
         name = args.get("name", "?")
@@ -110,7 +113,25 @@ def translate_config(config: dict[str, Any]) -> dict[str, Any]:
             if old in args:
                 args.setdefault(new, args.pop(old))
                 logger.info("Keras 2 config: renamed %s to %s in %s %r", old, new, cls, name)
+        shape = args.get("batch_input_shape")
+        if cls != "InputLayer" and isinstance(shape, list) and shape:
+            # Keras 2.0 put the batch shape on a Sequential's first layer; Keras 3 reads it as input_shape,
+            # batch axis included (expecting (None, None, 3) for Dense(input_shape=(3,))): drop the batch axis
+            args.setdefault("input_shape", args.pop("batch_input_shape")[1:])
+            logger.info("Keras 2 config: batch_input_shape of %s %r became input_shape", cls, name)
     return config
+
+
+def _list_sequentials(config: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"class_name": "Sequential", "config": [layer, ...]}`` node, nested ones included."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "Sequential" and isinstance(config.get("config"), list):
+            yield config
+        for value in list(config.values()):
+            yield from _list_sequentials(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _list_sequentials(value)
 
 
 # -- training configs ------------------------------------------------------------------------
@@ -139,7 +160,9 @@ OPTIMIZER_RENAMED_ARGS = {"lr": "learning_rate"}
 OPTIMIZER_REMOVED_ARGS = ("is_legacy_optimizer", "jit_compile")
 # tf.keras loss reductions Keras 3 names differently ("auto" meant sum over batch size outside distribution).
 LOSS_REDUCTIONS = {"auto": "sum_over_batch_size", "sum_over_batch_size": "sum_over_batch_size"}
-# Loss and metric names Keras 1/2 knew and Keras 3 does not.
+# Loss and metric names Keras 1/2 knew and Keras 3 does not.  As a loss, cosine_proximity is Keras 3's
+# cosine_similarity loss (minus the similarity; Keras 2.0 also divided it by the last axis' length: the same
+# minimum); as a metric, Keras 3 reports the similarity itself, where Keras 2 reported minus it.
 OLD_NAMES = {"cosine_proximity": "cosine_similarity", "cosine": "cosine_similarity"}
 
 

@@ -310,6 +310,26 @@ def record_variables(model: Any, skip: Sequence[Any] = ()) -> dict[str, dict[str
     return recorded
 
 
+def model_order_keys(model: Any, keys: Sequence[str]) -> list[str | None]:
+    """The file key of each of ``model.weights`` (``model.get_weights()``'s order); None where ``keys`` has none.
+
+    A Keras 3 file is written in Keras's save traversal order (a subclassed
+    model's attributes sorted by name), while ``model.weights`` follows the
+    order sub-layers were assigned, which the file does not record: only the
+    model can say.  Each variable's file key comes from the save traversal
+    itself (:func:`record_variables`), as a load pairs them.
+    """
+    present = set(keys)
+    key_of: dict[int, str] = {}
+    for path, variables in record_variables(model).items():
+        for index, variable in variables.items():
+            key = f"{path}/vars/{index}" if path else f"vars/{index}"
+            if key not in present:  # the file may name ``layers`` as Keras 2.x/3.0 did
+                key = key.replace("layers/", "_layer_checkpoint_dependencies/", 1)
+            key_of.setdefault(id(variable), key)
+    return [key if (key := key_of.get(id(w))) in present else None for w in model.weights]
+
+
 # Keras's guard against HDF5 shape bombs (``saving_lib.safe_get_h5_dataset``): a dataset declaring more than
 # 4 GiB must store at least a thousandth of it.
 _BOMB_FLOOR_BYTES = 1 << 32
