@@ -158,10 +158,12 @@ def open_fsspec(url: str, base: str, timeout: float) -> dict[str, float] | None:
         "            o.shape, o.dtype, o.id.get_offset(), o.chunks\n"
         "    f.visititems(visit)\n"
     )
+    if url.endswith(".keras"):  # the HDF5 member of the archive, through fsspec's zip filesystem
+        url = f"zip://model.weights.h5::{url}"
     start = time.perf_counter()
     try:
         subprocess.run([sys.executable, "-c", code, url], check=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError):
         server_stats(base)
         return None
     seconds = time.perf_counter() - start

@@ -15,10 +15,10 @@ import numpy as np
 
 from . import formats, geometry
 from .errors import MissingKeyError, PartialLoadError
-from .formats.index import load_manifest
+from .formats.index import INDEX_SUFFIX, has_cached, load_manifest
 from .manifest import Manifest, WeightSpec
 from .read import dask as lazy
-from .storage import Source, release_source
+from .storage import Prefetch, Source, release_source
 from .stream import Group, LoadReport, Target, execute
 from .stream.budget import DEFAULT_MAX_MEMORY, allocate, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
@@ -309,7 +309,11 @@ def open(
         Where manifests of remote checkpoints are cached
         (default ``~/.cache/lazyweights/index``).
     """
-    source, tf_prefix = formats.open_source(os.fspath(url), storage_options)
+    url = os.fspath(url)
+    # the first round: the head with the stat, the index next to the file; a manifest cached locally
+    # for this URL needs only a stat, if the object has not changed
+    prefetch = None if index and has_cached(url, cache_dir) else Prefetch(siblings=(INDEX_SUFFIX,) if index else ())
+    source, tf_prefix = formats.open_source(url, storage_options, prefetch)
     try:
         parse = functools.partial(formats.parse, tf_prefix=tf_prefix)
         manifest = load_manifest(source, parse, use_index=index, cache_dir=cache_dir)

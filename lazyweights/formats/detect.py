@@ -27,7 +27,7 @@ import h5py
 
 from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from ..manifest import Manifest, WeightSpec
-from ..storage import Source, WindowFile, get_source, storage_failure
+from ..storage import Prefetch, Source, WindowFile, get_source, storage_failure
 from ..storage.retry import chain_status
 from . import h5meta
 from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
@@ -42,6 +42,7 @@ from .zarr import parse_zarr
 __all__ = ["describe_bytes", "open_source", "parse"]
 
 _HEAD = 4096
+_HEAD_ONLY = Prefetch()  # a remote open's first round: the head with the stat
 _KERAS_MEMBER = "model.weights.h5"
 # How HDF5 metadata is walked: "walk" (pure-Python, level by level: no libhdf5 on untrusted metadata, so a
 # corrupt file is a FormatError, never an abort or a hang inside the C library), "h5py" (libhdf5; remote files
@@ -52,8 +53,14 @@ METADATA_ENV = "LAZYWEIGHTS_HDF5_METADATA"
 _WALK_GAP = 4 << 10  # bytes between two ranges of one walk level that are fetched anyway
 
 
-def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | None]:
+def open_source(
+    url: str, storage_options: Any = None, prefetch: Prefetch | None = _HEAD_ONLY
+) -> tuple[Source, str | None]:
     """The Source to read ``url`` through, and the TensorFlow checkpoint prefix in it (None: not one).
+
+    A remote object's first round of requests brings its head with its stat,
+    and what ``prefetch`` names (small objects beside it, such as a metadata
+    index); a ``.keras`` archive's tail too.  ``prefetch=None``: a plain stat.
 
     One stat for ordinary files; a URL with no object of its own, a folder
     with a ``checkpoint`` pointer, or a ``.index``/``.data-*`` file name is
@@ -61,7 +68,9 @@ def open_source(url: str, storage_options: Any = None) -> tuple[Source, str | No
     """
     if not TF_FILE_SUFFIX.search(url):
         try:
-            source = get_source(url, storage_options, refresh=True, with_head=True, with_tail=_named_as_archive(url))
+            if prefetch is not None:
+                prefetch = dataclasses.replace(prefetch, tail=prefetch.tail or _named_as_archive(url))
+            source = get_source(url, storage_options, refresh=True, prefetch=prefetch)
         except StorageError as exc:
             if not _not_found(exc) or _named_as_other_format(url):  # not a TF prefix: the error is the answer
                 raise

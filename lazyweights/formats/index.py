@@ -33,7 +33,8 @@ from ..manifest import Manifest
 from ..storage import Pin, Source, get_source, release_source
 from .detect import parse
 
-__all__ = ["DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
+__all__ = [
+    "has_cached","DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,25 @@ def parse_index(text: str | bytes, source: Source, where: str) -> Manifest | Non
     return dataclasses.replace(manifest, url=source.url)
 
 
+def _url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def _cache_path(cache_dir: Path, source: Source) -> Path:
+    """``<url key>-<version key>.json``: found by URL before the object is stat-ed (:func:`has_cached`)."""
     pin = source.pin
     key = json.dumps([source.url, pin.size, pin.etag, pin.version])
-    return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    return cache_dir / f"{_url_key(source.url)}-{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def has_cached(url: str, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the local cache holds a manifest of some version of ``url`` (then a plain stat may be all an
+    open needs: no head is fetched for nothing)."""
+    directory = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    try:
+        return any(directory.glob(f"{_url_key(url)}-*.json"))
+    except OSError:
+        return False
 
 
 def _read_cached(cache_dir: Path, source: Source) -> Manifest | None:

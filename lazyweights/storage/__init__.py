@@ -8,10 +8,11 @@ from .fileobj import file_object_url, is_file_object
 from .files import METADATA_BLOCK_BYTES, MetadataFile, WindowFile, storage_failure
 from .local import pread_into
 from .pinning import Pin, pin_of
-from .source import HEAD_BYTES, STORE_MARKERS, Source, get_source, release_source
+from .source import HEAD_BYTES, STORE_MARKERS, Prefetch, Source, get_source, release_source
 
 __all__ = [
     "HEAD_BYTES",
+    "Prefetch",
     "METADATA_BLOCK_BYTES",
     "STORE_MARKERS",
     "MetadataFile",

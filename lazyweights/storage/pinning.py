@@ -28,7 +28,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -268,6 +268,7 @@ class First:
     info: dict[str, Any]
     head: bytes
     tail: bytes | None = None
+    siblings: dict[str, bytes | None] = field(default_factory=dict)  # filled by the Source
 
 
 def first_read(fs: Any, path: str) -> FirstRead | None:

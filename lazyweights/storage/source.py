@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -60,7 +61,7 @@ from .options import SINGLE_ATTEMPT, fs_options, target_protocol
 from .pinning import First, Pin, checks_responses, first_read, local_stamp, pin_of, pinned_fetch, pinned_readinto
 from .retry import DEFAULT_RETRY, RetryPolicy, ShortReadError, chain_status, classify, describe, retry_after
 
-__all__ = ["HEAD_BYTES", "STORE_MARKERS", "TAIL_BYTES", "Source", "get_source", "release_source"]
+__all__ = ["HEAD_BYTES", "STORE_MARKERS", "TAIL_BYTES", "Prefetch", "Source", "get_source", "release_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ def get_source(
     *,
     refresh: bool = False,
     store: bool = False,
-    with_head: bool = False,
-    with_tail: bool = False,
+    prefetch: Prefetch | None = None,
 ) -> Source:
     """The process-wide :class:`Source` for ``url`` (opened on first use, LRU-evicted), held by the caller.
 
@@ -138,10 +138,9 @@ def get_source(
     if a root metadata document it read changed (a store rewritten since).
     With ``store``, ``url`` is taken as a prefix of objects without a stat
     (a folder of checkpoint files over HTTP, which has no directories).
-    With ``with_head``, a new remote source's stat is the ranged GET of its
-    head (:meth:`Source.head`), where the store's answer pins: one round trip;
-    ``with_tail`` adds its tail (:meth:`Source.tail`, an archive's end) in a
-    concurrent request of the same round.
+    With ``prefetch``, a new remote source's stat is the ranged GET of its
+    head (:meth:`Source.head`) where the store's answer pins, with what else
+    :class:`Prefetch` names fetched in concurrent requests of that one round.
     The replaced source leaves the cache and closes when its users are done.
     """
     key = _cache_key(str(url), storage_options, store)
@@ -151,7 +150,7 @@ def get_source(
         release_source(source)
         source = None
     if source is None:
-        source = _cached_new(key, str(url), storage_options, store, (with_head, with_tail))
+        source = _cached_new(key, str(url), storage_options, store, prefetch)
     if pin is not None and not pin.same_object(source.pin):
         release_source(source)
         raise ObjectChangedError(
@@ -177,9 +176,9 @@ def _forget(key: tuple[str, str], source: Source) -> None:
 
 
 def _cached_new(
-    key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool, ends: tuple[bool, bool]
+    key: tuple[str, str], url: str, storage_options: Mapping[str, Any] | None, store: bool, prefetch: Prefetch | None
 ) -> Source:
-    source = Source(url, storage_options, store=store, with_head=ends[0], with_tail=ends[1])
+    source = Source(url, storage_options, store=store, prefetch=prefetch)
     evicted = []
     with _cache_lock:
         existing = _cache.get(key)
@@ -211,6 +210,22 @@ def release_source(source: Source) -> None:
         source.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Prefetch:
+    """What a new Source fetches with its stat, in one round of concurrent requests (HTTP, S3).
+
+    The head always (the stat is its ranged GET); ``tail``: the object's last
+    :data:`TAIL_BYTES` (an archive's end); ``siblings``: small objects named
+    ``<file><suffix>`` (a metadata index), found or found absent.
+    """
+
+    tail: bool = False
+    siblings: tuple[str, ...] = ()
+
+
+_UNREAD = object()  # a prefetched sibling that could not be read: read_sibling tries again
+
+
 class Source:
     """One object on one fsspec filesystem, read by byte range, pinned to the version seen at open.
 
@@ -229,8 +244,7 @@ class Source:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         store: bool = False,
-        with_head: bool = False,
-        with_tail: bool = False,
+        prefetch: Prefetch | None = None,
     ):
         self.url = url
         self.store = store
@@ -259,12 +273,13 @@ class Source:
         if store:
             self._init_object({"type": "directory", "size": 0})
             return
-        info, first = self._stat_with_head(with_tail) if with_head else (self.stat(), None)
+        info, first = self._stat_with_head(prefetch) if prefetch is not None else (self.stat(), None)
         self._init_object(info)
         if first is not None and not self.is_dir:
             self._head = first.head if len(first.head) == min(self.size, HEAD_BYTES) else None
             tail = first.tail
             self._tail = tail if tail is not None and len(tail) == min(self.size, TAIL_BYTES) else None
+            self._siblings = dict(first.siblings)
 
     def _init_object(self, info: Mapping[str, Any]) -> None:
         """Everything that follows from the object's ``info()``: kind, pin, pinned readers, empty caches."""
@@ -285,6 +300,7 @@ class Source:
         self._cache_path: str | None = None  # simplecache::/filecache::: the local copy, fetched once
         self._head: bytes | None = None
         self._tail: bytes | None = None
+        self._siblings: dict[str, bytes | None] = {}
         self._head_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._handle_lock = threading.Lock()
@@ -403,19 +419,27 @@ class Source:
                 raise self._error(exc, "cannot stat") from exc
         return self._retrying_sync(info, "cannot stat")
 
-    def _stat_with_head(self, tail: bool) -> tuple[dict[str, Any], First | None]:
-        """:meth:`stat` and the head (and, with ``tail``, the tail) in one round where the store's answer
-        pins (HTTP, S3): a round trip saved.  Elsewhere (local, memory, GCS, chained caches), or when
-        the answer cannot pin, a plain stat.
+    def _stat_with_head(self, prefetch: Prefetch) -> tuple[dict[str, Any], First | None]:
+        """:meth:`stat` and the head, with what ``prefetch`` adds (the tail, small objects beside this one), in
+        one round of concurrent requests where the store's answer pins (HTTP, S3): a round trip saved.
+        Elsewhere (local, memory, GCS, chained caches), or when the answer cannot pin, a plain stat.
         """
         read = None if self.is_local else first_read(self.fs, self.path)
         if read is None:
             return self.stat(), None
 
+        async def together() -> First | None:
+            siblings = [self._fetch_sibling(suffix) for suffix in prefetch.siblings]
+            first, *found = await asyncio.gather(read(HEAD_BYTES, TAIL_BYTES if prefetch.tail else 0), *siblings)
+            if first is None:
+                return None
+            held = {sfx: data for sfx, data in zip(prefetch.siblings, found, strict=True) if data is not _UNREAD}
+            return dataclasses.replace(first, siblings=held)
+
         def attempt() -> First | None:
             self._count()
             try:
-                return fsspec.asyn.sync(self.fs.loop, read, HEAD_BYTES, TAIL_BYTES if tail else 0)
+                return fsspec.asyn.sync(self.fs.loop, together)
             except FileNotFoundError:
                 if self._is_store_prefix():
                     return First({"type": "directory", "size": 0}, b"")
@@ -423,6 +447,19 @@ class Source:
 
         got = self._retrying_sync(attempt, "cannot stat")
         return (got.info, got) if got is not None else (self.stat(), None)
+
+    async def _fetch_sibling(self, suffix: str) -> Any:
+        """The small object ``<file><suffix>`` (None: absent; :data:`_UNREAD` on any failure, read later)."""
+        path = self.sibling_path(suffix)
+        if path is None:
+            return None
+        self._count()
+        try:
+            return await self.fs._cat_file(path)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a sidecar is optional: a failure here is retried by read_sibling, never fatal
+            return _UNREAD
 
     def verify(self) -> None:
         """Raise :class:`ObjectChangedError` if the object is no longer the one opened.
@@ -733,7 +770,13 @@ class Source:
         return None if "?" in self.url else self.url + suffix
 
     def read_sibling(self, suffix: str) -> bytes | None:
-        """The whole small object next to this one (``<file><suffix>``), or None if it is absent or unreadable."""
+        """The whole small object next to this one (``<file><suffix>``), or None if it is absent or unreadable.
+
+        Fetched with the open's first round when :class:`Prefetch` named it
+        (that answer serves the first call only: a later open reads afresh).
+        """
+        if suffix in self._siblings:
+            return self._siblings.pop(suffix)
         path = self.sibling_path(suffix)
         if path is None:
             return None
