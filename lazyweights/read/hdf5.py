@@ -66,6 +66,27 @@ def read_h5py_box(source: Source, spec: WeightSpec, box: Box) -> np.ndarray:
             raise UnsupportedError(
                 f"{source.url}: weight {spec.key!r}: cannot decode its filter pipeline [{names}]: {exc}"
             ) from exc
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # libhdf5 refuses the object's metadata
+            raise FormatError(
+                f"{source.url}: weight {spec.key!r} (dataset {spec.path}): h5py cannot read it: {exc}"
+            ) from exc
     if spec.dtype == "bfloat16":
         values = values.view(spec.np_dtype)
-    return np.asarray(values)
+    return _exactly(np.asarray(values), spec, source.url)
+
+
+def _exactly(values: np.ndarray, spec: WeightSpec, url: str) -> np.ndarray:
+    """``values`` as the weight's dtype, refused when that changes any value (h5py may convert a damaged or
+    exotic stored type to a wider type than the one the manifest declares: never narrow it silently)."""
+    want = spec.np_dtype
+    if values.dtype == want:
+        return values
+    with np.errstate(all="ignore"):
+        out = values.astype(want)
+        same = np.array_equal(out.astype(values.dtype), values, equal_nan=values.dtype.kind in "fc")
+    if not same:
+        raise UnsupportedError(
+            f"{url}: weight {spec.key!r} (dataset {spec.path}): h5py converts its stored type to {values.dtype}, "
+            f"whose values do not all fit the declared {want}"
+        )
+    return out
