@@ -21,7 +21,6 @@ import zipfile
 
 import numpy as np
 
-
 _BLOCK = 1 << 20  # elements hashed at a time: a digest never copies a whole (possibly huge) array
 
 
