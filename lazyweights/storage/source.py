@@ -604,6 +604,13 @@ class Source:
                 f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: {exc}"
             )
         status = chain_status(exc)
+        if getattr(self, "pin", None) is not None and (status == 416 or "range is not satisfiable" in str(exc)):
+            # every read lies within the size pinned at open: the object is shorter now (a server that ignored
+            # If-Match/IfMatch answers for the new object)
+            return ObjectChangedError(
+                f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: "
+                f"the server no longer has that range (HTTP 416): {exc}"
+            )
         if isinstance(exc, PermissionError) or status in (401, 403):
             return StorageError(f"{self.url}: access denied{f' (HTTP {status})' if status else ''}: {exc}")
         if isinstance(exc, FileNotFoundError) or status == 404:
