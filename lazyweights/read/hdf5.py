@@ -20,7 +20,7 @@ from ..errors import FormatError, UnsupportedError
 from ..formats.filters import chunk_array, decode_chunk
 from ..geometry import Box, intersect
 from ..manifest import Chunk, WeightSpec
-from ..storage import Source
+from ..storage import Source, storage_failure
 
 __all__ = ["chunk_overlaps", "read_chunk", "read_h5py_box"]
 
@@ -49,7 +49,13 @@ def _open_h5py(source: Source) -> Any:
     import h5py
 
     target = source.path if source.is_local else source.open_file()
-    return h5py.File(target, "r", locking=False)
+    try:
+        return h5py.File(target, "r", locking=False)
+    except OSError as exc:  # libhdf5 refuses the file's own metadata, or a read under it failed in storage
+        failure = None if source.is_local else storage_failure(target)
+        if failure is not None:
+            raise failure from exc
+        raise FormatError(f"{source.url}: h5py cannot open the file for the weights only it decodes: {exc}") from exc
 
 
 def read_h5py_box(source: Source, spec: WeightSpec, box: Box) -> np.ndarray:
