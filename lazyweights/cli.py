@@ -320,11 +320,8 @@ def export(src: str, out_dir: str, fmt: str, packed: bool, optimizer: bool, over
 @cli.command()
 @click.argument("a")
 @click.argument("b")
-@click.option(
-    "--weights-only",
-    is_flag=True,
-    help="Compare model weights by position only: the same model saved in two formats (.h5, .keras).",
-)
+@click.option("--weights-only", is_flag=True,
+              help="Compare model weights by position only: the same model saved in two formats (.h5, .keras).")
 @click.option("--b-storage-option", "b_options", multiple=True, callback=_parse_options, metavar="KEY=VALUE",
               help="fsspec storage option for B (then -o is A's only); repeatable.")  # fmt: skip
 @_budget_options()

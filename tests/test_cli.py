@@ -226,11 +226,8 @@ def test_inspect_and_verify_json(tmp_path: Path) -> None:
         assert field in info
     assert {"name", "alias", "class_name", "params", "weights"} <= set(info["layers"][0])
     same = run_json("verify", KERAS2 / "cnn_weights.h5", KERAS2 / "cnn_weights.h5")
-    assert (
-        same["ok"] is True
-        and same["differences"] == []
-        and same["checked"] == len(info["layers"][0]["weights"]) + sum(len(la["weights"]) for la in info["layers"][1:])
-    )
+    assert same["ok"] is True and same["differences"] == [] and same["checked"] == len(info["layers"][0]["weights"]) \
+        + sum(len(la["weights"]) for la in info["layers"][1:])
     assert same["bytes_hashed"] == 2 * info["total_bytes"] and same["seconds"] >= 0
     other = run("verify", KERAS2 / "cnn_weights.h5", KERAS2 / "cnn_full.h5", "--json")
     assert other.returncode == 1

@@ -33,14 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import geometry
-from ..errors import (
-    BudgetError,
-    FormatError,
-    LazyWeightsError,
-    ObjectChangedError,
-    PartialLoadError,
-    UnsupportedError,
-)
+from ..errors import BudgetError, FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError, UnsupportedError
 from ..formats.tf.crc import crc32c, crc32c_of_parts, mask
 from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value

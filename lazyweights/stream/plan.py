@@ -271,13 +271,7 @@ def target_units(target: Target, slot: int, dest: np.ndarray, parts: PartSizes, 
         nbytes = target.nbytes
         return [
             H5py(
-                key=spec.key,
-                cost=2 * nbytes,
-                stored=nbytes,
-                nbytes=nbytes,
-                slot=slot,
-                spec=spec,
-                box=box,
+                key=spec.key, cost=2 * nbytes, stored=nbytes, nbytes=nbytes, slot=slot, spec=spec, box=box,
                 member=spec.member,
             )
         ]

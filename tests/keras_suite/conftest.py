@@ -61,7 +61,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
 }
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """The markers Keras's own conftest declares (the torch backend trains, so they select nothing out)."""
     for marker in ("requires_trainable_backend", "large"):

@@ -67,8 +67,8 @@ RNN_CELLS = {
 
 
 def _is_node(value: Any) -> bool:
-    return (
-        isinstance(value, dict) and isinstance(value.get("class_name"), str) and isinstance(value.get("config"), dict)
+    return isinstance(value, dict) and isinstance(value.get("class_name"), str) and isinstance(
+        value.get("config"), dict
     )
 
 

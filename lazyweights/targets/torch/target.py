@@ -173,7 +173,9 @@ def strict_message(url: str, module: torch.nn.Module, report: ModuleLoadReport, 
     return "\n\t".join(lines)
 
 
-def materialise(slots: list[Slot], device: str | torch.device | None, assign: bool = False) -> dict[int, torch.Tensor]:
+def materialise(
+    slots: list[Slot], device: str | torch.device | None, assign: bool = False
+) -> dict[int, torch.Tensor]:
     """Give every slot a real destination; meta tensors get one new tensor each on ``device``.
 
     With ``assign`` (torch's ``load_state_dict(assign=True)``) every tensor gets a
