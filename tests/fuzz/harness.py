@@ -485,7 +485,7 @@ def run(
             _remove(item[2])
             result = Result(item[0].name, item[1], outcome, detail, seed_format(item[0]))
             if out:
-                out.write(json.dumps({"seed": seed, **dataclasses.asdict(result)}) + "\n")
+                out.write(json.dumps({"seed": seed, "metadata": _metadata_mode(), **dataclasses.asdict(result)}) + "\n")
                 out.flush()
             done[outcome] += 1
             if progress and done.total() % 250 == 0:
@@ -499,6 +499,11 @@ def run(
         if out:
             out.close()
     return results
+
+
+def _metadata_mode() -> str:
+    """How HDF5 metadata is parsed in this run (the workers inherit the environment)."""
+    return os.environ.get("LAZYWEIGHTS_HDF5_METADATA", "auto")
 
 
 def _copy(path: Path, dest: Path) -> None:
@@ -574,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.outcome in show:
             print(f"{r.outcome:<10} {r.seed_file:<28} {r.mutation:<40} {r.detail[:120]}")
-    print(f"\nseed {args.seed}, {len(results)} inputs, {time.monotonic() - start:.0f} s")
+    seeds, metadata = str(args.seed), _metadata_mode()
+    if args.summarize:
+        rows = [json.loads(x) for x in args.summarize.read_text().splitlines() if x.strip()]
+        seeds = ",".join(sorted({str(r.get("seed")) for r in rows}))
+        metadata = ",".join(sorted({r.get("metadata", "?") for r in rows}))
+    print(f"\nseed {seeds}, {len(results)} inputs, {time.monotonic() - start:.0f} s, HDF5 metadata: {metadata}")
     print(table(results))
     print()
     print(format_table(results))
