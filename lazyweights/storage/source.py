@@ -472,6 +472,11 @@ class Source:
         """Exactly ``length`` bytes at ``offset``."""
         if length == 0:
             return b""
+        if offset < 0 or offset + length > self.size:  # a size declared by the file itself: refused before allocating
+            raise StorageError(
+                f"{self.url}: asked for {length} bytes at offset {offset}, past the end of the object "
+                f"(file size at open: {self.size})"
+            )
         if self.is_local or self._whole_file:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
