@@ -384,15 +384,21 @@ def _build(ckpt: _checkpoint.Checkpoint, make: Any) -> Any:
         return make()
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         text = str(exc)
-        if "safe_mode" in text or "unsafe" in text.lower():
-            raise UnsafeCheckpointError(
-                f"{ckpt.url}: the model config would run arbitrary code ({text.splitlines()[0]}); pass "
-                "safe_mode=False only if you trust this file"
-            ) from exc
+        _refuse_unsafe(ckpt, exc, "model config")
         error = ModelConfigTypeError if isinstance(exc, TypeError) else ModelConfigError
         raise error(
             f"{ckpt.url}: Keras cannot build the model from its config: {text}. If the model uses custom layers "
             "or functions, pass them as custom_objects={'Name': Class}"
+        ) from exc
+
+
+def _refuse_unsafe(ckpt: _checkpoint.Checkpoint, exc: BaseException, what: str) -> None:
+    """Raise :class:`UnsafeCheckpointError` when Keras refused ``what`` under safe mode (a lambda, arbitrary code)."""
+    text = str(exc)
+    if "safe_mode" in text or "unsafe" in text.lower():
+        raise UnsafeCheckpointError(
+            f"{ckpt.url}: the {what} would run arbitrary code ({text.splitlines()[0] if text else exc!r}); pass "
+            "safe_mode=False only if you trust this file"
         ) from exc
 
 
@@ -499,6 +505,7 @@ def _field(ckpt: _checkpoint.Checkpoint, field: str, make: Any) -> Any:
     try:
         return make()
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        _refuse_unsafe(ckpt, exc, f"training config ({field})")
         raise CompileError(
             f"{ckpt.url}: cannot compile from the saved training config: field {field} cannot be compiled: {exc}"
         ) from exc

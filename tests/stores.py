@@ -18,10 +18,25 @@ import fsspec
 CREDENTIALS = {"key": "testing", "secret": "testing"}
 
 
+class IfMatchSwitch:
+    """WSGI middleware in front of moto: with ``honour = False`` requests reach moto without ``If-Match``,
+    as from an S3-compatible server or proxy that ignores the condition (moto itself honours it)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.honour = True
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not self.honour:
+            environ.pop("HTTP_IF_MATCH", None)
+        return self.app(environ, start_response)
+
+
 @dataclass
 class S3Store:
     endpoint: str
     options: dict[str, Any]
+    if_match: IfMatchSwitch
 
     def client(self) -> Any:
         import boto3
@@ -53,11 +68,12 @@ def s3_server() -> Iterator[S3Store]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    switch = server._server.app = IfMatchSwitch(server._server.app)  # werkzeug's server calls .app per request
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         options = {**CREDENTIALS, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-        yield S3Store(endpoint, options)
+        yield S3Store(endpoint, options, switch)
     finally:
         server.stop()
 

@@ -221,6 +221,31 @@ def test_s3_unversioned_change_is_refused(keras3_files, s3) -> None:
     _changed(excinfo, r"s3://lw-plain/changing\.h5: the object changed since it was opened")
 
 
+@pytest.mark.parametrize("replacement", ["same size", "shorter"])
+def test_s3_server_ignoring_if_match_cannot_mix_versions(replacement, keras3_files, s3, tmp_path) -> None:
+    """An S3-compatible server that ignores IfMatch answers with the replaced object's bytes: each response's ETag
+    is checked against the pinned one (and a range the shorter new object lacks, HTTP 416, means the same), so
+    the load fails with ObjectChangedError instead of mixing two files."""
+    if replacement == "same size":  # other bytes, same length: only the ETag tells the versions apart
+        data = bytearray(MOBILENET.read_bytes())
+        data[len(data) // 2 :] = bytes(255 - b for b in data[len(data) // 2 :])
+        new = tmp_path / "new.h5"
+        new.write_bytes(bytes(data))
+    else:
+        new = keras3_files["h5"]
+    s3.fs().put_file(str(MOBILENET), "lw-plain/ignoring.h5")
+    s3.if_match.honour = False
+    try:
+        with lw.open("s3://lw-plain/ignoring.h5", s3.options, index=False) as ckpt:
+            assert ckpt._source.pin.version is None and ckpt._source.pin.etag  # pinned by IfMatch alone
+            replace = lambda: s3.fs().put_file(str(new), "lw-plain/ignoring.h5")  # noqa: E731
+            with pytest.raises(lw.LazyWeightsError) as excinfo:
+                ckpt.load(concurrency=1, part_size="64KiB", progress=_swap_on_first_progress(replace))
+    finally:
+        s3.if_match.honour = True
+    _changed(excinfo, r"s3://lw-plain/ignoring\.h5: the object changed since it was opened")
+
+
 def test_s3_versioned_load_reads_the_version_opened(keras3_files, s3) -> None:
     s3.fs().put_file(str(MOBILENET), "lw-versioned/changing.h5")
     with lw.open("s3://lw-versioned/changing.h5", s3.options, index=False) as ckpt:

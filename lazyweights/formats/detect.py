@@ -248,9 +248,11 @@ def _parse_tree(root: Any, ctx: ParseContext, fmt: str | None) -> Manifest:
             return parse_keras_h5(root, ctx)
         manifest = parse_keras_v3(root, ctx, fmt or "keras-v3", known=fmt is not None)
         return manifest if manifest is not None else parse_generic(root, ctx)
-    except LazyWeightsError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
+    except LazyWeightsError as exc:
+        if ctx.url in str(exc):
+            raise
+        raise type(exc)(f"{ctx.url}: {exc}") from exc
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # HDF5 failing on malformed metadata
         raise FormatError(f"{ctx.url}: malformed HDF5 metadata: {exc}") from exc
 
 

@@ -274,6 +274,9 @@ def dataset_spec(
         return WeightSpec(layout="h5py", reason=via_h5py, **fields), ""
     filters = tuple(Filter(id=fid, name=fname, values=values) for fid, fname, values in info.filters)
     chunks = tuple(Chunk(origin, Extent(off, n), mask) for origin, off, n, mask in sorted(info.chunks()))
+    off_grid = _off_grid(chunks, shape, info.chunk_shape)
+    if off_grid is not None:
+        return WeightSpec(layout="unsupported", reason=off_grid, **fields), ""
     if via_h5py or not has_codecs(filters):
         reason = via_h5py or f"filters {[f.name or f.id for f in filters]} have no codec here"
         mode = "h5py"
@@ -282,6 +285,23 @@ def dataset_spec(
     return WeightSpec(
         layout=mode, chunk_shape=info.chunk_shape, chunks=chunks, filters=filters, reason=reason, **fields
     ), ""
+
+
+def _off_grid(chunks: tuple[Chunk, ...], shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> str | None:
+    """Why the chunk index does not describe this dataset's chunk grid (a damaged index), or None.
+
+    Every chunk must start on the grid, inside the shape, once: a stray entry
+    would be read into no place at all, or hide a chunk that needs the fill value.
+    """
+    seen: set[tuple[int, ...]] = set()
+    for chunk in chunks:
+        o = chunk.origin
+        if len(o) != len(shape) or any(a % c or not 0 <= a < n for a, c, n in zip(o, chunk_shape, shape, strict=False)):
+            return f"its chunk index lists a chunk at {o}, off the {chunk_shape} grid of shape {shape}"
+        if o in seen:
+            return f"its chunk index lists the chunk at {o} twice"
+        seen.add(o)
+    return None
 
 
 def parse_generic(root: Any, ctx: ParseContext) -> Manifest:

@@ -85,7 +85,11 @@ def _weight(ds: Any, ctx: ParseContext, key: str, layer: str, name: str) -> Weig
 def _layers(wroot: Any, ctx: ParseContext, root: Any) -> tuple[list[Layer], list[WeightSpec]]:
     layers: list[Layer] = []
     weights: list[WeightSpec] = []
+    seen: set[str] = set()
     for lname in attr_list(wroot, "layer_names") or []:
+        if lname in seen:  # Keras layer names are unique: a repeat is damage (or a million-entry bomb), refused now
+            raise FormatError(f"{ctx.url}: layer_names lists the layer {lname!r} twice")
+        seen.add(lname)
         group = keras_child(wroot, lname, ctx.url)
         keys = []
         for wname in attr_list(group, "weight_names") or []:

@@ -121,6 +121,11 @@ def _data_start(source: Source, info: zipfile.ZipInfo, blob: bytes) -> int:
 
 def _data(source: Source, info: zipfile.ZipInfo, blob: bytes, length: int) -> bytes:
     start = _data_start(source, info, blob)
+    if info.header_offset + start + length > source.size:
+        raise FormatError(
+            f"{source.url}: zip member {info.filename} declares {length} bytes at offset "
+            f"{info.header_offset + start}, past the end of the {source.size}-byte archive"
+        )
     if start + length > len(blob):  # a local extra field longer than allowed for: one more read
         return source.read(info.header_offset + start, length)
     return blob[start : start + length]

@@ -20,7 +20,7 @@ from ..errors import FormatError, LazyWeightsError, UnsupportedError
 from ..formats.filters import chunk_array, decode_chunk
 from ..geometry import Box, intersect
 from ..manifest import Chunk, WeightSpec
-from ..storage import Source
+from ..storage import Source, storage_failure
 
 __all__ = ["chunk_overlaps", "read_chunk", "read_h5py_box"]
 
@@ -49,7 +49,13 @@ def _open_h5py(source: Source) -> Any:
     import h5py
 
     target = source.path if source.is_local else source.open_file()
-    return h5py.File(target, "r", locking=False)
+    try:
+        return h5py.File(target, "r", locking=False)
+    except OSError as exc:  # libhdf5 refuses the file's own metadata, or a read under it failed in storage
+        failure = None if source.is_local else storage_failure(target)
+        if failure is not None:
+            raise failure from exc
+        raise FormatError(f"{source.url}: h5py cannot open the file for the weights only it decodes: {exc}") from exc
 
 
 def read_h5py_box(source: Source, spec: WeightSpec, box: Box) -> np.ndarray:
@@ -73,4 +79,21 @@ def read_h5py_box(source: Source, spec: WeightSpec, box: Box) -> np.ndarray:
         raise FormatError(f"{what}: libhdf5 cannot read it: {exc}") from exc
     if spec.dtype == "bfloat16":
         values = values.view(spec.np_dtype)
-    return np.asarray(values)
+    return _exactly(np.asarray(values), spec, source.url)
+
+
+def _exactly(values: np.ndarray, spec: WeightSpec, url: str) -> np.ndarray:
+    """``values`` as the weight's dtype, refused when that changes any value (h5py may convert a damaged or
+    exotic stored type to a wider type than the one the manifest declares: never narrow it silently)."""
+    want = spec.np_dtype
+    if values.dtype == want:
+        return values
+    with np.errstate(all="ignore"):
+        out = values.astype(want)
+        same = np.array_equal(out.astype(values.dtype), values, equal_nan=values.dtype.kind in "fc")
+    if not same:
+        raise UnsupportedError(
+            f"{url}: weight {spec.key!r} (dataset {spec.path}): h5py converts its stored type to {values.dtype}, "
+            f"whose values do not all fit the declared {want}"
+        )
+    return out

@@ -43,6 +43,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -78,24 +79,52 @@ _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+_borrowed: weakref.WeakValueDictionary[tuple[str, str], Source] = weakref.WeakValueDictionary()
+
+
+def _unpickle_source(
+    url: str, storage_options: Mapping[str, Any] | None, pin: Pin | None = None, store: bool = False
+) -> Source:
+    """Unpickle a Source: borrowed, not held.
+
+    An unpickled source (in a dask task, a checkpoint sent to a worker) has
+    no holder that would ever give back a use of it, so unpickling counts
+    none.  It shares the source this process already has open (the cache, or
+    another unpickled copy still referenced), else opens one that lives as
+    long as some unpickled object refers to it.  Its descriptor is closed
+    when it is released or evicted (the next read reopens it, re-checked
+    against the pin) and, at the latest, when it is garbage-collected.
+    """
+    key = _cache_key(url, storage_options, store)
+    with _cache_lock:
+        source = _cache.get(key) or _borrowed.get(key)
+    if source is None:
+        fresh = Source(url, storage_options, store=store)
+        with _cache_lock:
+            source = _borrowed.setdefault(key, fresh)
+        if source is not fresh:  # another thread unpickled it first
+            fresh.close()
+    if pin is not None and not pin.same_object(source.pin):
+        raise _changed_since(url, pin, source.pin)
+    return source
+
+
+def _changed_since(url: str, then: Pin, now: Pin) -> ObjectChangedError:
+    return ObjectChangedError(
+        f"{url}: the object changed since it was opened (then: {then.describe()}; now: {now.describe()})"
+    )
+
+
 def _reopen_member(
     url: str, storage_options: Mapping[str, Any] | None, key: str, pin: Pin, store: bool = False
 ) -> Source:
     """Unpickle a store member: the member ``key`` of the store at ``url``, refused if it changed."""
-    member = get_source(url, storage_options, store=store).member(key)
+    member = _unpickle_source(url, storage_options, store=store).member(key)
     if member is None:
         raise ObjectChangedError(f"{url}/{key}: the object disappeared since it was opened")
     if not pin.same_object(member.pin):
-        raise ObjectChangedError(
-            f"{member.url}: the object changed since it was opened "
-            f"(then: {pin.describe()}; now: {member.pin.describe()})"
-        )
+        raise _changed_since(member.url, pin, member.pin)
     return member
-
-
-def _reopen_store(url: str, storage_options: Mapping[str, Any] | None) -> Source:
-    """Unpickle a prefix of objects opened with ``store=True`` (its members re-check their own pins)."""
-    return get_source(url, storage_options, store=True)
 
 
 _download_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -153,9 +182,7 @@ def get_source(
         source = _cached_new(key, str(url), storage_options, store, prefetch)
     if pin is not None and not pin.same_object(source.pin):
         release_source(source)
-        raise ObjectChangedError(
-            f"{url}: the object changed since it was opened (then: {pin.describe()}; now: {source.pin.describe()})"
-        )
+        raise _changed_since(url, pin, source.pin)
     return source
 
 
@@ -311,9 +338,9 @@ class Source:
         if self._parent is not None:
             parent = self._parent
             return (_reopen_member, (parent.url, parent.storage_options, self._key, self.pin, parent.store))
-        if self.store:
-            return (_reopen_store, (self.url, self.storage_options))
-        return (get_source, (self.url, self.storage_options, self.pin))
+        if self.store:  # its members re-check their own pins
+            return (_unpickle_source, (self.url, self.storage_options, None, True))
+        return (_unpickle_source, (self.url, self.storage_options, self.pin))
 
     # -- store members -----------------------------------------------------------
 
@@ -523,6 +550,11 @@ class Source:
         """Exactly ``length`` bytes at ``offset``."""
         if length == 0:
             return b""
+        if offset < 0 or offset + length > self.size:  # a size declared by the file itself: refused before allocating
+            raise StorageError(
+                f"{self.url}: asked for {length} bytes at offset {offset}, past the end of the object "
+                f"(file size at open: {self.size})"
+            )
         if self.is_local or self._whole_file:
             buf = bytearray(length)
             self.readinto(offset, memoryview(buf))
@@ -700,6 +732,13 @@ class Source:
                 f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: {exc}"
             )
         status = chain_status(exc)
+        if getattr(self, "pin", None) is not None and (status == 416 or "range is not satisfiable" in str(exc)):
+            # every read lies within the size pinned at open: the object is shorter now (a server that ignored
+            # If-Match/IfMatch answers for the new object)
+            return ObjectChangedError(
+                f"{self.url}: the object changed since it was opened ({self.pin.describe()} at open); {what}: "
+                f"the server no longer has that range (HTTP 416): {exc}"
+            )
         if isinstance(exc, PermissionError) or status in (401, 403):
             return StorageError(f"{self.url}: access denied{f' (HTTP {status})' if status else ''}: {exc}")
         if isinstance(exc, FileNotFoundError) or status == 404:
@@ -824,6 +863,7 @@ class Source:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise self._error(exc, "cannot open") from exc
+        self._fd_final = weakref.finalize(self, os.close, fd)  # closed with the source at the latest
         try:
             st = os.fstat(fd)
             if self._whole_file:
@@ -831,13 +871,13 @@ class Source:
             else:
                 self._check_pin(self._local_pin(st))
         except BaseException:
-            os.close(fd)
+            self._fd_final()
             raise
         return fd
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            self._fd_final()  # os.close, once
         self._fd, self._fd_closing = None, False
 
     def _cache_file(self) -> str:

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import geometry
-from ..errors import BudgetError, FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError
+from ..errors import BudgetError, FormatError, LazyWeightsError, ObjectChangedError, PartialLoadError, UnsupportedError
 from ..formats.tf.crc import crc32c, crc32c_of_parts, mask
 from ..read import hdf5, zarr
 from ..read.constant import constant_values, fill_value
@@ -312,7 +312,10 @@ def _submit_group(
         if target.spec.layout == "zarr":
             mine = _zarr_units(source, target, dest)
         else:
-            mine = plan.target_units(target, slot, dest, parts, source.is_local)
+            try:
+                mine = plan.target_units(target, slot, dest, parts, source.is_local)
+            except UnsupportedError as exc:  # plans know no URL: name the file here
+                raise UnsupportedError(f"{source.url}: {exc}") from exc
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
     if not source.is_local:

@@ -15,6 +15,7 @@ from ..errors import MismatchError
 from ..geometry import Box, box_shape
 from ..manifest import WeightSpec
 from ..stream import Group, Target
+from ..stream.budget import allocate
 from .shard import ShardArg, shard_region
 
 __all__ = ["check_destination", "plan_numpy"]
@@ -57,7 +58,11 @@ def plan_numpy(
     if out is None:
         boxes = {w.key: shard_region(shard, w.key, w.shape) for w in weights}
         arrays = {
-            w.key: np.empty(w.shape if boxes[w.key] is None else box_shape(boxes[w.key]), w.np_dtype.newbyteorder("="))
+            w.key: allocate(
+                w.shape if boxes[w.key] is None else box_shape(boxes[w.key]),
+                w.np_dtype.newbyteorder("="),
+                f"{url}: weight {w.key!r}",
+            )
             for w in weights
         }
         return [Group([Target(w, arrays[w.key], boxes[w.key])]) for w in weights], arrays, []

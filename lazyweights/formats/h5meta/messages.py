@@ -128,7 +128,8 @@ def parse_datatype(c: Cursor) -> Datatype:
     if cls == 1:
         return _float(c, bits, size)
     if cls == 3:
-        return Datatype(np.dtype(f"S{size}") if size else None, size, unsupported=None if size else "0-size string")
+        bad = _string_bits(bits & 0xF, (bits >> 4) & 0xF)
+        return Datatype(None if bad else np.dtype(f"S{size}"), size, unsupported=bad)
     if cls == 5:
         c.skip(b0)  # ASCII tag, NUL-padded to a multiple of 8
         return Datatype(np.dtype(f"V{size}"), size)
@@ -196,10 +197,20 @@ def _enum(c: Cursor, bits: int, size: int, version: int) -> Datatype:
     return Datatype(base.dtype, size)
 
 
+def _string_bits(padding: int, charset: int) -> str | None:
+    """Why a string type's padding/character set is not one HDF5 defines (h5py refuses those too), or None."""
+    if padding > 2:
+        return f"string with unknown padding type {padding}"
+    if charset > 1:
+        return f"string with unknown character set {charset}"
+    return None
+
+
 def _vlen(c: Cursor, bits: int, size: int) -> Datatype:
     base = parse_datatype(c)
     if bits & 0xF == 1:
-        return Datatype(np.dtype("O"), size, vlen_str=True)
+        bad = _string_bits((bits >> 4) & 0xF, (bits >> 8) & 0xF)
+        return Datatype(None, size, unsupported=bad) if bad else Datatype(np.dtype("O"), size, vlen_str=True)
     _ = base
     return Datatype(None, size, unsupported="variable-length sequence datatype")
 
@@ -344,6 +355,8 @@ def parse_layout(data: bytes, ctx: Ctx, what: str) -> Layout:
         raise FormatError(f"{what}: layout class {cls}")
     if version == 3:
         rank = c.u8()
+        if rank < 2:  # the chunk's dimensions plus the element size
+            raise FormatError(f"{what}: chunked layout of rank {rank}")
         addr = c.offset()
         dims = tuple(c.u32() for _ in range(rank))
         return Layout("chunked", 3, address=addr, chunk=dims[:-1], index="btree1", params={"elem": dims[-1]})
