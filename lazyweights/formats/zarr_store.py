@@ -21,6 +21,7 @@ request, and every array is then resolved from that metadata without more.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import warnings
@@ -30,18 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import require
+from ..errors import FormatError, require
 from ..manifest import ZarrChunks, resolve_dtype
 from ..storage import Source
 
 __all__ = [
+    "EMPTY_CHUNK",
     "array",
     "checksummed",
     "chunk_format",
+    "crc32c",
     "fill_bytes",
     "from_stored",
     "open_store",
     "root_group",
+    "shard_index",
     "source_store",
     "stored_dtype",
     "to_stored",
@@ -98,6 +102,46 @@ def array(source: Source, path: str) -> Any:
         with _lock:
             found = _arrays.setdefault(source, {}).setdefault(path, found)
     return found
+
+
+EMPTY_CHUNK = 2**64 - 1  # zarr's shard index entry of a chunk never written
+_indexes: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
+_index_lock = threading.Lock()
+
+
+def shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
+    """The shard object ``key`` and its index (``shard + (2,)`` offsets and sizes), read once per source.
+
+    None when the shard object does not exist (all its chunks hold the fill
+    value).  The index's own CRC32C is checked.
+    """
+    with _index_lock:
+        cache = _indexes.setdefault(source, {})
+        slot = cache.setdefault(key, [threading.Lock(), None, False])
+    with slot[0]:
+        if not slot[2]:
+            slot[1], slot[2] = _read_shard_index(source, key, shard, where), True
+        return slot[1]
+
+
+def _read_shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
+    member = source.member(key)
+    if member is None:
+        return None
+    size = math.prod(shard) * 16
+    if member.size < size + 4:
+        raise FormatError(f"{where}: the shard object holds {member.size} bytes, less than its index ({size + 4})")
+    raw = member.read(member.size - size - 4, size + 4)
+    if crc32c(raw[:size]) != int.from_bytes(raw[size:], "little"):
+        raise FormatError(f"{where}: the shard index fails its CRC32C check (the shard is corrupt)")
+    return member, np.frombuffer(raw, dtype="<u8", count=size // 8).reshape(*shard, 2)
+
+
+def crc32c(data: Any) -> int:
+    """CRC32C with google-crc32c (hardware-accelerated; zarr's own ``crc32c`` codec uses it too)."""
+    import google_crc32c
+
+    return int(google_crc32c.value(np.frombuffer(data, dtype=np.uint8)))  # no copy; it takes no memoryview
 
 
 def stored_dtype(dtype: str) -> np.dtype:

@@ -58,8 +58,6 @@ runs them for one block (``reader.read``).
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, StorageError
-from ..formats.zarr_store import array, from_stored
+from ..formats.zarr_store import EMPTY_CHUNK, array, crc32c, from_stored, shard_index
 from ..geometry import Box, box_runs, box_shape, byte_view, grid_pieces
 from ..manifest import WeightSpec
 from ..storage import Source
@@ -303,16 +301,9 @@ def _fetch(
     return data
 
 
-def _crc32c(data: Any) -> int:
-    """CRC32C with google-crc32c (hardware-accelerated; zarr's own ``crc32c`` codec uses it too)."""
-    import google_crc32c
-
-    return int(google_crc32c.value(np.frombuffer(data, dtype=np.uint8)))  # no copy; it takes no memoryview
-
-
 def _check_crc(source: Source, spec: WeightSpec, index: tuple[int, ...], data: memoryview, stored: bytes) -> None:
     """Raise :class:`FormatError` naming the weight and chunk unless ``stored`` is the CRC32C of ``data``."""
-    computed = _crc32c(data)
+    computed = crc32c(data)
     if computed != int.from_bytes(stored, "little"):
         raise FormatError(
             f"{_where(source, spec, index)}: checksum mismatch: the chunk's stored CRC32C is "
@@ -338,7 +329,7 @@ def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int
         return None
     member, entries = table
     offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
-    if offset == _EMPTY and nbytes == _EMPTY:
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
         return None
     if nbytes != stored or offset + nbytes > member.size:
         raise FormatError(
@@ -346,39 +337,6 @@ def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int
             f"{member.size}-byte shard object; an uncompressed chunk holds {stored}"
         )
     return member, offset
-
-
-_EMPTY = 2**64 - 1  # zarr's shard index entry of a chunk never written
-_indexes: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
-_index_lock = threading.Lock()
-
-
-def shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
-    """The shard object ``key`` and its index (``shard + (2,)`` offsets and sizes), read once per source.
-
-    None when the shard object does not exist (all its chunks hold the fill
-    value).  The index's own CRC32C is checked.
-    """
-    with _index_lock:
-        cache = _indexes.setdefault(source, {})
-        slot = cache.setdefault(key, [threading.Lock(), None, False])
-    with slot[0]:
-        if not slot[2]:
-            slot[1], slot[2] = _read_shard_index(source, key, shard, where), True
-        return slot[1]
-
-
-def _read_shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
-    member = source.member(key)
-    if member is None:
-        return None
-    size = math.prod(shard) * 16
-    if member.size < size + 4:
-        raise FormatError(f"{where}: the shard object holds {member.size} bytes, less than its index ({size + 4})")
-    raw = member.read(member.size - size - 4, size + 4)
-    if _crc32c(raw[:size]) != int.from_bytes(raw[size:], "little"):
-        raise FormatError(f"{where}: the shard index fails its CRC32C check (the shard is corrupt)")
-    return member, np.frombuffer(raw, dtype="<u8", count=size // 8).reshape(*shard, 2)
 
 
 def _wrong_size(where: str, got: int, wanted: int) -> FormatError:
