@@ -195,7 +195,7 @@ PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify
          ("into-mirror", "into-mirror-nocrc"), ("into-mirror-zstd", "into-mirror-zstd-nocrc")]  # fmt: skip
 # method -> (directory, compressor, other mirror settings).  The default mirror is sharded with a CRC32C per chunk;
 # "old" is the layout mirrors had before (one object per chunk, no checksum); "nocrc" isolates the checksum's cost.
-_OLD = {"checksum": False, "shard_bytes": None}
+_OLD = {"checksum": False, "shard_bytes": None, "packed": False}
 MIRRORS = {
     "load-mirror": ("mirror-crc.zarr", None, {}),
     "load-mirror-zstd": ("mirror-zstd-crc.zarr", "zstd", {}),
@@ -228,9 +228,10 @@ def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
 # -- object stores (--remote) ------------------------------------------------------------
 
 REMOTE_VARIANTS = {
-    "sharded+crc32c": {},
+    "packed+sharded+crc32c": {},
+    "per-weight sharded+crc32c": {"packed": False},
     "old: chunk objects, no crc": _OLD,
-    "chunk objects+crc32c": {"shard_bytes": None},
+    "zstd (per-weight)": {"compressor": "zstd"},
 }
 
 

@@ -544,9 +544,10 @@ def _create_nodes(
 ) -> None:
     """Design every array's (and labelled group's) metadata document in memory, then PUT them all at once.
 
-    Per-weight mirrors label groups with their original names and Keras's
-    ``weight_names`` (a copy of an ``.h5`` file's look); packed mirrors keep
-    that in the root document only (a group per layer would cost a PUT each).
+    Groups are labelled with their original names and Keras's
+    ``weight_names`` (a copy of an ``.h5`` file's look); packed mirrors label
+    only the groups that hold arrays anyway (a group per layer would cost a
+    PUT each; the root document holds all of it).
     """
     zarr = zarr_module()
     from zarr.core.group import GroupMetadata
@@ -581,7 +582,10 @@ def _create_nodes(
             fill_value=0,
             attributes={ATTR: {"packed": arr.dtype}},
         ).metadata
-    labels = {} if packing.where else _group_labels(manifest, paths)
+    labels = _group_labels(manifest, paths)
+    if packing.where:  # only groups that exist anyway: parents of arrays
+        parents = {"/".join(p.split("/")[:i]) for p in nodes for i in range(1, p.count("/") + 1)}
+        labels = {path: attrs for path, attrs in labels.items() if path in parents}
     if not dest.resumed:  # on resuming, groups exist and hold finished arrays: naming them would erase them
         nodes.update({path: GroupMetadata(attributes=attrs, zarr_format=fmt) for path, attrs in labels.items()})
     dest.tree.create(nodes)
