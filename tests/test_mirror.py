@@ -751,3 +751,33 @@ def test_sharded_mirror_over_http_reads_each_shard_index_once_and_no_chunk_heads
     assert counts["unsh.zarr"] == (chunks, chunks)  # one HEAD and one GET per chunk object
     heads, gets = counts["sh.zarr"]
     assert heads == 1 and gets <= chunks + 1  # one shard object: pinned once, its index read once
+
+
+def test_compressed_chunks_decoded_here_equal_zarrs_own_reads(tmp_path: Path) -> None:
+    """zstd/blosc/gzip chunks (sharded or not, CRC32C or not, big-endian, v2) decoded with numcodecs = zarr's values."""
+    import numcodecs
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
+
+    from lazyweights.formats.zarr_store import array, decoder
+
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((13, 6)).astype("<f4")
+    v3 = zarr.open_group(tmp_path / "v3.zarr", mode="w")
+    v3.create_array("zstd", data=data, chunks=(4, 6), compressors=(ZstdCodec(level=3), Crc32cCodec()), fill_value=-1)
+    v3.create_array("blosc", data=data, chunks=(2, 3), shards=(4, 6), compressors=(BloscCodec(), Crc32cCodec()))
+    v3.create_array("gzip", data=data.astype(">f8"), chunks=(5, 6), serializer=BytesCodec(endian="big"),
+                    compressors=GzipCodec())  # fmt: skip
+    v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    v2.create_array("blosc", data=data, chunks=(4, 4), compressors=numcodecs.Blosc())
+    v2.create_array("zlib", data=data.astype(">i8"), chunks=(5, 6), compressors=numcodecs.Zlib())
+    (tmp_path / "v3.zarr" / "zstd" / "c" / "1" / "0").unlink()  # never written: the fill value
+    for root in ("v3.zarr", "v2.zarr"):
+        group = zarr.open_group(tmp_path / root, mode="r")
+        with lw.open(tmp_path / root) as ckpt:
+            loaded = lw.load(ckpt)
+            for key in loaded:
+                assert decoder(array(ckpt.source, ckpt[key].spec.path)) is not None, key  # not zarr's read path
+                want = group[key][...]
+                np.testing.assert_array_equal(loaded[key], want, err_msg=f"{root}/{key}")
+                np.testing.assert_array_equal(ckpt[key][3:11, 1:5], want[3:11, 1:5], err_msg=f"{root}/{key}")
+    assert (zarr.open_group(tmp_path / "v3.zarr", mode="r")["zstd"][4:8] == -1).all()

@@ -27,6 +27,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,12 @@ from ..storage import Source
 
 __all__ = [
     "EMPTY_CHUNK",
+    "Decoder",
     "array",
     "checksummed",
     "chunk_format",
     "crc32c",
+    "decoder",
     "fill_bytes",
     "from_stored",
     "open_store",
@@ -218,6 +221,58 @@ def _raw_codecs(codecs: tuple[Any, ...], dtype: np.dtype) -> tuple[str | None, b
         return None, checksum
     endian = body[0].endian
     return ("|" if endian is None or dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]), checksum
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How to decode one encoded chunk without zarr: strip and check its CRC32C, then ``codec.decode`` (numcodecs).
+
+    The decoded bytes are the chunk's elements in C order, of ``dtype``
+    (its byte order as the ``bytes`` codec or the v2 dtype says).
+    """
+
+    codec: Any  # a numcodecs codec: Zstd, Blosc or GZip
+    checksum: bool
+    dtype: np.dtype
+
+
+_V3_DECODERS = {"zstd": "Zstd", "blosc": "Blosc", "gzip": "GZip"}
+
+
+def decoder(arr: Any) -> Decoder | None:
+    """A :class:`Decoder` for ``arr``'s chunks when its codec chain is one numcodecs compressor, else None.
+
+    zarr v3: ``bytes`` + one of ``zstd``/``blosc``/``gzip`` (+ ``crc32c``),
+    inside a standard sharding codec or not; zarr v2: C order, no filters,
+    a ``Zstd``/``Blosc``/``GZip``/``Zlib`` compressor.  Read from zarr's
+    public array metadata; anything else (filters, transposes) zarr decodes.
+    """
+    import numcodecs
+
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        known = (numcodecs.Zstd, numcodecs.Blosc, numcodecs.GZip, numcodecs.Zlib)
+        if meta.order != "C" or meta.filters or not isinstance(meta.compressor, known):
+            return None
+        return Decoder(meta.compressor, False, arr.dtype)
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    codecs = tuple(meta.codecs)
+    if arr.shards is not None:
+        if len(codecs) != 1 or not _standard_index(codecs[0]):
+            return None
+        codecs = tuple(codecs[0].codecs)
+    checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    body = codecs[:-1] if checksum else codecs
+    if len(body) != 2 or not isinstance(body[0], BytesCodec):
+        return None
+    name = body[1].to_dict().get("name")
+    if name not in _V3_DECODERS:
+        return None
+    endian = body[0].endian
+    order = "<" if endian is None or endian.value == "little" else ">"
+    dtype = arr.dtype if arr.dtype.itemsize == 1 else arr.dtype.newbyteorder(order)
+    return Decoder(getattr(numcodecs, _V3_DECODERS[name])(), checksum, dtype)
 
 
 def checksummed(arr: Any) -> bool:

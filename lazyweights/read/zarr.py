@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, StorageError
-from ..formats.zarr_store import EMPTY_CHUNK, array, crc32c, from_stored, shard_index
+from ..formats.zarr_store import EMPTY_CHUNK, Decoder, array, crc32c, decoder, from_stored, shard_index
 from ..geometry import Box, box_runs, box_shape, byte_view, grid_pieces
 from ..manifest import WeightSpec
 from ..storage import Source
@@ -124,8 +124,14 @@ def _nbytes(spec: WeightSpec, box: Index) -> int:
 def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Index) -> Iterator[ChunkRead]:
     """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape)."""
     raw = spec.zarr is not None and spec.zarr.byteorder is not None
+    dec = None if raw or spec.zarr is None else decoder(array(source, spec.path))
     for piece in _pieces(spec, region):
-        yield _raw_read(source, spec, dest, piece) if raw else _zarr_read(source, spec, dest, piece)
+        if raw:
+            yield _raw_read(source, spec, dest, piece)
+        elif dec is not None:
+            yield _decoded_read(source, spec, dest, piece, dec)
+        else:
+            yield _zarr_read(source, spec, dest, piece)
 
 
 def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
@@ -210,6 +216,64 @@ def _writable_as(dest: np.ndarray, dtype: np.dtype) -> bool:
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(math.prod(shape[i + 1 :]) * itemsize for i in range(len(shape)))
+
+
+# -- compressed chunks, decoded here -------------------------------------------------
+
+
+def _decoded_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, dec: Decoder) -> ChunkRead:
+    """A compressed chunk: fetched through the Source, its CRC32C checked, decoded by numcodecs in this thread."""
+    chunk_shape = spec.chunk_shape or ()
+    chunk_nbytes = math.prod(chunk_shape) * dec.dtype.itemsize
+    nbytes = _nbytes(spec, piece.dst)
+
+    def run() -> None:
+        encoded = _encoded(source, spec, piece.index)
+        if encoded is None:
+            dest[piece.dst] = fill_value(spec)
+            return
+        body = memoryview(encoded)
+        if dec.checksum:
+            if body.nbytes < 4:
+                raise FormatError(f"{_where(source, spec, piece.index)}: {body.nbytes} bytes, too short for a CRC32C")
+            _check_crc(source, spec, piece.index, body[:-4], bytes(body[-4:]))
+            body = body[:-4]
+        decoded = np.empty(chunk_nbytes, np.uint8)
+        where = _where(source, spec, piece.index)
+        try:
+            got = np.frombuffer(dec.codec.decode(body, out=decoded), np.uint8)
+        except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
+            raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
+        if got.nbytes != chunk_nbytes:
+            raise FormatError(f"{where}: decodes to {got.nbytes} bytes, not {chunk_nbytes}")
+        values = decoded.view(dec.dtype).reshape(chunk_shape)[piece.src]
+        dest[piece.dst] = values.view(spec.np_dtype) if spec.dtype == "bfloat16" else values
+
+    # the encoded object and the decoded chunk, while the piece is copied out
+    return ChunkRead(2 * chunk_nbytes, chunk_nbytes, nbytes, run)
+
+
+def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytes | None:
+    """The stored bytes of the encoded chunk at ``index``: its object, or its range of a shard (None: unwritten)."""
+    fmt = spec.zarr
+    if fmt.shard is None:
+        member = source.member(f"{spec.path}/{fmt.key(index)}")
+        return None if member is None else member.read(0, member.size)
+    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
+    key = f"{spec.path}/{fmt.key(shard)}"
+    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
+    if table is None:
+        return None
+    member, entries = table
+    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
+        return None
+    if offset + nbytes > member.size:
+        raise FormatError(
+            f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
+            f"{member.size}-byte shard object"
+        )
+    return member.read(offset, nbytes)
 
 
 # -- chunks zarr decodes ------------------------------------------------------------

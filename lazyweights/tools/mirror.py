@@ -278,8 +278,8 @@ class _Tree:
 
     def flush(self, only: Any = None) -> None:
         """PUT every document changed since the last flush (``only``: a predicate on keys)."""
-        changed = {k: v.to_bytes() for k, v in self.docs.items() if self.written.get(k) != v.to_bytes()}
-        changed = {k: v for k, v in changed.items() if only is None or only(k)}
+        docs = {k: v.to_bytes() for k, v in self.docs.items() if only is None or only(k)}
+        changed = {k: v for k, v in docs.items() if self.written.get(k) != v}
         if changed:
             upload(self.url, self.options, changed)
             self.written.update(changed)
