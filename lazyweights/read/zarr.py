@@ -121,9 +121,18 @@ def _nbytes(spec: WeightSpec, box: Index) -> int:
     return math.prod(box_shape(box)) * spec.np_dtype.itemsize
 
 
-def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Index) -> Iterator[ChunkRead]:
-    """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape)."""
+def chunk_reads(
+    source: Source, spec: WeightSpec, dest: np.ndarray, region: Index, merge_bytes: int = 0
+) -> Iterator[ChunkRead]:
+    """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape).
+
+    ``merge_bytes``: remote raw chunks lying end to end in one shard object
+    are read together by one ranged GET of up to that many bytes (0: none).
+    """
     raw = spec.zarr is not None and spec.zarr.byteorder is not None
+    if raw and spec.zarr.shard is not None and not source.is_local and merge_bytes:
+        yield from _merged_raw_reads(source, spec, dest, list(_pieces(spec, region)), merge_bytes)
+        return
     dec = None if raw or spec.zarr is None else decoder(array(source, spec.path))
     for piece in _pieces(spec, region):
         if raw:
@@ -195,7 +204,6 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
                 dest[piece.dst] = fill_value(spec)
 
         return ChunkRead(0 if source.is_local else length, length, nbytes, run)
-    strides = _c_strides(chunk_shape, dtype.itemsize)
     first, fetched = (0, whole) if checksum else (start, length)
 
     def run_staged() -> None:
@@ -203,11 +211,75 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
         if data is None:
             dest[piece.dst] = fill_value(spec)
             return
-        # the piece's elements, at the chunk's strides from the first
-        span = np.frombuffer(data, dtype=dtype, offset=start - first, count=s1 - s0)
-        dest[piece.dst] = np.lib.stride_tricks.as_strided(span, box_shape(piece.src), strides, writeable=False)
+        _place(spec, dest, piece, data, first)
 
     return ChunkRead(fetched + 4 * checksum, fetched, nbytes, run_staged)
+
+
+def _place(spec: WeightSpec, dest: np.ndarray, piece: _Piece, data: Any, data_start: int) -> None:
+    """Copy the piece's elements out of ``data``, a raw chunk's bytes from byte ``data_start`` on."""
+    chunk_shape = spec.chunk_shape or ()
+    dtype = _raw_dtype(spec)
+    s0, s1, _ = _flat_span(chunk_shape, piece.src)
+    # the piece's elements, at the chunk's strides from the first
+    span = np.frombuffer(data, dtype=dtype, offset=s0 * dtype.itemsize - data_start, count=s1 - s0)
+    strides = _c_strides(chunk_shape, dtype.itemsize)
+    dest[piece.dst] = np.lib.stride_tricks.as_strided(span, box_shape(piece.src), strides, writeable=False)
+
+
+def _merged_raw_reads(
+    source: Source, spec: WeightSpec, dest: np.ndarray, pieces: list[_Piece], merge_bytes: int
+) -> list[ChunkRead]:
+    """Remote raw chunks of a shard: neighbours in the shard object (as zarr writes a whole shard) read by one GET.
+
+    Each chunk's place comes from the shard's index (read once, cached);
+    chunks end to end there, up to ``merge_bytes`` together, become one
+    ranged read of the shard object, each chunk's CRC32C checked before its
+    values are used.  Chunks never written, or alone, read as before.
+    """
+    whole = math.prod(spec.chunk_shape or ()) * _raw_dtype(spec).itemsize
+    stored = whole + 4 * spec.zarr.checksum
+    reads: list[ChunkRead] = []
+    run: list[tuple[_Piece, int]] = []
+    member: Source | None = None
+
+    def flush() -> None:
+        if len(run) == 1:
+            reads.append(_raw_read(source, spec, dest, run[0][0]))
+        elif run:
+            reads.append(_merged_read(source, spec, dest, member, list(run), stored, whole))
+        run.clear()
+
+    for piece in pieces:
+        found = _locate(source, spec, piece.index, whole)
+        if found is None:
+            flush()
+            reads.append(_raw_read(source, spec, dest, piece))  # the fill value
+            continue
+        if run and (found[0] is not member or found[1] != run[-1][1] + stored or (len(run) + 1) * stored > merge_bytes):
+            flush()
+        member = found[0]
+        run.append((piece, found[1]))
+    flush()
+    return reads
+
+
+def _merged_read(
+    source: Source, spec: WeightSpec, dest: np.ndarray, member: Source, run: list[tuple[_Piece, int]], stored: int,
+    whole: int,
+) -> ChunkRead:  # fmt: skip
+    """One ranged read of chunks lying end to end in ``member``; each checked, then copied out."""
+    first, total = run[0][1], len(run) * stored
+
+    def go() -> None:
+        blob = memoryview(member.read(first, total))
+        for i, (piece, _) in enumerate(run):
+            data = blob[i * stored : i * stored + whole]
+            if spec.zarr.checksum:
+                _check_crc(source, spec, piece.index, data, bytes(blob[i * stored + whole : (i + 1) * stored]))
+            _place(spec, dest, piece, data, 0)
+
+    return ChunkRead(total, total, sum(_nbytes(spec, p.dst) for p, _ in run), go)
 
 
 def _writable_as(dest: np.ndarray, dtype: np.dtype) -> bool:
