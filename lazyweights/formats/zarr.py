@@ -129,7 +129,9 @@ def parse_zarr(source: Source) -> Manifest:
 
 
 def _open_group(source: Source) -> Any:
+    """The store's root group; on object stores that list with pins, every member pinned from one listing first."""
     zarr = zarr_module()
+    source.pin_listed()
     try:
         return root_group(source)
     except zarr.errors.ContainsArrayError as exc:
