@@ -1,4 +1,4 @@
-"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, others by zarr.
+"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, compressed ones decoded here.
 
 Each chunk of a zarr array is an object of its own (``<array>/c/0/0``, named
 as :class:`~lazyweights.manifest.ZarrChunks` says), read as a member of the
@@ -11,10 +11,24 @@ separate object: the elements a region needs from it are one byte range, read
 straight into the destination (locally with ``os.preadv``, no staging copy)
 when they land in one contiguous span of it — the usual case, since the
 mirror writer splits leading axes only — or staged and copied (a column of a
-chunk, a dtype cast) otherwise.  Every other chunk (compressed, filtered,
-sharded, F order) is read and decoded by zarr itself, through its public
-array API over :func:`~lazyweights.formats.zarr_store.source_store`, a chunk
-at a time.
+chunk, a dtype cast) otherwise.  Remotely, raw chunks lying end to end in a
+shard object (as zarr writes whole shards) are read together by one ranged
+GET of up to a staged part (:func:`_merged_raw_reads`).
+
+A **compressed** chunk whose codec chain is one numcodecs compressor
+(``bytes`` + ``zstd``/``blosc``/``gzip`` [+ ``crc32c``], sharded or not;
+zarr v2 ``Zstd``/``Blosc``/``GZip``/``Zlib``; the chain read from zarr's
+public array metadata by :func:`~lazyweights.formats.zarr_store.decoder`) is
+fetched through the Source — its own object, or its byte range of a shard
+located through the shard index — its CRC32C stripped and checked, and
+decoded by numcodecs in the calling thread.  zarr's own read path
+(``get_basic_selection`` through ``SourceStore``) ran each chunk through its
+event loop and a worker thread per object read; on ``bench_mirror.py``'s
+1 GB zstd mirror it loaded ~1.8x slower than the former synchronous decoders
+(see ``benchmarks/bench_mirror.py`` and the README for the measurement).
+Every other chunk (filters, transposes, F order) is read and decoded by zarr
+itself, through its public array API over
+:func:`~lazyweights.formats.zarr_store.source_store`, a chunk at a time.
 
 Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py
 --size-gb 0.3 --only into,load-mirror --repeat 3`` (warm page cache, 2 shared
@@ -22,10 +36,7 @@ cores, noisy), reading a raw mirror into pre-touched arrays: these byte ranges
 took 0.06-0.09 s, zarr's own ``arr.get_basic_selection(..., out=NDBuffer)`` per
 array 0.16-0.18 s with 64-88 MiB of RSS growth (against 0): 2-2.5x slower,
 since zarr reads each chunk object whole into a buffer of its own and copies
-it into ``out``.  Compressed chunks decoded by zarr (through ``SourceStore``)
-load into arrays in 0.33-0.50 s with ~105-115 MiB of growth, where the former
-private synchronous decoders took 0.34-0.38 s and ~70-77 MiB (same runs): a
-cost accepted for zarr's public API and its own codec pipeline.
+it into ``out``.
 
 **Checksums and shards** (zarr v3 mirrors by default).  A raw chunk written
 with zarr's ``crc32c`` codec is followed by its CRC32C: lazyweights reads the
