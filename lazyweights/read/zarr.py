@@ -338,19 +338,13 @@ def _decoded_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Pi
 
 def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytes | None:
     """The stored bytes of the encoded chunk at ``index``: its object, or its range of a shard (None: unwritten)."""
-    fmt = spec.zarr
-    if fmt.shard is None:
-        member = source.member(f"{spec.path}/{fmt.key(index)}")
+    if spec.zarr.shard is None:
+        member = source.member(f"{spec.path}/{spec.zarr.key(index)}")
         return None if member is None else member.read(0, member.size)
-    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
-    key = f"{spec.path}/{fmt.key(shard)}"
-    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
-    if table is None:
+    found = _shard_entry(source, spec, index)
+    if found is None:
         return None
-    member, entries = table
-    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
-    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
-        return None
+    member, offset, nbytes = found
     if offset + nbytes > member.size:
         raise FormatError(
             f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
@@ -458,6 +452,21 @@ def _check_crc(source: Source, spec: WeightSpec, index: tuple[int, ...], data: m
         )
 
 
+def _shard_entry(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> tuple[Source, int, int] | None:
+    """``(shard object, offset, nbytes)`` of the chunk at grid ``index`` from its shard's index; None: never written."""
+    fmt = spec.zarr
+    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
+    key = f"{spec.path}/{fmt.key(shard)}"
+    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
+    if table is None:
+        return None
+    member, entries = table
+    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
+        return None
+    return member, offset, nbytes
+
+
 def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int) -> tuple[Source, int] | None:
     """``(object, offset)`` of the raw chunk at grid ``index``: its own object, or its place in a shard."""
     fmt = spec.zarr
@@ -469,15 +478,10 @@ def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int
         if member.size != stored:
             raise _wrong_size(_where(source, spec, index), member.size, stored)
         return member, 0
-    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
-    key = f"{spec.path}/{fmt.key(shard)}"
-    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
-    if table is None:
+    found = _shard_entry(source, spec, index)
+    if found is None:
         return None
-    member, entries = table
-    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
-    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
-        return None
+    member, offset, nbytes = found
     if nbytes != stored or offset + nbytes > member.size:
         raise FormatError(
             f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
