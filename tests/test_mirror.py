@@ -782,3 +782,17 @@ def test_compressed_chunks_decoded_here_equal_zarrs_own_reads(tmp_path: Path) ->
                 np.testing.assert_array_equal(loaded[key], want, err_msg=f"{root}/{key}")
                 np.testing.assert_array_equal(ckpt[key][3:11, 1:5], want[3:11, 1:5], err_msg=f"{root}/{key}")
     assert (zarr.open_group(tmp_path / "v3.zarr", mode="r")["zstd"][4:8] == -1).all()
+
+
+def test_compressed_chunk_decoding_short_is_refused(tmp_path: Path) -> None:
+    """A zstd chunk replaced by a valid frame of fewer bytes: an error naming the chunk, never stale values."""
+    import numcodecs
+    from zarr.codecs import ZstdCodec
+
+    group = zarr.open_group(tmp_path / "z.zarr", mode="w")
+    group.create_array("w", data=np.arange(40, dtype="<f4").reshape(10, 4), chunks=(5, 4), compressors=ZstdCodec())
+    (tmp_path / "z.zarr" / "w" / "c" / "1" / "0").write_bytes(numcodecs.Zstd().encode(np.ones(12, "<f4")))
+    with lw.open(tmp_path / "z.zarr") as ckpt:
+        with pytest.raises(lw.FormatError, match=r"weight 'w', chunk 'c/1/0'.*decodes to 48 bytes, not 80"):
+            ckpt["w"].read()
+        np.testing.assert_array_equal(ckpt["w"][:5], np.arange(20, dtype="<f4").reshape(5, 4))

@@ -305,10 +305,19 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 
 
 def _decoded_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, dec: Decoder) -> ChunkRead:
-    """A compressed chunk: fetched through the Source, its CRC32C checked, decoded by numcodecs in this thread."""
+    """A compressed chunk: fetched through the Source, its CRC32C checked, decoded by numcodecs in this thread.
+
+    The decoded chunk must be exactly the chunk's size (a short one is an
+    error, not stale bytes); a whole chunk landing in one contiguous span of
+    the destination is copied there as bytes, any other piece element-wise.
+    """
     chunk_shape = spec.chunk_shape or ()
     chunk_nbytes = math.prod(chunk_shape) * dec.dtype.itemsize
     nbytes = _nbytes(spec, piece.dst)
+    s0, s1, runs = _flat_span(chunk_shape, piece.src)
+    d0, d1, dest_runs = _flat_span(dest.shape, piece.dst)
+    whole = s0 == 0 and s1 * dec.dtype.itemsize == chunk_nbytes
+    direct = whole and runs == dest_runs == 1 and d1 - d0 == s1 and _writable_as(dest, dec.dtype)
 
     def run() -> None:
         encoded = _encoded(source, spec, piece.index)
@@ -316,31 +325,33 @@ def _decoded_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Pi
             dest[piece.dst] = fill_value(spec)
             return
         body = memoryview(encoded)
+        where = _where(source, spec, piece.index)
         if dec.checksum:
             if body.nbytes < 4:
-                raise FormatError(f"{_where(source, spec, piece.index)}: {body.nbytes} bytes, too short for a CRC32C")
+                raise FormatError(f"{where}: {body.nbytes} bytes, too short for a CRC32C")
             _check_crc(source, spec, piece.index, body[:-4], bytes(body[-4:]))
             body = body[:-4]
-        decoded = np.empty(chunk_nbytes, np.uint8)
-        where = _where(source, spec, piece.index)
-        try:
-            got = np.frombuffer(dec.codec.decode(body, out=decoded), np.uint8)
+        try:  # no ``out=``: numcodecs' zstd, blosc and gzip fill a larger ``out`` silently, hiding a short chunk
+            decoded = np.frombuffer(dec.codec.decode(body), np.uint8)
         except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
             raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
-        if got.nbytes != chunk_nbytes:
-            raise FormatError(f"{where}: decodes to {got.nbytes} bytes, not {chunk_nbytes}")
-        values = decoded.view(dec.dtype).reshape(chunk_shape)[piece.src]
-        dest[piece.dst] = values.view(spec.np_dtype) if spec.dtype == "bfloat16" else values
+        if decoded.nbytes != chunk_nbytes:
+            raise FormatError(f"{where}: decodes to {decoded.nbytes} bytes, not {chunk_nbytes}")
+        if direct:
+            byte_view(dest.reshape(-1)[d0:d1])[:] = decoded.data
+        else:
+            values = decoded.view(dec.dtype).reshape(chunk_shape)[piece.src]
+            dest[piece.dst] = values.view(spec.np_dtype) if spec.dtype == "bfloat16" else values
 
-    # the encoded object and the decoded chunk, while the piece is copied out
+    # the encoded object (at most about the chunk) and the decoded chunk, while it is copied into place
     return ChunkRead(2 * chunk_nbytes, chunk_nbytes, nbytes, run)
 
 
-def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytes | None:
+def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytearray | None:
     """The stored bytes of the encoded chunk at ``index``: its object, or its range of a shard (None: unwritten)."""
     if spec.zarr.shard is None:
         member = source.member(f"{spec.path}/{spec.zarr.key(index)}")
-        return None if member is None else member.read(0, member.size)
+        return None if member is None else _read_whole(member, 0, member.size)
     found = _shard_entry(source, spec, index)
     if found is None:
         return None
@@ -350,7 +361,14 @@ def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytes 
             f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
             f"{member.size}-byte shard object"
         )
-    return member.read(offset, nbytes)
+    return _read_whole(member, offset, nbytes)
+
+
+def _read_whole(member: Source, offset: int, nbytes: int) -> bytearray:
+    """``nbytes`` at ``offset`` of ``member`` into a buffer of their own (locally one ``preadv``, no second copy)."""
+    buf = bytearray(nbytes)
+    member.readinto(offset, memoryview(buf))
+    return buf
 
 
 # -- chunks zarr decodes ------------------------------------------------------------
