@@ -21,14 +21,21 @@ Pairs (ratio = lazyweights time / by-hand time):
   straight into the destination) vs zarr's own ``arr.get_basic_selection(out=...)`` per array into
   the same kind of pre-touched arrays (``zarr-into-zstd``: the zstd mirror).
 
-Rows with ``-old`` read a mirror in the layout mirrors had before (one object per
-chunk, no checksum), ``-nocrc`` a sharded one without CRC32C (the checksum's cost).
+The default mirror is packed (small weights concatenated per dtype, mirror
+version 2); rows with ``-old`` read a mirror in the layout mirrors had before
+(an array per weight, one object per chunk, no checksum), ``-nocrc`` a sharded
+one without CRC32C (the checksum's cost).  zstd mirrors keep an array per
+weight; their chunks are decoded with numcodecs in lazyweights' reader threads.
 
 ``--remote`` instead measures object stores: mirroring Keras's MobileNetV2
 (``weights=None``) to the moto S3 server (``tests/stores.py``) and loading it
-back, counted per S3 API call; and loading the ``--size-gb`` source and its
-mirrors from ``bench_remote.py``'s latency- and bandwidth-capped HTTP server
-(requests counted by the server), each load in a fresh process.
+back (open included), counted per S3 API call, for each layout of
+``REMOTE_VARIANTS`` (packed, an array per weight, the old unchecksummed chunk
+objects, zstd); and loading the ``--size-gb`` source and those mirrors from
+``bench_remote.py``'s latency- and bandwidth-capped HTTP server (requests
+counted by the server), each load in a fresh process.  Targets (issue 11):
+mirroring in at most 50 requests, a mirror load within 1.1x the requests and
+1.2x the time of the source's.
 
 ``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
 (mirrors missing from ``--dir`` are written first, untimed).
