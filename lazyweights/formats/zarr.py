@@ -76,6 +76,7 @@ __all__ = [
     "packed_path",
     "parse_zarr",
     "recorded_sha256",
+    "stored_array",
 ]
 
 ATTR = "lazyweights"  # the attribute holding lazyweights' own metadata, on the root and on every array
@@ -111,9 +112,18 @@ def packed_path(dtype: str) -> str:
     return PACKED_PREFIX + ("bfloat16" if dtype == "bfloat16" else np.dtype(dtype).name)
 
 
+def stored_array(spec: WeightSpec) -> str:
+    """The zarr array holding a mirror's weight: its own (``path``), or the packed array its ``member`` is in.
+
+    A packed weight's ``path`` is the path it would have with an array of its
+    own (what object-graph matching and users see), not the packed array's.
+    """
+    return spec.member.split("/", 1)[0] if spec.layout == "contiguous" and spec.member else spec.path
+
+
 def recorded_sha256(source: Source, spec: WeightSpec) -> str | None:
     """The SHA-256 a mirror recorded for ``spec`` (its own array's, or its packed array's entry); None if none."""
-    meta = array(source, spec.path).attrs.get(ATTR) or {}
+    meta = array(source, stored_array(spec)).attrs.get(ATTR) or {}
     if "packed" in meta:
         return ((meta.get("weights") or {}).get(spec.key) or {}).get("sha256")
     return meta.get("sha256")
@@ -188,7 +198,7 @@ def _mirror_facts(source: Source, doc: Mapping[str, Any], specs: Mapping[str, We
     uncompressed unverified mirror reads as wrong values, found only by
     ``lazyweights.verify``.
     """
-    arrays = [array(source, spec.path) for spec in specs.values()]
+    arrays = [array(source, stored_array(spec)) for spec in specs.values()]
     return {
         "mirror_of": dict(doc.get("source") or {}),
         "checksums": "crc32c" if all(checksummed(a) for a in arrays) else "unverified",
@@ -246,7 +256,7 @@ def _packed_spec(source: Source, key: str, entry: Mapping[str, Any]) -> WeightSp
         key=key,
         layer=entry["layer"],
         name=entry["name"],
-        path=path,
+        path=encode_key(key),
         shape=shape,
         dtype=dtype,
         layout="contiguous",
