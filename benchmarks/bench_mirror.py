@@ -21,14 +21,21 @@ Pairs (ratio = lazyweights time / by-hand time):
   straight into the destination) vs zarr's own ``arr.get_basic_selection(out=...)`` per array into
   the same kind of pre-touched arrays (``zarr-into-zstd``: the zstd mirror).
 
-Rows with ``-old`` read a mirror in the layout mirrors had before (one object per
-chunk, no checksum), ``-nocrc`` a sharded one without CRC32C (the checksum's cost).
+The default mirror is packed (small weights concatenated per dtype, mirror
+version 2); rows with ``-old`` read a mirror in the layout mirrors had before
+(an array per weight, one object per chunk, no checksum), ``-nocrc`` a sharded
+one without CRC32C (the checksum's cost).  zstd mirrors keep an array per
+weight; their chunks are decoded with numcodecs in lazyweights' reader threads.
 
 ``--remote`` instead measures object stores: mirroring Keras's MobileNetV2
 (``weights=None``) to the moto S3 server (``tests/stores.py``) and loading it
-back, counted per S3 API call; and loading the ``--size-gb`` source and its
-mirrors from ``bench_remote.py``'s latency- and bandwidth-capped HTTP server
-(requests counted by the server), each load in a fresh process.
+back (open included), counted per S3 API call, for each layout of
+``REMOTE_VARIANTS`` (packed, an array per weight, the old unchecksummed chunk
+objects, zstd); and loading the ``--size-gb`` source and those mirrors from
+``bench_remote.py``'s latency- and bandwidth-capped HTTP server (requests
+counted by the server), each load in a fresh process.  Targets (issue 11):
+mirroring in at most 50 requests, a mirror load within 1.1x the requests and
+1.2x the time of the source's.
 
 ``--only load,into`` runs only the pairs whose first method starts with one of those prefixes
 (mirrors missing from ``--dir`` are written first, untimed).
@@ -195,7 +202,7 @@ PAIRS = [("lw-mirror", "hand-mirror"), ("lw-export", "hand-export"), ("lw-verify
          ("into-mirror", "into-mirror-nocrc"), ("into-mirror-zstd", "into-mirror-zstd-nocrc")]  # fmt: skip
 # method -> (directory, compressor, other mirror settings).  The default mirror is sharded with a CRC32C per chunk;
 # "old" is the layout mirrors had before (one object per chunk, no checksum); "nocrc" isolates the checksum's cost.
-_OLD = {"checksum": False, "shard_bytes": None}
+_OLD = {"checksum": False, "shard_bytes": None, "packed": False}
 MIRRORS = {
     "load-mirror": ("mirror-crc.zarr", None, {}),
     "load-mirror-zstd": ("mirror-zstd-crc.zarr", "zstd", {}),
@@ -228,9 +235,10 @@ def ensure_mirrors(h5: Path, work: Path, pairs: list[tuple[str, str]]) -> None:
 # -- object stores (--remote) ------------------------------------------------------------
 
 REMOTE_VARIANTS = {
-    "sharded+crc32c": {},
+    "packed+sharded+crc32c": {},
+    "per-weight sharded+crc32c": {"packed": False},
     "old: chunk objects, no crc": _OLD,
-    "chunk objects+crc32c": {"shard_bytes": None},
+    "zstd (per-weight)": {"compressor": "zstd"},
 }
 
 

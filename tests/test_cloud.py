@@ -403,3 +403,21 @@ def test_zarr_mirror_on_s3_reads_through_pinned_members(keras3_files, s3, tmp_pa
         members = [m for m in mir._source.members_read().values() if m is not None]
         assert members and all(m.pinned and m.fs is mir._source.fs for m in members)  # IfMatch on the ETag
     _assert_same(got, _local(keras3_files["h5"]))
+
+
+@pytest.mark.parametrize("store", ["s3-versioned", "gcs"])
+def test_zarr_mirror_members_pinned_from_one_listing(keras3_files, s3, gcs, tmp_path, store: str) -> None:
+    """A mirror on S3 (versioned) or GCS: members pinned from the listing, reads checked against those pins."""
+    local = tmp_path / "m.zarr"
+    lw.mirror(keras3_files["h5"], local, chunk_bytes="4KiB")
+    if store == "gcs":
+        fs, options, url = gcs.fs(), gcs.options, f"gs://{gcs.bucket}/listed.zarr"
+    else:
+        fs, options, url = s3.fs(), s3.options, "s3://lw-versioned/listed.zarr"
+    fs.put(str(local), url.split("://", 1)[1], recursive=True)
+    with lw.open(url, options) as mir:
+        got = mir.load()
+        members = [m for m in mir._source.members_read().values() if m is not None]
+        assert mir._source._listed and len(members) == sum(1 for p in local.rglob("*") if p.is_file())
+        assert all(m.pin.etag or m.pin.version for m in members)
+    _assert_same(got, _local(keras3_files["h5"]))

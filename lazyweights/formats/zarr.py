@@ -13,6 +13,20 @@ manifest's ``attrs["lazyweights"]`` says what the mirror itself is: its
 source, whether its chunks are checksummed (``"crc32c"``) or
 ``"unverified"``, and whether they are sharded.
 
+A **packed** mirror (version 2, the default for uncompressed zarr v3
+mirrors) stores small weights concatenated per dtype in 1-D arrays named
+``lazyweights-packed-<dtype>``; the root document's ``packed`` catalog gives
+each such key its array, element ``offset``, ``shape``, ``dtype``, layer and
+name, and the packed array's ``lazyweights`` attribute its ``crc32c`` and
+``sha256`` (under ``weights``).  No packed weight crosses a chunk boundary,
+so each is one byte range of one stored chunk: parsing turns it into a
+``contiguous`` spec on the shard (or chunk) object holding it (``member``,
+its byte range located through the shard's index, read once per shard) with
+its CRC32C, so loads read packed weights like an ``.h5`` file's — neighbours
+merged into one ranged GET, each weight's CRC32C checked as it lands.  Plain
+zarr reads them too: ``group[entry["array"]][offset : offset + size]``
+reshaped to ``shape`` (see the README).
+
 Names zarr (or portable stores) cannot hold — ``kernel:0``, names with
 spaces, ``__``-prefixed or reserved names — are stored encoded
 (:func:`encode_name`); the original names live in the attributes, so
@@ -28,20 +42,47 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from ..errors import FormatError, UnsupportedError
-from ..manifest import Layer, Manifest, WeightSpec
+from ..manifest import Extent, Layer, Manifest, WeightSpec, ZarrChunks
 from ..storage import Source
 from .hdf5 import group_layers
-from .zarr_store import array, checksummed, chunk_format, fill_bytes, root_group, stored_dtype, zarr_module
+from .tf.crc import mask
+from .zarr_store import (
+    EMPTY_CHUNK,
+    array,
+    checksummed,
+    chunk_format,
+    fill_bytes,
+    root_group,
+    shard_index,
+    stored_dtype,
+    zarr_module,
+)
 
-__all__ = ["ATTR", "MIRROR_VERSION", "encode_key", "encode_name", "parse_zarr"]
+__all__ = [
+    "ATTR",
+    "MIRROR_VERSION",
+    "PACKED_PREFIX",
+    "PACKED_VERSION",
+    "encode_key",
+    "encode_name",
+    "packed_path",
+    "parse_zarr",
+    "recorded_sha256",
+    "stored_array",
+]
 
 ATTR = "lazyweights"  # the attribute holding lazyweights' own metadata, on the root and on every array
-MIRROR_VERSION = 1
+MIRROR_VERSION = 1  # an array per weight
+PACKED_VERSION = 2  # small weights packed per dtype (the catalog in the root document)
+PACKED_PREFIX = "lazyweights-packed-"
 
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
 _RESERVED = frozenset({".", "..", "zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
@@ -66,6 +107,28 @@ def encode_key(key: str) -> str:
     return "/".join(encode_name(part) for part in key.split("/"))
 
 
+def packed_path(dtype: str) -> str:
+    """The packed array holding small weights of the manifest ``dtype`` (one per stored dtype name)."""
+    return PACKED_PREFIX + ("bfloat16" if dtype == "bfloat16" else np.dtype(dtype).name)
+
+
+def stored_array(spec: WeightSpec) -> str:
+    """The zarr array holding a mirror's weight: its own (``path``), or the packed array its ``member`` is in.
+
+    A packed weight's ``path`` is the path it would have with an array of its
+    own (what object-graph matching and users see), not the packed array's.
+    """
+    return spec.member.split("/", 1)[0] if spec.layout == "contiguous" and spec.member else spec.path
+
+
+def recorded_sha256(source: Source, spec: WeightSpec) -> str | None:
+    """The SHA-256 a mirror recorded for ``spec`` (its own array's, or its packed array's entry); None if none."""
+    meta = array(source, stored_array(spec)).attrs.get(ATTR) or {}
+    if "packed" in meta:
+        return ((meta.get("weights") or {}).get(spec.key) or {}).get("sha256")
+    return meta.get("sha256")
+
+
 def parse_zarr(source: Source) -> Manifest:
     """The manifest of the zarr store at ``source`` (a directory or store prefix)."""
     group = _open_group(source)
@@ -76,7 +139,9 @@ def parse_zarr(source: Source) -> Manifest:
 
 
 def _open_group(source: Source) -> Any:
+    """The store's root group; on object stores that list with pins, every member pinned from one listing first."""
     zarr = zarr_module()
+    source.pin_listed()
     try:
         return root_group(source)
     except zarr.errors.ContainsArrayError as exc:
@@ -94,8 +159,10 @@ def _open_group(source: Source) -> Any:
 
 def _parse_mirror(source: Source, group: Any, doc: Mapping[str, Any]) -> Manifest:
     url = source.url
-    if doc.get("version") != MIRROR_VERSION:
-        raise UnsupportedError(f"{url}: a lazyweights mirror of version {doc.get('version')}; this reads version 1")
+    if doc.get("version") not in (MIRROR_VERSION, PACKED_VERSION):
+        raise UnsupportedError(
+            f"{url}: a lazyweights mirror of version {doc.get('version')}; this reads versions 1 and 2"
+        )
     if not doc.get("complete"):
         raise FormatError(
             f"{url}: an incomplete lazyweights mirror (its writer was interrupted or is still running); "
@@ -104,6 +171,7 @@ def _parse_mirror(source: Source, group: Any, doc: Mapping[str, Any]) -> Manifes
     paths: Mapping[str, str] = doc["paths"]
     try:
         specs = {key: _mirror_spec(source, key, path) for key, path in paths.items()}
+        specs.update({key: _packed_spec(source, key, entry) for key, entry in (doc.get("packed") or {}).items()})
         weights = tuple(specs[k] for k in doc["weights"])
         optimizer = tuple(specs[k] for k in doc["optimizer"])
     except KeyError as exc:
@@ -130,7 +198,7 @@ def _mirror_facts(source: Source, doc: Mapping[str, Any], specs: Mapping[str, We
     uncompressed unverified mirror reads as wrong values, found only by
     ``lazyweights.verify``.
     """
-    arrays = [array(source, spec.path) for spec in specs.values()]
+    arrays = [array(source, stored_array(spec)) for spec in specs.values()]
     return {
         "mirror_of": dict(doc.get("source") or {}),
         "checksums": "crc32c" if all(checksummed(a) for a in arrays) else "unverified",
@@ -163,6 +231,57 @@ def _mirror_spec(source: Source, key: str, path: str) -> WeightSpec:
         fill=fill_bytes(arr, meta["dtype"]),
         zarr=chunk_format(arr),
     )
+
+
+def _packed_spec(source: Source, key: str, entry: Mapping[str, Any]) -> WeightSpec:
+    """A packed weight as a ``contiguous`` spec: its byte range in the stored chunk holding it, and its CRC32C."""
+    path, offset, shape, dtype = entry["array"], int(entry["offset"]), tuple(entry["shape"]), entry["dtype"]
+    where = f"{source.url}: weight {key!r} (packed in {path!r} at element {offset})"
+    try:
+        arr = array(source, path)
+    except KeyError as exc:
+        raise FormatError(f"{where}: the packed array is missing") from exc
+    recorded = ((arr.attrs.get(ATTR) or {}).get("weights") or {}).get(key)
+    fmt = chunk_format(arr)
+    if recorded is None or fmt is None or fmt.byteorder is None or arr.ndim != 1:
+        raise FormatError(f"{where}: the packed array records no checksum for it or is not raw 1-D chunks")
+    if stored_dtype(dtype) != arr.dtype.newbyteorder("<"):
+        raise FormatError(f"{where}: recorded as {dtype} but the packed array holds {arr.dtype}")
+    size, chunk, itemsize = math.prod(shape), arr.chunks[0], arr.dtype.itemsize
+    index = offset // chunk
+    if offset < 0 or offset % chunk + size > chunk or offset + size > arr.shape[0]:
+        raise FormatError(f"{where}: {size} elements there leave their chunk of {chunk} or the array")
+    member, base = _packed_chunk(source, path, fmt, index, chunk * itemsize + 4 * fmt.checksum, where)
+    return WeightSpec(
+        key=key,
+        layer=entry["layer"],
+        name=entry["name"],
+        path=encode_key(key),
+        shape=shape,
+        dtype=dtype,
+        layout="contiguous",
+        extent=Extent(base + offset % chunk * itemsize, size * itemsize),
+        member=member,
+        crc32c=mask(int(recorded["crc32c"])),
+    )
+
+
+def _packed_chunk(source: Source, path: str, fmt: ZarrChunks, index: int, stored: int, where: str) -> tuple[str, int]:
+    """``(object key, byte offset)`` of the packed array's chunk ``index``: its own object, or its place in a shard."""
+    if fmt.shard is None:
+        key, base = f"{path}/{fmt.key((index,))}", 0
+        member = source.member(key)
+        size = None if member is None else member.size
+    else:
+        key = f"{path}/{fmt.key((index // fmt.shard[0],))}"
+        table = shard_index(source, key, fmt.shard, where)
+        entry = None if table is None else table[1][index % fmt.shard[0]]
+        base, size = (int(entry[0]), int(entry[1])) if entry is not None else (0, None)
+        if size == EMPTY_CHUNK or (table is not None and base + stored > table[0].size):
+            size = None
+    if size != stored:
+        raise FormatError(f"{where}: its chunk {index} is missing or holds {size} bytes, not {stored}")
+    return key, base
 
 
 # -- zarr groups written by other tools ---------------------------------------------

@@ -21,27 +21,34 @@ request, and every array is then resolved from that metadata without more.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import require
+from ..errors import FormatError, require
 from ..manifest import ZarrChunks, resolve_dtype
 from ..storage import Source
 
 __all__ = [
+    "EMPTY_CHUNK",
+    "Decoder",
     "array",
     "checksummed",
     "chunk_format",
+    "crc32c",
+    "decoder",
     "fill_bytes",
     "from_stored",
     "open_store",
     "root_group",
+    "shard_index",
     "source_store",
     "stored_dtype",
     "to_stored",
@@ -98,6 +105,46 @@ def array(source: Source, path: str) -> Any:
         with _lock:
             found = _arrays.setdefault(source, {}).setdefault(path, found)
     return found
+
+
+EMPTY_CHUNK = 2**64 - 1  # zarr's shard index entry of a chunk never written
+_indexes: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
+_index_lock = threading.Lock()
+
+
+def shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
+    """The shard object ``key`` and its index (``shard + (2,)`` offsets and sizes), read once per source.
+
+    None when the shard object does not exist (all its chunks hold the fill
+    value).  The index's own CRC32C is checked.
+    """
+    with _index_lock:
+        cache = _indexes.setdefault(source, {})
+        slot = cache.setdefault(key, [threading.Lock(), None, False])
+    with slot[0]:
+        if not slot[2]:
+            slot[1], slot[2] = _read_shard_index(source, key, shard, where), True
+        return slot[1]
+
+
+def _read_shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
+    member = source.member(key)
+    if member is None:
+        return None
+    size = math.prod(shard) * 16
+    if member.size < size + 4:
+        raise FormatError(f"{where}: the shard object holds {member.size} bytes, less than its index ({size + 4})")
+    raw = member.read(member.size - size - 4, size + 4)
+    if crc32c(raw[:size]) != int.from_bytes(raw[size:], "little"):
+        raise FormatError(f"{where}: the shard index fails its CRC32C check (the shard is corrupt)")
+    return member, np.frombuffer(raw, dtype="<u8", count=size // 8).reshape(*shard, 2)
+
+
+def crc32c(data: Any) -> int:
+    """CRC32C with google-crc32c (hardware-accelerated; zarr's own ``crc32c`` codec uses it too)."""
+    import google_crc32c
+
+    return int(google_crc32c.value(np.frombuffer(data, dtype=np.uint8)))  # no copy; it takes no memoryview
 
 
 def stored_dtype(dtype: str) -> np.dtype:
@@ -174,6 +221,58 @@ def _raw_codecs(codecs: tuple[Any, ...], dtype: np.dtype) -> tuple[str | None, b
         return None, checksum
     endian = body[0].endian
     return ("|" if endian is None or dtype.itemsize == 1 else {"little": "<", "big": ">"}[endian.value]), checksum
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How to decode one encoded chunk without zarr: strip and check its CRC32C, then ``codec.decode`` (numcodecs).
+
+    The decoded bytes are the chunk's elements in C order, of ``dtype``
+    (its byte order as the ``bytes`` codec or the v2 dtype says).
+    """
+
+    codec: Any  # a numcodecs codec: Zstd, Blosc or GZip
+    checksum: bool
+    dtype: np.dtype
+
+
+_V3_DECODERS = {"zstd": "Zstd", "blosc": "Blosc", "gzip": "GZip"}
+
+
+def decoder(arr: Any) -> Decoder | None:
+    """A :class:`Decoder` for ``arr``'s chunks when its codec chain is one numcodecs compressor, else None.
+
+    zarr v3: ``bytes`` + one of ``zstd``/``blosc``/``gzip`` (+ ``crc32c``),
+    inside a standard sharding codec or not; zarr v2: C order, no filters,
+    a ``Zstd``/``Blosc``/``GZip``/``Zlib`` compressor.  Read from zarr's
+    public array metadata; anything else (filters, transposes) zarr decodes.
+    """
+    import numcodecs
+
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        known = (numcodecs.Zstd, numcodecs.Blosc, numcodecs.GZip, numcodecs.Zlib)
+        if meta.order != "C" or meta.filters or not isinstance(meta.compressor, known):
+            return None
+        return Decoder(meta.compressor, False, arr.dtype)
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    codecs = tuple(meta.codecs)
+    if arr.shards is not None:
+        if len(codecs) != 1 or not _standard_index(codecs[0]):
+            return None
+        codecs = tuple(codecs[0].codecs)
+    checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    body = codecs[:-1] if checksum else codecs
+    if len(body) != 2 or not isinstance(body[0], BytesCodec):
+        return None
+    name = body[1].to_dict().get("name")
+    if name not in _V3_DECODERS:
+        return None
+    endian = body[0].endian
+    order = "<" if endian is None or endian.value == "little" else ">"
+    dtype = arr.dtype if arr.dtype.itemsize == 1 else arr.dtype.newbyteorder(order)
+    return Decoder(getattr(numcodecs, _V3_DECODERS[name])(), checksum, dtype)
 
 
 def checksummed(arr: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, others by zarr.
+"""Reading a zarr array's chunks as objects: raw chunks straight into the destination, compressed ones decoded here.
 
 Each chunk of a zarr array is an object of its own (``<array>/c/0/0``, named
 as :class:`~lazyweights.manifest.ZarrChunks` says), read as a member of the
@@ -11,10 +11,30 @@ separate object: the elements a region needs from it are one byte range, read
 straight into the destination (locally with ``os.preadv``, no staging copy)
 when they land in one contiguous span of it — the usual case, since the
 mirror writer splits leading axes only — or staged and copied (a column of a
-chunk, a dtype cast) otherwise.  Every other chunk (compressed, filtered,
-sharded, F order) is read and decoded by zarr itself, through its public
-array API over :func:`~lazyweights.formats.zarr_store.source_store`, a chunk
-at a time.
+chunk, a dtype cast) otherwise.  Remotely, raw chunks lying end to end in a
+shard object (as zarr writes whole shards) are read together by one ranged
+GET of up to a staged part (:func:`_merged_raw_reads`).
+
+A **compressed** chunk whose codec chain is one numcodecs compressor
+(``bytes`` + ``zstd``/``blosc``/``gzip`` [+ ``crc32c``], sharded or not;
+zarr v2 ``Zstd``/``Blosc``/``GZip``/``Zlib``; the chain read from zarr's
+public array metadata by :func:`~lazyweights.formats.zarr_store.decoder`) is
+fetched through the Source — its own object, or its byte range of a shard
+located through the shard index — its CRC32C stripped and checked, and
+decoded by numcodecs in the calling thread (numcodecs releases the GIL while
+it decompresses), with no ``out=``: numcodecs' zstd, blosc and gzip fill a
+larger ``out`` without saying the chunk was short.  Measured against zarr's
+own read path (``get_basic_selection`` through ``SourceStore``, its event loop
+and a thread per object read), interleaved on ``bench_mirror.py``'s 1 GB zstd
+mirror (2 shared cores, load ~6; 4 runs each): into pre-touched arrays 2.00-2.23 s
+(median 2.19) against 1.60-2.72 s (median 2.34), with 98-122 MiB of RSS growth
+against 131-210 MiB; allocating loads 2.76-3.43 s against 2.56-4.28 s.  No
+faster on these cores (the decompression itself dominates), less memory, and
+every byte read by the Source (pinned, length-checked) with its CRC32C checked
+here.
+Every other chunk (filters, transposes, F order) is read and decoded by zarr
+itself, through its public array API over
+:func:`~lazyweights.formats.zarr_store.source_store`, a chunk at a time.
 
 Why raw chunks are not simply left to zarr: ``benchmarks/bench_mirror.py
 --size-gb 0.3 --only into,load-mirror --repeat 3`` (warm page cache, 2 shared
@@ -22,10 +42,7 @@ cores, noisy), reading a raw mirror into pre-touched arrays: these byte ranges
 took 0.06-0.09 s, zarr's own ``arr.get_basic_selection(..., out=NDBuffer)`` per
 array 0.16-0.18 s with 64-88 MiB of RSS growth (against 0): 2-2.5x slower,
 since zarr reads each chunk object whole into a buffer of its own and copies
-it into ``out``.  Compressed chunks decoded by zarr (through ``SourceStore``)
-load into arrays in 0.33-0.50 s with ~105-115 MiB of growth, where the former
-private synchronous decoders took 0.34-0.38 s and ~70-77 MiB (same runs): a
-cost accepted for zarr's public API and its own codec pipeline.
+it into ``out``.
 
 **Checksums and shards** (zarr v3 mirrors by default).  A raw chunk written
 with zarr's ``crc32c`` codec is followed by its CRC32C: lazyweights reads the
@@ -58,8 +75,6 @@ runs them for one block (``reader.read``).
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, StorageError
-from ..formats.zarr_store import array, from_stored
+from ..formats.zarr_store import EMPTY_CHUNK, Decoder, array, crc32c, decoder, from_stored, shard_index
 from ..geometry import Box, box_runs, box_shape, byte_view, grid_pieces
 from ..manifest import WeightSpec
 from ..storage import Source
@@ -123,11 +138,26 @@ def _nbytes(spec: WeightSpec, box: Index) -> int:
     return math.prod(box_shape(box)) * spec.np_dtype.itemsize
 
 
-def chunk_reads(source: Source, spec: WeightSpec, dest: np.ndarray, region: Index) -> Iterator[ChunkRead]:
-    """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape)."""
+def chunk_reads(
+    source: Source, spec: WeightSpec, dest: np.ndarray, region: Index, merge_bytes: int = 0
+) -> Iterator[ChunkRead]:
+    """One :class:`ChunkRead` per chunk of ``spec`` meeting ``region``, filling ``dest`` (the region's shape).
+
+    ``merge_bytes``: remote raw chunks lying end to end in one shard object
+    are read together by one ranged GET of up to that many bytes (0: none).
+    """
     raw = spec.zarr is not None and spec.zarr.byteorder is not None
+    if raw and spec.zarr.shard is not None and not source.is_local and merge_bytes:
+        yield from _merged_raw_reads(source, spec, dest, list(_pieces(spec, region)), merge_bytes)
+        return
+    dec = None if raw or spec.zarr is None else decoder(array(source, spec.path))
     for piece in _pieces(spec, region):
-        yield _raw_read(source, spec, dest, piece) if raw else _zarr_read(source, spec, dest, piece)
+        if raw:
+            yield _raw_read(source, spec, dest, piece)
+        elif dec is not None:
+            yield _decoded_read(source, spec, dest, piece, dec)
+        else:
+            yield _zarr_read(source, spec, dest, piece)
 
 
 def read_box(source: Source, spec: WeightSpec, box: Index) -> np.ndarray:
@@ -191,7 +221,6 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
                 dest[piece.dst] = fill_value(spec)
 
         return ChunkRead(0 if source.is_local else length, length, nbytes, run)
-    strides = _c_strides(chunk_shape, dtype.itemsize)
     first, fetched = (0, whole) if checksum else (start, length)
 
     def run_staged() -> None:
@@ -199,11 +228,75 @@ def _raw_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece)
         if data is None:
             dest[piece.dst] = fill_value(spec)
             return
-        # the piece's elements, at the chunk's strides from the first
-        span = np.frombuffer(data, dtype=dtype, offset=start - first, count=s1 - s0)
-        dest[piece.dst] = np.lib.stride_tricks.as_strided(span, box_shape(piece.src), strides, writeable=False)
+        _place(spec, dest, piece, data, first)
 
     return ChunkRead(fetched + 4 * checksum, fetched, nbytes, run_staged)
+
+
+def _place(spec: WeightSpec, dest: np.ndarray, piece: _Piece, data: Any, data_start: int) -> None:
+    """Copy the piece's elements out of ``data``, a raw chunk's bytes from byte ``data_start`` on."""
+    chunk_shape = spec.chunk_shape or ()
+    dtype = _raw_dtype(spec)
+    s0, s1, _ = _flat_span(chunk_shape, piece.src)
+    # the piece's elements, at the chunk's strides from the first
+    span = np.frombuffer(data, dtype=dtype, offset=s0 * dtype.itemsize - data_start, count=s1 - s0)
+    strides = _c_strides(chunk_shape, dtype.itemsize)
+    dest[piece.dst] = np.lib.stride_tricks.as_strided(span, box_shape(piece.src), strides, writeable=False)
+
+
+def _merged_raw_reads(
+    source: Source, spec: WeightSpec, dest: np.ndarray, pieces: list[_Piece], merge_bytes: int
+) -> list[ChunkRead]:
+    """Remote raw chunks of a shard: neighbours in the shard object (as zarr writes a whole shard) read by one GET.
+
+    Each chunk's place comes from the shard's index (read once, cached);
+    chunks end to end there, up to ``merge_bytes`` together, become one
+    ranged read of the shard object, each chunk's CRC32C checked before its
+    values are used.  Chunks never written, or alone, read as before.
+    """
+    whole = math.prod(spec.chunk_shape or ()) * _raw_dtype(spec).itemsize
+    stored = whole + 4 * spec.zarr.checksum
+    reads: list[ChunkRead] = []
+    run: list[tuple[_Piece, int]] = []
+    member: Source | None = None
+
+    def flush() -> None:
+        if len(run) == 1:
+            reads.append(_raw_read(source, spec, dest, run[0][0]))
+        elif run:
+            reads.append(_merged_read(source, spec, dest, member, list(run), stored, whole))
+        run.clear()
+
+    for piece in pieces:
+        found = _locate(source, spec, piece.index, whole)
+        if found is None:
+            flush()
+            reads.append(_raw_read(source, spec, dest, piece))  # the fill value
+            continue
+        if run and (found[0] is not member or found[1] != run[-1][1] + stored or (len(run) + 1) * stored > merge_bytes):
+            flush()
+        member = found[0]
+        run.append((piece, found[1]))
+    flush()
+    return reads
+
+
+def _merged_read(
+    source: Source, spec: WeightSpec, dest: np.ndarray, member: Source, run: list[tuple[_Piece, int]], stored: int,
+    whole: int,
+) -> ChunkRead:  # fmt: skip
+    """One ranged read of chunks lying end to end in ``member``; each checked, then copied out."""
+    first, total = run[0][1], len(run) * stored
+
+    def go() -> None:
+        blob = memoryview(member.read(first, total))
+        for i, (piece, _) in enumerate(run):
+            data = blob[i * stored : i * stored + whole]
+            if spec.zarr.checksum:
+                _check_crc(source, spec, piece.index, data, bytes(blob[i * stored + whole : (i + 1) * stored]))
+            _place(spec, dest, piece, data, 0)
+
+    return ChunkRead(total, total, sum(_nbytes(spec, p.dst) for p, _ in run), go)
 
 
 def _writable_as(dest: np.ndarray, dtype: np.dtype) -> bool:
@@ -212,6 +305,76 @@ def _writable_as(dest: np.ndarray, dtype: np.dtype) -> bool:
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(math.prod(shape[i + 1 :]) * itemsize for i in range(len(shape)))
+
+
+# -- compressed chunks, decoded here -------------------------------------------------
+
+
+def _decoded_read(source: Source, spec: WeightSpec, dest: np.ndarray, piece: _Piece, dec: Decoder) -> ChunkRead:
+    """A compressed chunk: fetched through the Source, its CRC32C checked, decoded by numcodecs in this thread.
+
+    The decoded chunk must be exactly the chunk's size (a short one is an
+    error, not stale bytes); a whole chunk landing in one contiguous span of
+    the destination is copied there as bytes, any other piece element-wise.
+    """
+    chunk_shape = spec.chunk_shape or ()
+    chunk_nbytes = math.prod(chunk_shape) * dec.dtype.itemsize
+    nbytes = _nbytes(spec, piece.dst)
+    s0, s1, runs = _flat_span(chunk_shape, piece.src)
+    d0, d1, dest_runs = _flat_span(dest.shape, piece.dst)
+    whole = s0 == 0 and s1 * dec.dtype.itemsize == chunk_nbytes
+    direct = whole and runs == dest_runs == 1 and d1 - d0 == s1 and _writable_as(dest, dec.dtype)
+
+    def run() -> None:
+        encoded = _encoded(source, spec, piece.index)
+        if encoded is None:
+            dest[piece.dst] = fill_value(spec)
+            return
+        body = memoryview(encoded)
+        where = _where(source, spec, piece.index)
+        if dec.checksum:
+            if body.nbytes < 4:
+                raise FormatError(f"{where}: {body.nbytes} bytes, too short for a CRC32C")
+            _check_crc(source, spec, piece.index, body[:-4], bytes(body[-4:]))
+            body = body[:-4]
+        try:  # no ``out=``: numcodecs' zstd, blosc and gzip fill a larger ``out`` silently, hiding a short chunk
+            decoded = np.frombuffer(dec.codec.decode(body), np.uint8)
+        except Exception as exc:  # codecs raise RuntimeError, ValueError, zlib.error...: translated here, once
+            raise FormatError(f"{where}: cannot decode: {type(exc).__name__}: {exc}") from exc
+        if decoded.nbytes != chunk_nbytes:
+            raise FormatError(f"{where}: decodes to {decoded.nbytes} bytes, not {chunk_nbytes}")
+        if direct:
+            byte_view(dest.reshape(-1)[d0:d1])[:] = decoded.data
+        else:
+            values = decoded.view(dec.dtype).reshape(chunk_shape)[piece.src]
+            dest[piece.dst] = values.view(spec.np_dtype) if spec.dtype == "bfloat16" else values
+
+    # the encoded object (at most about the chunk) and the decoded chunk, while it is copied into place
+    return ChunkRead(2 * chunk_nbytes, chunk_nbytes, nbytes, run)
+
+
+def _encoded(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> bytearray | None:
+    """The stored bytes of the encoded chunk at ``index``: its object, or its range of a shard (None: unwritten)."""
+    if spec.zarr.shard is None:
+        member = source.member(f"{spec.path}/{spec.zarr.key(index)}")
+        return None if member is None else _read_whole(member, 0, member.size)
+    found = _shard_entry(source, spec, index)
+    if found is None:
+        return None
+    member, offset, nbytes = found
+    if offset + nbytes > member.size:
+        raise FormatError(
+            f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
+            f"{member.size}-byte shard object"
+        )
+    return _read_whole(member, offset, nbytes)
+
+
+def _read_whole(member: Source, offset: int, nbytes: int) -> bytearray:
+    """``nbytes`` at ``offset`` of ``member`` into a buffer of their own (locally one ``preadv``, no second copy)."""
+    buf = bytearray(nbytes)
+    member.readinto(offset, memoryview(buf))
+    return buf
 
 
 # -- chunks zarr decodes ------------------------------------------------------------
@@ -303,21 +466,29 @@ def _fetch(
     return data
 
 
-def _crc32c(data: Any) -> int:
-    """CRC32C with google-crc32c (hardware-accelerated; zarr's own ``crc32c`` codec uses it too)."""
-    import google_crc32c
-
-    return int(google_crc32c.value(np.frombuffer(data, dtype=np.uint8)))  # no copy; it takes no memoryview
-
-
 def _check_crc(source: Source, spec: WeightSpec, index: tuple[int, ...], data: memoryview, stored: bytes) -> None:
     """Raise :class:`FormatError` naming the weight and chunk unless ``stored`` is the CRC32C of ``data``."""
-    computed = _crc32c(data)
+    computed = crc32c(data)
     if computed != int.from_bytes(stored, "little"):
         raise FormatError(
             f"{_where(source, spec, index)}: checksum mismatch: the chunk's stored CRC32C is "
             f"{int.from_bytes(stored, 'little'):08x}, its bytes give {computed:08x} (the chunk is corrupt)"
         )
+
+
+def _shard_entry(source: Source, spec: WeightSpec, index: tuple[int, ...]) -> tuple[Source, int, int] | None:
+    """``(shard object, offset, nbytes)`` of the chunk at grid ``index`` from its shard's index; None: never written."""
+    fmt = spec.zarr
+    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
+    key = f"{spec.path}/{fmt.key(shard)}"
+    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
+    if table is None:
+        return None
+    member, entries = table
+    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
+        return None
+    return member, offset, nbytes
 
 
 def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int) -> tuple[Source, int] | None:
@@ -331,54 +502,16 @@ def _locate(source: Source, spec: WeightSpec, index: tuple[int, ...], whole: int
         if member.size != stored:
             raise _wrong_size(_where(source, spec, index), member.size, stored)
         return member, 0
-    shard = tuple(i // n for i, n in zip(index, fmt.shard, strict=True))
-    key = f"{spec.path}/{fmt.key(shard)}"
-    table = shard_index(source, key, fmt.shard, f"{source.url}: weight {spec.key!r}, shard {fmt.key(shard)!r}")
-    if table is None:
+    found = _shard_entry(source, spec, index)
+    if found is None:
         return None
-    member, entries = table
-    offset, nbytes = (int(v) for v in entries[tuple(i % n for i, n in zip(index, fmt.shard, strict=True))])
-    if offset == _EMPTY and nbytes == _EMPTY:
-        return None
+    member, offset, nbytes = found
     if nbytes != stored or offset + nbytes > member.size:
         raise FormatError(
             f"{_where(source, spec, index)}: the shard index gives {nbytes} bytes at offset {offset} of a "
             f"{member.size}-byte shard object; an uncompressed chunk holds {stored}"
         )
     return member, offset
-
-
-_EMPTY = 2**64 - 1  # zarr's shard index entry of a chunk never written
-_indexes: weakref.WeakKeyDictionary[Source, dict[str, Any]] = weakref.WeakKeyDictionary()
-_index_lock = threading.Lock()
-
-
-def shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
-    """The shard object ``key`` and its index (``shard + (2,)`` offsets and sizes), read once per source.
-
-    None when the shard object does not exist (all its chunks hold the fill
-    value).  The index's own CRC32C is checked.
-    """
-    with _index_lock:
-        cache = _indexes.setdefault(source, {})
-        slot = cache.setdefault(key, [threading.Lock(), None, False])
-    with slot[0]:
-        if not slot[2]:
-            slot[1], slot[2] = _read_shard_index(source, key, shard, where), True
-        return slot[1]
-
-
-def _read_shard_index(source: Source, key: str, shard: tuple[int, ...], where: str) -> tuple[Source, np.ndarray] | None:
-    member = source.member(key)
-    if member is None:
-        return None
-    size = math.prod(shard) * 16
-    if member.size < size + 4:
-        raise FormatError(f"{where}: the shard object holds {member.size} bytes, less than its index ({size + 4})")
-    raw = member.read(member.size - size - 4, size + 4)
-    if _crc32c(raw[:size]) != int.from_bytes(raw[size:], "little"):
-        raise FormatError(f"{where}: the shard index fails its CRC32C check (the shard is corrupt)")
-    return member, np.frombuffer(raw, dtype="<u8", count=size // 8).reshape(*shard, 2)
 
 
 def _wrong_size(where: str, got: int, wanted: int) -> FormatError:

@@ -75,6 +75,7 @@ _CACHE_SIZE = 64
 # of its own is a store (a prefix of objects) when one of these root metadata objects exists.
 STORE_MARKERS = ("zarr.json", ".zmetadata", ".zgroup")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}  # protocol -> extra
+_LISTS_PINS = {"s3", "s3a", "gs", "gcs"}  # listings with sizes and ETags/generations: pins without a stat each
 _cache: OrderedDict[tuple[str, str], Source] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -333,6 +334,7 @@ class Source:
         self._handle_lock = threading.Lock()
         self._members: dict[str, Source | None] = {}
         self._members_lock = threading.Lock()
+        self._listed = False  # members pinned from one listing: a key it did not show is absent (no stat)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._parent is not None:
@@ -362,8 +364,8 @@ class Source:
         if key.startswith("/") or ".." in key.split("/") or not key:
             raise StorageError(f"{self.url}: member key {key!r} leaves the checkpoint")
         with self._members_lock:
-            if key in self._members:
-                return self._members[key]
+            if key in self._members or self._listed:
+                return self._members.get(key)
         child = self._new_member(key)
         with self._members_lock:
             return self._members.setdefault(key, child)
@@ -387,12 +389,44 @@ class Source:
                 return True
         return False
 
+    def pin_listed(self) -> bool:
+        """Pin every object under this store prefix from one recursive listing, instead of a stat per object.
+
+        For object stores whose listings carry what a pin needs (S3: size and
+        ETag; GCS: size and generation): one LIST request per thousand
+        objects replaces a HEAD per object read, and a key the listing did not
+        show is absent without a request (zarr's probes for the other
+        format's documents).  Members stay pinned, every response checked
+        against the pin, as after a stat.  Returns False (nothing done) for
+        other filesystems or a source that is no store prefix.
+        """
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        if not self.is_dir or self.is_local or self._parent is not None or not set(protocols) & _LISTS_PINS:
+            return False
+        root = self.path.rstrip("/")
+
+        def listing() -> dict[str, Any]:
+            self._count()
+            return self.fs.find(root, detail=True)
+
+        found = self.with_retries(listing, "listing of the store")
+        children = {}
+        for path, info in found.items():
+            path = str(path).rstrip("/")
+            if info.get("type") == "file" and path.startswith(root + "/"):
+                children[path[len(root) + 1 :]] = self._new_member(path[len(root) + 1 :], info)
+        with self._members_lock:
+            for key, child in children.items():
+                self._members.setdefault(key, child)
+            self._listed = True
+        return True
+
     def members_read(self) -> dict[str, Source | None]:
         """The members handed out so far (None: found absent), by key."""
         with self._members_lock:
             return dict(self._members)
 
-    def _new_member(self, key: str) -> Source | None:
+    def _new_member(self, key: str, info: Mapping[str, Any] | None = None) -> Source | None:
         child = object.__new__(Source)
         url, path = (self.url, self.path) if self.is_dir else (self.url.rsplit("/", 1)[0], self.path.rsplit("/", 1)[0])
         child.url = f"{url.rstrip('/')}/{key}"
@@ -405,6 +439,9 @@ class Source:
         child.store = False
         child.fs, child.path = self.fs, f"{path.rstrip('/')}/{key}"
         child.is_local = self.is_local
+        if info is not None:  # from a listing (pin_listed)
+            child._init_object(info)
+            return child
         try:
             info = child.stat()
         except StorageError as exc:  # no such object: a never-written chunk, a metadata document zarr probes for

@@ -194,12 +194,15 @@ class _Checksums:
         return crc32c_of_parts((c, n) for _, c, n in sorted(parts))
 
 
-def _zarr_units(source: Source, target: Target, dest: np.ndarray) -> list[plan.Unit]:
-    """One piece per zarr chunk meeting the region (raw chunks read straight into ``dest`` when they can be)."""
+def _zarr_units(source: Source, target: Target, dest: np.ndarray, merge_bytes: int) -> list[plan.Unit]:
+    """One piece per zarr chunk meeting the region (raw chunks read straight into ``dest`` when they can be).
+
+    Remote raw chunks end to end in a shard merge into reads of up to ``merge_bytes`` (a staged part).
+    """
     spec = target.spec
     return [
         plan.ZarrPiece(key=spec.key, cost=r.cost, stored=r.stored, nbytes=r.nbytes, run=r.run)
-        for r in zarr.chunk_reads(source, spec, dest, target.region)
+        for r in zarr.chunk_reads(source, spec, dest, target.region, merge_bytes)
     ]
 
 
@@ -310,7 +313,8 @@ def _submit_group(
     for slot, (target, dest) in enumerate(zip(group.targets, arrays, strict=True)):
         checksums.expect(source, slot, target)
         if target.spec.layout == "zarr":
-            mine = _zarr_units(source, target, dest)
+            merge = parts.staged if budget.limit is None else min(parts.staged, budget.limit // 2)
+            mine = _zarr_units(source, target, dest, merge)
         else:
             try:
                 mine = plan.target_units(target, slot, dest, parts, source.is_local)

@@ -362,11 +362,15 @@ def _chunk_count(spec: WeightSpec) -> int:
 
 
 def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
-    """Fold runs of small plain remote reads into :class:`Batch` units of at most ``limit`` stored bytes."""
-    out: list[Unit] = []
-    run: list[Direct] = []
+    """Fold small plain remote reads into :class:`Batch` units of at most ``limit`` stored bytes, one per object.
 
-    def flush() -> None:
+    Reads of several objects may interleave (a packed mirror's weights of
+    several dtypes, in layer order): each object's reads batch on their own.
+    """
+    out: list[Unit] = []
+    runs: dict[str | None, list[Direct]] = {}
+
+    def flush(run: list[Direct]) -> None:
         if len(run) == 1:
             out.append(run[0])
         elif run:
@@ -382,13 +386,14 @@ def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
 
     for unit in units:
         if not isinstance(unit, Direct) or unit.stored > BATCH_READ_BYTES:
-            flush()
             out.append(unit)
             continue
-        if run and (sum(u.stored for u in run) + unit.stored > limit or unit.member != run[0].member):
-            flush()  # a batch reads one object
+        run = runs.setdefault(unit.member, [])
+        if run and sum(u.stored for u in run) + unit.stored > limit:
+            flush(run)  # a batch reads one object
         run.append(unit)
-    flush()
+    for run in runs.values():
+        flush(run)
     return out
 
 

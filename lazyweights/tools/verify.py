@@ -251,8 +251,9 @@ def _recorded(ckpt: Checkpoint, digests: dict[str, str], side: str) -> list[Diff
     """A mirror's recorded checksums against its data: catches corrupted or missing chunks."""
     out = []
     for spec in (*ckpt.manifest.weights, *ckpt.manifest.optimizer):
-        if spec.layout != "zarr" or digests.get(spec.key, "error:").startswith("error:"):
-            continue  # not a mirror's array, or unreadable (reported as such)
+        mirror = spec.layout == "zarr" or (spec.layout == "contiguous" and "mirror_of" in (ckpt.attrs.get(ATTR) or {}))
+        if not mirror or digests.get(spec.key, "error:").startswith("error:"):
+            continue  # not a mirror's array (or packed weight), or unreadable (reported as such)
         recorded = _recorded_digest(ckpt, spec)
         actual = digests[spec.key]
         if recorded is not None and recorded != actual:
@@ -261,6 +262,6 @@ def _recorded(ckpt: Checkpoint, digests: dict[str, str], side: str) -> list[Diff
 
 
 def _recorded_digest(ckpt: Checkpoint, spec: WeightSpec) -> str | None:
-    from ..formats.zarr_store import array
+    from ..formats.zarr import recorded_sha256
 
-    return (array(ckpt.source, spec.path).attrs.get(ATTR) or {}).get("sha256")
+    return recorded_sha256(ckpt.source, spec)
