@@ -488,7 +488,7 @@ class Source:
         one round of concurrent requests where the store's answer pins (HTTP, S3): a round trip saved.
         Elsewhere (local, memory, GCS, chained caches), or when the answer cannot pin, a plain stat.
         """
-        read = None if self.is_local else first_read(self.fs, self.path)
+        read = None if self.is_local or self._names_a_store() else first_read(self.fs, self.path)
         if read is None:
             return self.stat(), None
 
@@ -505,9 +505,9 @@ class Source:
             try:
                 return fsspec.asyn.sync(self.fs.loop, together)
             except FileNotFoundError:
-                if self._is_store_prefix():
-                    return First({"type": "directory", "size": 0}, b"")
-                raise
+                if self._names_an_object():
+                    raise
+                return None  # maybe a store prefix: the store's own stat decides (s3fs lists, HTTP probes markers)
 
         got = self._retrying_sync(attempt, "cannot stat")
         return (got.info, got) if got is not None else (self.stat(), None)
@@ -561,15 +561,22 @@ class Source:
                 f"(at open: {self.pin.describe()}; now: {now.describe()})"
             )
 
+    def _names_an_object(self) -> bool:
+        """Whether the URL's last segment has an extension other than ``.zarr`` (``model.h5``): an object, never
+        a store prefix, so a missing one costs its stat alone, not a probe per marker."""
+        name = self.path.rstrip("/").rsplit("/", 1)[-1]
+        return not self.path.endswith("/") and "." in name.lstrip(".") and not name.endswith(".zarr")
+
+    def _names_a_store(self) -> bool:
+        """Whether the URL names a store prefix outright (``x.zarr``, a trailing slash): no head to fetch."""
+        return self.path.endswith("/") or self.path.rstrip("/").endswith(".zarr")
+
     def _is_store_prefix(self) -> bool:
         """Whether a zarr root metadata object lives under this URL (object stores have no directories).
 
-        Decided by the URL first: a last segment with an extension other than
-        ``.zarr`` (``model.h5``) names an object, so a missing file costs the
-        stat alone, not a probe per marker.
+        Decided by the URL first (:meth:`_names_an_object`).
         """
-        name = self.path.rstrip("/").rsplit("/", 1)[-1]
-        if not self.path.endswith("/") and "." in name.lstrip(".") and not name.endswith(".zarr"):
+        if self._names_an_object():
             return False
         for marker in STORE_MARKERS:
             try:
