@@ -21,7 +21,9 @@ from .manifest import Extent, WeightSpec
 
 __all__ = [
     "MAX_MERGED_BYTES",
+    "MERGE_FREE_GAP",
     "MERGE_GAP_BYTES",
+    "MERGE_OVERHEAD",
     "ROW_BLOCK_BYTES",
     "Box",
     "box_runs",
@@ -46,6 +48,11 @@ Box = tuple[slice, ...]
 # 64 KiB costs ~3 ms at 25 MB/s, well under one round trip, and keeps fetched bytes near what is needed.
 MERGE_GAP_BYTES = 64 << 10
 MAX_MERGED_BYTES = 16 << 20
+# Reads of regions (a rank's rows of each weight) bridge gaps over MERGE_FREE_GAP only while the gaps add at
+# most MERGE_OVERHEAD of the bytes asked for: the gaps there are other ranks' rows (measured: each of 2 ranks
+# read 1.07x a 2,000-layer file with the plain policy).  Whole weights keep it: their gaps are object headers.
+MERGE_FREE_GAP = 4 << 10
+MERGE_OVERHEAD = 0.02
 
 # The one row-block size: dask blocks of contiguous weights, streamed blocks of export/mirror/verify,
 # staged parts of torch tensors numpy cannot share.  Large enough that a block's parts keep a load's
@@ -159,15 +166,22 @@ def byte_view(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def merge_ranges(ranges: Sequence[tuple[int, int]], max_gap: int = MERGE_GAP_BYTES) -> list[tuple[int, int]]:
+def merge_ranges(
+    ranges: Sequence[tuple[int, int]], max_gap: int = MERGE_GAP_BYTES, max_overhead: float | None = None
+) -> list[tuple[int, int]]:
     """``(offset, length)`` ranges as the ``[start, end)`` spans to fetch: sorted, near ones merged, empty dropped.
 
     fsspec's own merge (what its ``cat_ranges`` and parquet readers use), with this module's policy;
     ``max_gap`` is for callers that already merged by their own measure (the HDF5 metadata walk).
+    With ``max_overhead`` (region reads), gaps over :data:`MERGE_FREE_GAP` are bridged, smallest
+    first, only while the bridged bytes stay within that fraction of the bytes asked for: fsspec's
+    merge has no such bound, so this one case is written here.
     """
     live = [(off, n) for off, n in ranges if n]
     if not live:
         return []
+    if max_overhead is not None:
+        return _bounded_merge(live, max_gap, max_overhead)
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [""] * len(live),
         [off for off, _ in live],
@@ -177,6 +191,28 @@ def merge_ranges(ranges: Sequence[tuple[int, int]], max_gap: int = MERGE_GAP_BYT
         sort=True,
     )
     return list(zip(starts, ends, strict=True))
+
+
+def _bounded_merge(ranges: list[tuple[int, int]], max_gap: int, max_overhead: float) -> list[tuple[int, int]]:
+    spans: list[list[int]] = []
+    for off, n in sorted(ranges):  # overlapping and touching ranges always join
+        if spans and off <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], off + n)
+        else:
+            spans.append([off, off + n])
+    allowance, spent, bridged = max_overhead * sum(e - s for s, e in spans), 0, set()
+    for gap, i in sorted((spans[i + 1][0] - spans[i][1], i) for i in range(len(spans) - 1)):
+        if gap > max_gap or (gap > MERGE_FREE_GAP and spent + gap > allowance):
+            break
+        bridged.add(i)
+        spent += gap
+    out = [spans[0]]
+    for i, (start, end) in enumerate(spans[1:]):
+        if i in bridged and end - out[-1][0] <= MAX_MERGED_BYTES:
+            out[-1][1] = end
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
 
 
 # -- chunks -------------------------------------------------------------------------------

@@ -184,3 +184,22 @@ def test_any_box_reads_what_numpy_slices(region_file) -> None:
         check()
     finally:
         ckpt.close()
+
+
+def test_row_shards_of_small_weights_leave_other_ranks_rows(http_server, http_root) -> None:
+    """Small weights batch into merged reads; the rows between one rank's pieces are the other rank's, and
+    are not fetched to save a request (with the plain 64 KiB merge gap each rank read the whole file)."""
+    path = http_root / "small-rows.h5"
+    values = {f"w{i:02d}": np.full((128, 128), i, "f4") for i in range(64)}  # 64 KiB each, 4 MiB in all
+    with h5py.File(path, "w") as f:
+        for key, v in values.items():
+            f[key] = v
+    data = sum(v.nbytes for v in values.values())
+    with lw.open(f"{http_server.url}/{path.name}", index=False) as ckpt:
+        for rank in range(2):
+            http_server.reset()
+            arrays = ckpt.load(shard=lw.Shard(rank, 2))
+            for key, v in values.items():
+                np.testing.assert_array_equal(arrays[key], _piece(v, rank, 2), err_msg=key)
+            assert http_server.bytes_sent <= 1.02 * data / 2, http_server.bytes_sent / data
+            assert http_server.bytes_sent == arrays.report.bytes_read

@@ -638,16 +638,21 @@ class Source:
             os.close(fd)
 
     def merged_spans(
-        self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None
+        self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None, max_overhead: float | None = None
     ) -> list[tuple[int, int]]:
         """The byte spans :meth:`readinto_many` fetches for ``items`` (:func:`~lazyweights.geometry.merge_ranges`)."""
         ranges = [(off, buf.nbytes) for off, buf in items]
-        return merge_ranges(ranges) if max_gap is None else merge_ranges(ranges, max_gap)
+        if max_gap is None:
+            return merge_ranges(ranges, max_overhead=max_overhead)
+        return merge_ranges(ranges, max_gap, max_overhead)
 
-    def readinto_many(self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None) -> int:
+    def readinto_many(
+        self, items: Sequence[tuple[int, memoryview]], max_gap: int | None = None, max_overhead: float | None = None
+    ) -> int:
         """Fill each ``(offset, buffer)``; nearby ranges merge into one request, requests run concurrently.
 
-        ``max_gap`` overrides the merge policy's gap (0: only touching ranges merge).
+        ``max_gap`` overrides the merge policy's gap (0: only touching ranges merge); ``max_overhead``
+        bounds the bytes bridged (region reads).
         Returns the number of requests made (0 for local files, which are read
         one ``preadv`` per item).
         """
@@ -658,7 +663,7 @@ class Source:
         items = self._copy_held(items)
         if not items:
             return 0
-        spans = self.merged_spans(items, max_gap)
+        spans = self.merged_spans(items, max_gap, max_overhead)
         blocks = self._fetch_many(spans)
         starts = [s for s, _ in spans]
         for offset, buf in items:

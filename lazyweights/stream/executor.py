@@ -70,7 +70,7 @@ def _reader(source: Source, unit: plan.Unit) -> Source:
 def _ranges(unit: plan.Unit) -> list[tuple[int, int]] | None:
     """The byte ranges a plain unit reads (None: a unit whose reads are its reader's business)."""
     if isinstance(unit, plan.Batch):
-        return [(r.offset, r.length) for r in unit.reads]
+        return unit.ranges
     if isinstance(unit, plan.Direct | plan.Staged | plan.Span):
         return [(unit.offset, unit.stored)]
     if isinstance(unit, plan.PieceRead):
@@ -90,7 +90,7 @@ def wire_cost(source: Source, unit: plan.Unit) -> tuple[int, int]:
     rest = [(off, n) for off, n in ranges if reader.cached(off, n) is None]
     if len(rest) == len(ranges):
         return unit.stored, unit.requests
-    spans = geometry.merge_ranges(rest)
+    spans = geometry.merge_ranges(rest, max_overhead=unit.max_overhead if isinstance(unit, plan.Batch) else None)
     return sum(end - start for start, end in spans), len(spans)
 
 
@@ -112,7 +112,7 @@ def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> l
         return [(unit, geometry.byte_view(stage))]
     if isinstance(unit, plan.Batch):
         views = [(r, geometry.byte_view(_flat(arrays[r.slot])[r.d0 : r.d1])) for r in unit.reads]
-        reader.readinto_many([(r.offset, view) for r, view in views])
+        reader.readinto_many([(r.offset, view) for r, view in views], max_overhead=unit.max_overhead)
         return views
     if isinstance(unit, plan.Span):
         stage = np.empty(unit.last - unit.first, dtype=unit.dtype)

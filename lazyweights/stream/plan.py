@@ -133,6 +133,7 @@ class Direct(Unit):
     length: int
     d0: int
     d1: int
+    region: bool = False  # part of a region read (a shard): batched reads bound the gaps they bridge
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,10 +230,16 @@ class Batch(Unit):
     """Plain remote reads (:class:`Direct` units) fetched together: near ranges merged, the rest concurrently."""
 
     reads: tuple[Direct, ...]
+    max_overhead: float | None = None  # the merge bound of region reads (geometry.merge_ranges)
 
     @property
     def members(self) -> tuple[Unit, ...]:
         return self.reads
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """The byte ranges of its reads."""
+        return [(r.offset, r.length) for r in self.reads]
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -296,6 +303,7 @@ def _contiguous_units(
         yield from _span_units(spec, slot, starts, run, parts.staged, is_local)
         return
     staged_factor = 1 if is_local else 2
+    region = box != geometry.full_box(spec.shape)
     for i, s in enumerate(starts.tolist()):
         for e0, e1 in geometry.contiguous_parts(spec, part_bytes, s, s + run):
             ext = geometry.element_extent(spec, e0, e1)
@@ -304,7 +312,7 @@ def _contiguous_units(
             if direct:  # remote: the bytes are in flight until they land (and batchable)
                 yield Direct(
                     key=spec.key, cost=0 if is_local else n, stored=n, nbytes=n, member=spec.member,
-                    slot=slot, offset=ext.offset, length=n, d0=d0, d1=d1,
+                    slot=slot, offset=ext.offset, length=n, d0=d0, d1=d1, region=region,
                 )  # fmt: skip
             else:
                 yield Staged(
@@ -374,12 +382,13 @@ def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
         if len(run) == 1:
             out.append(run[0])
         elif run:
-            spans = geometry.merge_ranges([(u.offset, u.length) for u in run])
+            bound = geometry.MERGE_OVERHEAD if any(u.region for u in run) else None
+            spans = geometry.merge_ranges([(u.offset, u.length) for u in run], max_overhead=bound)
             fetched = sum(e - s for s, e in spans)
             nbytes = sum(u.nbytes for u in run)
             batch = Batch(
                 key=run[0].key, cost=fetched, stored=fetched, nbytes=nbytes, requests=len(spans), reads=(*run,),
-                member=run[0].member,
+                member=run[0].member, max_overhead=bound,
             )  # fmt: skip
             out.append(batch)
         run.clear()
