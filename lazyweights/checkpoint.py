@@ -289,8 +289,9 @@ def open(
     *,
     index: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    readahead: int | str | None = None,
 ) -> Checkpoint:
-    """Open a checkpoint at any fsspec URL or local path; reads metadata only.
+    """Open a checkpoint at any fsspec URL or local path; reads metadata only (unless ``readahead``).
 
     Parameters
     ----------
@@ -308,11 +309,22 @@ def open(
     cache_dir
         Where manifests of remote checkpoints are cached
         (default ``~/.cache/lazyweights/index``).
+    readahead
+        For a caller about to read nearly every byte: a remote object of at
+        most this size ("128MiB", bytes) is read whole at open, in 16
+        concurrent ranged GETs after the first, and its metadata and weights
+        are then read from memory, until the checkpoint closes or a load
+        needs the room (the copy counts in its ``max_memory``).
+        :func:`load` does this for a full load of a URL.
     """
     url = os.fspath(url)
     # the first round: the head with the stat, the index next to the file; a manifest cached locally
     # for this URL needs only a stat, if the object has not changed
-    prefetch = None if index and has_cached(url, cache_dir) else Prefetch(siblings=(INDEX_SUFFIX,) if index else ())
+    whole = parse_bytes(readahead) or 0
+    if index and has_cached(url, cache_dir):
+        prefetch = Prefetch(whole=whole) if whole else None
+    else:
+        prefetch = Prefetch(siblings=(INDEX_SUFFIX,) if index else (), whole=whole)
     source, tf_prefix = formats.open_source(url, storage_options, prefetch)
     try:
         parse = functools.partial(formats.parse, tf_prefix=tf_prefix)
@@ -354,6 +366,7 @@ def load(
     shard: ShardArg = None,
     index: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    readahead: bool = True,
 ) -> LoadedWeights | LoadReport:
     """Load a checkpoint's weights into memory.
 
@@ -376,10 +389,34 @@ def load(
     each weight; arrays (and ``out`` destinations) then have the part's shape,
     and weights read whole are listed in ``report.replicated``.  ``index`` and
     ``cache_dir`` are :func:`open`'s.
+
+    ``readahead``: a full load of a URL (no ``shard``, ``out`` not a dict)
+    reads a remote object of at most 3/4 of ``max_memory`` whole, in 16
+    concurrent ranged GETs, and walks and loads it from memory: Keras
+    interleaves metadata with weights, so reading by range costs a request per
+    layer or so, more than the whole object's transfer.  The copy counts in
+    ``max_memory`` and is dropped after the load.  ``readahead=False`` reads
+    only metadata, then the weights' ranges.
     """
     kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
-    with opened(src, storage_options, index=index, cache_dir=cache_dir) as ckpt:
-        return ckpt.load(out, **kwargs)
+    whole = readahead and shard is None and not isinstance(out, Mapping) and not isinstance(src, Checkpoint)
+    ahead = readahead_limit(max_memory) if whole else None
+    with opened(src, storage_options, index=index, cache_dir=cache_dir, readahead=ahead) as ckpt:
+        try:
+            return ckpt.load(out, **kwargs)
+        finally:
+            if ahead:
+                ckpt._source.release_whole()
+
+
+READAHEAD_UNLIMITED = 1 << 30  # the read-ahead limit of a load with max_memory=None
+
+
+def readahead_limit(max_memory: int | str | None) -> int:
+    """The largest object a full load reads whole: three quarters of its budget (the copy counts in it;
+    the rest bounds the load's parts)."""
+    budget = parse_bytes(max_memory)
+    return READAHEAD_UNLIMITED if budget is None else budget * 3 // 4
 
 
 _ = builtins  # `open` above shadows the builtin inside this module on purpose

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 from . import checkpoint as _checkpoint
+from .checkpoint import readahead_limit
 from .errors import (
     CompileError,
     FormatError,
@@ -101,7 +102,7 @@ def load_weights(
     """
     if kwargs:
         raise UsageError(f"Invalid keyword arguments: {kwargs}")
-    with _opened(src, storage_options) as (ckpt, _):
+    with _opened(src, storage_options, readahead_limit(max_memory)) as (ckpt, _):
         if not model.built:
             raise UsageError(
                 f"{ckpt.url}: You are loading weights into a model that has not yet been built. Try building the "
@@ -158,7 +159,8 @@ def load_model(
     """
     if compile not in (True, False, "best_effort"):
         raise UsageError(f"compile must be True, False or 'best_effort', not {compile!r}")
-    with _opened(src, storage_options) as (ckpt, config), _loader(ckpt, max_memory, concurrency, progress) as loader:
+    opened = _opened(src, storage_options, readahead_limit(max_memory))
+    with opened as (ckpt, config), _loader(ckpt, max_memory, concurrency, progress) as loader:
         if config is None:
             raise FormatError(
                 f"{ckpt.url}: No model config found in the file ({ckpt.format}); load_model needs a .keras archive "
@@ -208,14 +210,18 @@ def weight_keys(
 
 
 @contextlib.contextmanager
-def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tuple[_checkpoint.Checkpoint, Any]]:
+def _opened(
+    src: Any, storage_options: Mapping[str, Any] | None, readahead: int | None = None
+) -> Iterator[tuple[_checkpoint.Checkpoint, Any]]:
     """The checkpoint at ``src`` and its model config, opened as Keras takes a model file.
 
     ``src`` is a URL or path, an open :class:`~lazyweights.Checkpoint`, a
     binary file object (read in place, never indexed), or an unzipped
     ``.keras`` folder (its ``model.weights.h5`` opened, its ``config.json``
     read).  A missing file raises :class:`~lazyweights.NotFoundError`, a
-    ``ValueError`` as in Keras.
+    ``ValueError`` as in Keras.  ``readahead``: a URL's object of at most that
+    size is read whole at open (a full load follows; see :func:`lazyweights.load`)
+    and dropped on exit.
     """
     if is_file_object(src):
         with file_object_url(src) as url, _checkpoint.opened(url, index=False) as ckpt:
@@ -223,7 +229,9 @@ def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tup
         return
     with contextlib.ExitStack() as stack:
         try:
-            ckpt = stack.enter_context(_checkpoint.opened(src, storage_options))
+            ckpt = stack.enter_context(_checkpoint.opened(src, storage_options, readahead=_ahead(src, readahead)))
+            if readahead:
+                stack.callback(ckpt._source.release_whole)
             config = ckpt.model_config
         except (StorageError, FormatError) as exc:
             unzipped = _unzipped(src, storage_options)
@@ -234,6 +242,11 @@ def _opened(src: Any, storage_options: Mapping[str, Any] | None) -> Iterator[tup
             ckpt = stack.enter_context(_checkpoint.opened(unzipped[0], storage_options))
             config = unzipped[1]
         yield ckpt, config
+
+
+def _ahead(src: Any, readahead: int | None) -> int | None:
+    """The read-ahead limit for opening ``src`` (None for a Checkpoint already open: it was opened as it is)."""
+    return None if isinstance(src, _checkpoint.Checkpoint) else readahead
 
 
 def _not_found_message(src: Any, exc: BaseException) -> str:

@@ -37,7 +37,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from .checkpoint import Checkpoint, opened
+from .checkpoint import Checkpoint, opened, readahead_limit
 from .checkpoint import open as open_checkpoint
 from .errors import LazyWeightsError, ObjectChangedError, UnsupportedError, require
 from .manifest import Manifest
@@ -111,9 +111,17 @@ def load_state_dict(
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
     options = Options(mapping, layout, strict, device, shard, replicated, assign)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    opener = _open_shared if replicated == "broadcast" else None
-    with opened(src, storage_options, opener=opener) as ckpt:
-        return _load(module, ckpt, options, run)
+    if replicated == "broadcast":
+        with opened(src, storage_options, opener=_open_shared) as ckpt:
+            return _load(module, ckpt, options, run)
+    whole = shard is None and not isinstance(src, Checkpoint)  # every weight will be read: read the object whole
+    ahead = readahead_limit(max_memory) if whole else None
+    with opened(src, storage_options, readahead=ahead) as ckpt:
+        try:
+            return _load(module, ckpt, options, run)
+        finally:
+            if ahead:
+                ckpt._source.release_whole()
 
 
 def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Checkpoint:

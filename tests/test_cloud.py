@@ -421,3 +421,13 @@ def test_zarr_mirror_members_pinned_from_one_listing(keras3_files, s3, gcs, tmp_
         assert mir._source._listed and len(members) == sum(1 for p in local.rglob("*") if p.is_file())
         assert all(m.pin.etag or m.pin.version for m in members)
     _assert_same(got, _local(keras3_files["h5"]))
+
+
+@pytest.mark.parametrize("kind", ["s3", "gs", "http"])
+def test_a_full_load_reads_the_object_whole_from_every_store(kind, s3, gcs, http_server, http_root) -> None:
+    """MobileNetV2 (14 MB) read whole at open in concurrent pinned ranged GETs, then loaded from memory."""
+    url, options = _put(kind, MOBILENET, s3, gcs, http_server, http_root, name="whole-mobilenet.h5")
+    got = lw.load(url, storage_options=options, index=False)
+    assert got.report.read_ahead == MOBILENET.stat().st_size
+    assert got.report.requests == 0
+    _assert_same(got, _local(MOBILENET))

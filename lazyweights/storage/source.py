@@ -67,6 +67,7 @@ __all__ = ["HEAD_BYTES", "STORE_MARKERS", "TAIL_BYTES", "Prefetch", "Source", "g
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 20  # fetched in one request at open: the superblock and, for most files, much of the metadata
+WHOLE_MIN_PART = 1 << 20  # read_whole: no ranged GET smaller than this (latency, not bandwidth, would dominate)
 TAIL_BYTES = 64 << 10  # an archive's end: a zip's end record (a 64 KiB comment at most) and, usually, its directory
 
 _CACHE_SIZE = 64
@@ -244,11 +245,15 @@ class Prefetch:
 
     The head always (the stat is its ranged GET); ``tail``: the object's last
     :data:`TAIL_BYTES` (an archive's end); ``siblings``: small objects named
-    ``<file><suffix>`` (a metadata index), found or found absent.
+    ``<file><suffix>`` (a metadata index), found or found absent; ``whole``: a
+    caller that will read nearly all of the object (a full load) has it read
+    whole, in a second round, when its size is at most ``whole`` bytes.
     """
 
     tail: bool = False
     siblings: tuple[str, ...] = ()
+    whole: int = 0  # read the whole object when it is at most this many bytes (see Source.read_whole)
+    parts: int = 16  # ... in this many concurrent ranged GETs
 
 
 _UNREAD = object()  # a prefetched sibling that could not be read: read_sibling tries again
@@ -308,6 +313,8 @@ class Source:
             tail = first.tail
             self._tail = tail if tail is not None and len(tail) == min(self.size, TAIL_BYTES) else None
             self._siblings = dict(first.siblings)
+        if prefetch is not None and prefetch.whole and not self.is_dir and self.size <= prefetch.whole:
+            self.read_whole(prefetch.parts)
 
     def _init_object(self, info: Mapping[str, Any]) -> None:
         """Everything that follows from the object's ``info()``: kind, pin, pinned readers, empty caches."""
@@ -328,6 +335,7 @@ class Source:
         self._cache_path: str | None = None  # simplecache::/filecache::: the local copy, fetched once
         self._head: bytes | None = None
         self._tail: bytes | None = None
+        self._whole: memoryview | None = None  # the object read whole ahead of a full load (read_whole)
         self._siblings: dict[str, bytes | None] = {}
         self._head_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
@@ -613,7 +621,7 @@ class Source:
         if self._whole_file:  # a chained whole-file cache: fetched once, then read like a local file
             self._check_length(offset, length, self._with_fd(lambda fd: pread_into(fd, offset, view)))
         elif not self.is_local:
-            held = self.cached(offset, length)
+            held = self._held(offset, length)
             if held is not None:  # inside the head (or an archive's tail) fetched at open: no request
                 view[:] = held
             elif self._areadinto is None:
@@ -677,7 +685,7 @@ class Source:
         """Fill the items the head or tail already holds; return the others."""
         rest = []
         for offset, buf in items:
-            held = self.cached(offset, buf.nbytes)
+            held = self._held(offset, buf.nbytes)
             if held is None:
                 rest.append((offset, buf))
             elif buf.nbytes:
@@ -839,15 +847,75 @@ class Source:
             self.readinto_many([(0, memoryview(head)), (self.size - len(tail), memoryview(tail))], max_gap=0)
             self._head, self._tail = bytes(head), bytes(tail)
 
-    def cached(self, offset: int, length: int) -> bytes | None:
-        """``[offset, offset + length)`` if the head or tail already fetched holds it, else None (nothing is read)."""
-        head, tail = self._head, self._tail
-        if head is not None and offset + length <= len(head):
-            return head[offset : offset + length]
+    def read_whole(self, parts: int = 16) -> None:
+        """Read the whole remote object now, in ``parts`` concurrent ranged GETs (the head reused), and hold it.
+
+        For a caller that will read nearly every byte (a full load): its metadata walk and its weight reads
+        are then served from memory.  Measured on a simulated object store (20 ms a request, 25 MB/s a
+        connection): a 2,000-layer Keras ``.h5`` file's walk makes ~7,000 small requests (one per object
+        header cluster: Keras interleaves headers with weight data), which cost more than reading the
+        140 MB in 16 streams.  Held until :meth:`release_whole` (or :meth:`close`); each range is
+        pinned and length-checked like any read.  Only objects on async filesystems (HTTP, S3, GCS) are
+        read ahead: local ones, ``memory://`` and whole-file caches are in memory or on disk already.
+        """
+        if self._afetch is None or self.is_dir or self._whole_file or self._whole is not None:
+            return
+        buf = bytearray(self.size)
+        view = memoryview(buf)
+        head, tail = self._head or b"", self._tail or b""  # what the first round fetched is not fetched again
+        start, end = len(head), max(len(head), self.size - len(tail))
+        view[:start] = head
+        view[end:] = tail[len(tail) - (self.size - end) :]
+        if end > start:
+            count = max(1, min(parts, -(-(end - start) // WHOLE_MIN_PART)))
+            step = -(-(end - start) // count)
+            self._fill([(off, view[off : min(off + step, end)]) for off in range(start, end, step)])
+        self._whole = view.toreadonly()
+
+    def _fill(self, items: list[tuple[int, memoryview]]) -> None:
+        """Fill each ``(offset, buffer)`` with its own ranged GET, all concurrently (touching ranges stay apart)."""
+        if self._areadinto is not None:
+
+            async def every() -> None:
+                await asyncio.gather(*(self._areadinto_checked(off, buf) for off, buf in items))
+
+            fsspec.asyn.sync(self.fs.loop, every)
+            return
+        blocks = self._fetch_many([(off, off + buf.nbytes) for off, buf in items])
+        for (_, buf), block in zip(items, blocks, strict=True):
+            buf[:] = block
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of this object held in memory by :meth:`read_whole` (0 when none)."""
+        whole = self._whole
+        return 0 if whole is None else whole.nbytes
+
+    def release_whole(self) -> None:
+        """Drop the copy :meth:`read_whole` holds (reads in progress keep their views; later ones fetch)."""
+        self._whole = None
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether ``[offset, offset + length)`` is held in memory (a read of it costs no request)."""
+        return self._held(offset, length) is not None
+
+    def _held(self, offset: int, length: int) -> memoryview | None:
+        """A view of ``[offset, offset + length)`` in the whole object, head or tail held, else None (no copy)."""
+        whole, head, tail = self._whole, self._head, self._tail
+        if whole is not None and offset >= 0 and offset + length <= whole.nbytes:
+            return whole[offset : offset + length]
+        if head is not None and offset >= 0 and offset + length <= len(head):
+            return memoryview(head)[offset : offset + length]
         if tail is not None and offset >= self.size - len(tail):
             at = offset - (self.size - len(tail))
-            return tail[at : at + length] if at + length <= len(tail) else None
+            return memoryview(tail)[at : at + length] if at + length <= len(tail) else None
         return None
+
+    def cached(self, offset: int, length: int) -> bytes | None:
+        """``[offset, offset + length)`` if the head, tail or whole object already fetched holds it, else None
+        (nothing is read)."""
+        held = self._held(offset, length)
+        return None if held is None else bytes(held)
 
     def sibling_path(self, suffix: str) -> str | None:
         """The filesystem path of the object named like this one plus ``suffix`` (None for URLs with a query)."""
@@ -972,7 +1040,8 @@ class Source:
             yield found
 
     def close(self) -> None:
-        """Close the local descriptor and every handle opened through :meth:`handle`."""
+        """Close the local descriptor and every handle opened through :meth:`handle`; drop what is held."""
+        self._whole = None
         with self._fd_lock:
             if self._fd_readers:
                 self._fd_closing = True  # the last read in progress closes it

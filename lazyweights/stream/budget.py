@@ -82,15 +82,26 @@ def allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
 class ByteBudget:
     """Admit reservations while the bytes reserved stay under ``limit`` (None: unlimited)."""
 
-    def __init__(self, limit: int | None = None):
+    def __init__(self, limit: int | None = None, held: int = 0):
         self.limit = limit
+        self.held = held  # bytes held outside the reservations (a read-ahead copy of the object): counted too
         self.in_flight = 0
-        self.peak = 0
+        self.peak = held
         self._pinned: dict[object, int] = {}
         self._cond = threading.Condition()
 
+    def room(self) -> int | None:
+        """The most one reservation can ever get (None: unlimited)."""
+        return None if self.limit is None else self.limit - self.held
+
+    def drop_held(self) -> None:
+        """The held bytes are gone: their room goes to reservations."""
+        with self._cond:
+            self.held = 0
+            self._cond.notify_all()
+
     def _fits(self, nbytes: int, owner: object) -> bool:
-        if self.limit is None or self.in_flight + nbytes <= self.limit:
+        if self.limit is None or self.held + self.in_flight + nbytes <= self.limit:
             return True
         return self.in_flight == self._pinned.get(owner, 0)  # nothing in flight but the owner's pinned bytes
 
@@ -101,7 +112,7 @@ class ByteBudget:
             self.in_flight += nbytes
             if pin:
                 self._pinned[owner] = self._pinned.get(owner, 0) + nbytes
-            self.peak = max(self.peak, self.in_flight)
+            self.peak = max(self.peak, self.held + self.in_flight)
 
     def release(self, nbytes: int, owner: object = None, pin: bool = False) -> None:
         with self._cond:

@@ -82,12 +82,13 @@ def _ranges(unit: plan.Unit) -> list[tuple[int, int]] | None:
 
 def wire_cost(source: Source, unit: plan.Unit) -> tuple[int, int]:
     """``(bytes, requests)`` ``unit`` costs in storage: ranges the open already fetched (a remote
-    object's head or tail) are served from memory and cost none, so the report counts the wire."""
+    object's head or tail, or all of it read ahead) are served from memory and cost none, so the report
+    counts the wire."""
     ranges = None if source.is_local else _ranges(unit)
     if ranges is None:
         return unit.stored, unit.requests
     reader = _reader(source, unit)
-    rest = [(off, n) for off, n in ranges if reader.cached(off, n) is None]
+    rest = [(off, n) for off, n in ranges if not reader.holds(off, n)]
     if len(rest) == len(ranges):
         return unit.stored, unit.requests
     spans = geometry.merge_ranges(rest, max_overhead=unit.max_overhead if isinstance(unit, plan.Batch) else None)
@@ -267,8 +268,9 @@ def execute(
     """
     concurrency = check_concurrency(concurrency) or (max(4, 2 * (os.cpu_count() or 1)) if source.is_local else 16)
     remote_total = None if source.is_local else sum(t.nbytes for g in groups for t in g.targets)
-    parts = plan.PartSizes.choose(part_bytes, max_memory, concurrency, remote_total)
-    budget = ByteBudget(max_memory)
+    budget = ByteBudget(max_memory, held=_held_ahead(source, max_memory))
+    report.read_ahead = budget.held
+    parts = plan.PartSizes.choose(part_bytes, budget.room(), concurrency, remote_total)  # under what is left
     state = _Progress(progress)
     slots = threading.BoundedSemaphore(2 * concurrency)
     start = time.perf_counter()
@@ -293,6 +295,16 @@ def execute(
         _raise(source, groups, state)
     source.verify()  # every path ends here: refuse bytes read from an object that changed meanwhile
     return report
+
+
+def _held_ahead(source: Source, max_memory: int | None) -> int:
+    """Bytes the source holds read ahead (:meth:`Source.read_whole`), counted in the budget as in flight;
+    dropped instead (the load then reads by range) when they leave less than an eighth of the budget."""
+    held = source.held_bytes
+    if held and max_memory is not None and 8 * held > 7 * max_memory:
+        source.release_whole()
+        return 0
+    return held
 
 
 def _submit_group(
@@ -357,6 +369,7 @@ def _submit_group(
     if not units:
         _guard(state, group.targets[0].spec.key if group.targets else "", complete)
     for unit in units:
+        _make_room(source, unit, budget)
         if isinstance(unit, plan.HDF5Chunk | plan.ZarrPiece | plan.H5py):
             _check_cost(source, unit, budget)
         budget.acquire(unit.cost, owner)
@@ -383,6 +396,15 @@ def _drain(pool: ThreadPoolExecutor, state: _Progress) -> None:
             return
         except BaseException as exc:
             state.fail("", exc)
+
+
+def _make_room(source: Source, unit: plan.Unit, budget: ByteBudget) -> None:
+    """A unit that needs more than the budget leaves beside the read-ahead copy drops the copy (the rest
+    of the load reads by range): never a refusal or a stall the plain load would not have."""
+    room = budget.room()
+    if budget.held and room is not None and unit.cost > room:
+        source.release_whole()
+        budget.drop_held()
 
 
 def _check_cost(source: Source, unit: plan.Unit, budget: ByteBudget) -> None:

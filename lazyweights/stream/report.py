@@ -19,6 +19,7 @@ class LoadReport:
     bytes_loaded: int = 0
     bytes_read: int = 0
     requests: int = 0
+    read_ahead: int = 0  # bytes of the object read whole at open (Source.read_whole): weights came from memory
     seconds: float = 0.0
     peak_in_flight: int = 0
     max_memory: int | None = None
@@ -35,6 +36,7 @@ class LoadReport:
             f"loaded {len(self.loaded)} weights ({self.bytes_loaded / mib:.1f} MiB) from {self.url} "
             f"in {self.seconds:.2f} s ({self.throughput / mib:.0f} MiB/s), {self.requests} reads, "
             f"peak in flight {self.peak_in_flight / mib:.1f} MiB"
+            + (f", {self.read_ahead / mib:.1f} MiB read ahead at open" if self.read_ahead else "")
             + (f", {len(self.skipped)} skipped" if self.skipped else "")
         )
 
@@ -47,6 +49,7 @@ class LoadReport:
         self.bytes_loaded += part.bytes_loaded
         self.bytes_read += part.bytes_read
         self.requests += part.requests
+        self.read_ahead += part.read_ahead
         self.seconds += part.seconds
         self.peak_in_flight = max(self.peak_in_flight, part.peak_in_flight)
         self.max_memory = part.max_memory if part.max_memory is not None else self.max_memory
