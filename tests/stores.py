@@ -8,6 +8,8 @@ gcsfs, configured only through ``storage_options``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,6 +90,28 @@ class GCSStore:
         return fsspec.filesystem("gs", **self.options)
 
 
+class _BackloggedHTTPServer(http.server.HTTPServer):
+    """The emulator's single-threaded server with a listen backlog for a level of concurrent reads.
+
+    socketserver's backlog of 5 drops the connections of a metadata level's hundred
+    concurrent reads; the dropped ones then wait out the 60 s read timeout.
+    """
+
+    request_queue_size = 256
+
+
+def _backlogged(api: Any) -> None:
+    """Make the emulator's API thread serve through :class:`_BackloggedHTTPServer` (same handler)."""
+    from gcp_storage_emulator.server import RequestHandler
+
+    def run() -> None:
+        api._httpd = _BackloggedHTTPServer((api._host, api._port), functools.partial(RequestHandler, api._storage))
+        api.is_running.set()
+        api._httpd.serve_forever()
+
+    api.run = run
+
+
 @contextlib.contextmanager
 def gcs_server(bucket: str = "lw-gcs") -> Iterator[GCSStore]:
     """gcp-storage-emulator's JSON API on 127.0.0.1 (in memory), port chosen by the OS.
@@ -101,6 +125,7 @@ def gcs_server(bucket: str = "lw-gcs") -> Iterator[GCSStore]:
     previous = fsspec.get_filesystem_class("gs")
     fsspec.register_implementation("gs", gcsfs.core.GCSFileSystem, clobber=True)
     server = create_server("127.0.0.1", 0, in_memory=True, default_bucket=bucket)
+    _backlogged(server._api)
     server.start()
     try:
         server._api.is_running.wait(10)

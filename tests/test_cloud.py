@@ -130,8 +130,9 @@ def test_open_request_counts_and_index(http_server, http_root, tmp_path) -> None
     http_server.reset()
     with lw.open(url, cache_dir=tmp_path / "a") as ckpt:  # stat, look for an index, walk the metadata
         parsed = ckpt.manifest
-    # the metadata walk reads each level's objects concurrently: more requests, a few rounds (test_hdf5_paths)
-    assert len(http_server.requests) <= len(parsed.weights), http_server.requests
+    # the metadata walk reads each level's objects concurrently: more requests, a few rounds (test_hdf5_paths);
+    # each structure read by what it holds: at most two ranges per weight (its header; its group's node and heap)
+    assert len(http_server.requests) <= 2 * len(parsed.weights), http_server.requests
     assert http_server.bytes_sent <= MOBILENET.stat().st_size  # no byte fetched twice
 
     http_server.reset()

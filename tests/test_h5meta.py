@@ -459,6 +459,32 @@ def test_fetched_bytes_small_fraction(tmp_path: Path) -> None:
     assert w.stats.calls <= 8
 
 
+def test_walk_reads_no_more_than_the_metadata(tmp_path: Path) -> None:
+    """Keras interleaves each layer's headers, B-tree, heap and symbol nodes with the previous
+    layer's weights: the walk reads nodes by their used entries and heaps by their data, so it
+    fetches fewer bytes than the file holds outside its weights, in the same few rounds."""
+    p = tmp_path / "layers.h5"
+    with h5py.File(p, "w") as f:
+        mw = f.create_group("model_weights")
+        for i in range(300):
+            g = mw.create_group(f"dense_{i}").create_group(f"dense_{i}")
+            g["kernel:0"] = np.full((64, 32), i, "f4")
+            g["bias:0"] = np.full(32, i, "f4")
+    with h5py.File(p, "r") as f:
+        data = sum(d.id.get_storage_size() for d in _datasets(f))
+    size = p.stat().st_size
+    w = walk_path(p)
+    assert w["model_weights/dense_299/dense_299/kernel:0"].shape == (64, 32)
+    assert w.stats.bytes < size - data, (w.stats.bytes, size - data)
+    assert w.stats.calls <= 8, w.stats
+
+
+def _datasets(f: h5py.File) -> list[h5py.Dataset]:
+    out: list[h5py.Dataset] = []
+    f.visititems(lambda _, o: out.append(o) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
 # -- malformed files -----------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 
 from ..errors import FormatError, UnsafeCheckpointError
-from ..storage import Source
+from ..storage import HEAD_BYTES, Source
 
 __all__ = ["MemberBytes", "keras_limit", "read_members", "refuse_bomb"]
 
@@ -67,7 +67,7 @@ def refuse_bomb(url: str, info: zipfile.ZipInfo, *, extract: bool = False) -> No
 
 _LOCAL = 30  # fixed part of a local file header
 _SLACK = 4096  # room for a local extra field longer than the directory's
-_HEAD = 1 << 20  # the HDF5 member's first bytes fetched with the rest (the walk's head)
+_HEAD = HEAD_BYTES  # the HDF5 member's first bytes fetched with the rest (the walk's head)
 
 MemberBytes = tuple[dict[str, bytes], int, bytes]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ...errors import FormatError
 from ._base import Ctx, Cursor, Task, read_many
 
-__all__ = ["SymbolEntry", "btree1_chunks", "btree1_group_entries"]
+__all__ = ["GROUP_NODE_SPECULATIVE", "SymbolEntry", "btree1_chunks", "group_symbol_nodes", "symbol_entries"]
 
 
 @dataclass
@@ -33,26 +33,34 @@ def _node_size(ctx: Ctx, k: int, key_size: int) -> int:
 
 
 def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str, want: int = 0) -> Task:
-    """Breadth-first over the tree; return [(key_bytes_left, child_address, key_bytes_right)] of leaves."""
+    """Breadth-first over the tree; return [(key_bytes_left, child_address, key_bytes_right)] of leaves.
+
+    The root is read with ``want`` bytes (0: a whole node); the nodes below it, which are at
+    least half full, whole.  A level's nodes longer than their first read are completed
+    together, in one more batch.
+    """
     level_nodes = [root]
     seen: set[int] = set()
     leaves: list[tuple[bytes, int, bytes]] = []
     expected_level = None
+    full = _node_size(ctx, k, key_size)
+    header = 8 + 2 * ctx.so
+    size = max(want, header + key_size) if want else full
     for _ in range(ctx.limits.max_btree_depth):
         if not level_nodes:
             return leaves
-        size = max(_node_size(ctx, k, key_size), want)
         ranges = []
         for a in level_nodes:
             if a in seen:
                 raise FormatError(f"{what}: B-tree node at 0x{a:x} visited twice (cycle)")
             seen.add(a)
-            start = ctx.addr(a, 8 + 2 * ctx.so, f"{what}: B-tree node at 0x{a:x}")
+            start = ctx.addr(a, header, f"{what}: B-tree node at 0x{a:x}")
             ranges.append((start, min(size, ctx.size - start)))
         datas = yield from read_many(ranges)
+        datas = yield from _complete(ctx, level_nodes, datas, ntype, key_size, what)
         nxt = []
         for a, data in zip(level_nodes, datas, strict=False):
-            level, entries = yield from _node(ctx, a, data, ntype, key_size, what)
+            level, entries = _node(ctx, a, data, ntype, key_size, what)
             if expected_level is not None and level != expected_level:
                 raise FormatError(f"{what}: B-tree node at 0x{a:x} has level {level}, expected {expected_level}")
             if level == 0:
@@ -61,21 +69,41 @@ def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str, wan
                 nxt.extend(child for _, child, _ in entries)
         expected_level = None if not nxt else level - 1
         level_nodes = nxt
+        size = full
     raise FormatError(f"{what}: B-tree deeper than {ctx.limits.max_btree_depth} levels")
 
 
-def _node(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str) -> Task:
-    nw = f"{what}: B-tree node at 0x{rel:x}"
-    c = Cursor(data, ctx, nw)
+def _used_size(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str) -> int:
+    """The bytes a node's used entries take, from its header."""
+    c = Cursor(data, ctx, f"{what}: B-tree node at 0x{rel:x}")
     c.signature(b"TREE")
-    t, level, used = c.u8(), c.u8(), c.u16()
+    t, _level, used = c.u8(), c.u8(), c.u16()
     if t != ntype:
-        raise FormatError(f"{nw}: node type {t}, expected {ntype}")
+        raise FormatError(f"{what}: B-tree node at 0x{rel:x}: node type {t}, expected {ntype}")
+    return 8 + 2 * ctx.so + (used + 1) * key_size + used * ctx.so
+
+
+def _complete(ctx: Ctx, nodes: list[int], datas: list[bytes], ntype: int, key_size: int, what: str) -> Task:
+    """``datas`` with every node that is longer than its first read read whole (one batch)."""
+    short = []
+    for i, (a, data) in enumerate(zip(nodes, datas, strict=False)):
+        need = _used_size(ctx, a, data, ntype, key_size, what)
+        if need > len(data):
+            short.append((i, (ctx.addr(a, need, f"{what}: B-tree node at 0x{a:x}"), need)))
+    if not short:
+        return datas
+    more = yield from read_many([r for _, r in short])
+    datas = list(datas)
+    for (i, _), data in zip(short, more, strict=False):
+        datas[i] = data
+    return datas
+
+
+def _node(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str) -> tuple[int, list]:
+    """A node's level and its (left key, child, right key) entries."""
+    c = Cursor(data, ctx, f"{what}: B-tree node at 0x{rel:x}", 5)
+    level, used = c.u8(), c.u16()
     c.skip(2 * ctx.so)
-    need = 8 + 2 * ctx.so + (used + 1) * key_size + used * ctx.so
-    if need > len(data):
-        data = (yield from read_many([(ctx.addr(rel, need, nw), need)]))[0]
-        c = Cursor(data, ctx, nw, c.pos)
     entries = []
     left = c.bytes(key_size)
     for _ in range(used):
@@ -86,35 +114,60 @@ def _node(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str)
     return level, entries
 
 
-def btree1_group_entries(ctx: Ctx, root: int) -> Task:
-    """All symbol table entries of an old-style group whose B-tree is at ``root``."""
+def group_symbol_nodes(ctx: Ctx, root: int, want: int = GROUP_NODE_SPECULATIVE) -> Task:
+    """The addresses of the symbol table nodes of an old-style group whose B-tree is at ``root``.
+
+    ``want`` bytes are read at the root node before its entry count is known.
+    """
     what = f"group B-tree at 0x{root:x}"
-    leaves = yield from _walk(ctx, root, 0, ctx.sl, ctx.group_internal_k, what, GROUP_NODE_SPECULATIVE)
-    snods = [child for _, child, _ in leaves]
-    esize = ctx.sl + ctx.so + 24  # name offset (a length), header address, cache type, reserved, scratch
-    size = 8 + 2 * ctx.group_leaf_k * esize
-    ranges = []
-    for a in snods:
-        start = ctx.addr(a, 8, f"symbol table node at 0x{a:x}")
-        ranges.append((start, min(size, ctx.size - start)))
-    datas = yield from read_many(ranges)
+    leaves = yield from _walk(ctx, root, 0, ctx.sl, ctx.group_internal_k, what, want)
+    return [child for _, child, _ in leaves]
+
+
+def symbol_entries(ctx: Ctx, snods: list[int], expect: int | None = None) -> Task:
+    """The entries of the symbol table nodes at ``snods``, in order.
+
+    ``expect`` (an estimate of a node's entry count) sizes the first read; nodes holding
+    more are completed together in one more batch.  ``None`` reads whole nodes.
+    """
+    esize = _entry_size(ctx)
+    full = 8 + 2 * ctx.group_leaf_k * esize
+    size = full if expect is None else min(full, 8 + max(expect, 1) * esize)
+    starts = [ctx.addr(a, 8, f"symbol table node at 0x{a:x}") for a in snods]
+    datas = yield from read_many([(start, min(size, ctx.size - start)) for start in starts])
+    counts = [_symbol_count(ctx, a, d) for a, d in zip(snods, datas, strict=False)]
+    short = [i for i, (d, n) in enumerate(zip(datas, counts, strict=False)) if 8 + n * esize > len(d)]
+    if short:
+        more = yield from read_many([_snod_range(ctx, snods[i], counts[i]) for i in short])
+        datas = list(datas)
+        for i, d in zip(short, more, strict=False):
+            datas[i] = d
     out: list[SymbolEntry] = []
-    for a, data in zip(snods, datas, strict=False):
-        nw = f"symbol table node at 0x{a:x}"
-        c = Cursor(data, ctx, nw)
-        c.signature(b"SNOD")
-        c.skip(2)
-        n = c.u16()
-        if 8 + n * esize > len(data):
-            data = (yield from read_many([(ctx.addr(a, 8 + n * esize, nw), 8 + n * esize)]))[0]
-            c = Cursor(data, ctx, nw, 8)
+    for a, data, n in zip(snods, datas, counts, strict=False):
+        c = Cursor(data, ctx, f"symbol table node at 0x{a:x}", 8)
         for _ in range(n):
             name_off, addr, ctype = c.length(), c.offset(), c.u32()
             c.skip(4)
             out.append(SymbolEntry(name_off, addr, ctype, c.bytes(16)))
         if len(out) > ctx.limits.max_links:
-            raise FormatError(f"{what}: more than {ctx.limits.max_links} links")
+            raise FormatError(f"symbol table nodes at 0x{snods[0]:x}...: more than {ctx.limits.max_links} links")
     return out
+
+
+def _entry_size(ctx: Ctx) -> int:
+    return ctx.sl + ctx.so + 24  # name offset (a length), header address, cache type, reserved, scratch
+
+
+def _symbol_count(ctx: Ctx, rel: int, data: bytes) -> int:
+    c = Cursor(data, ctx, f"symbol table node at 0x{rel:x}")
+    c.signature(b"SNOD")
+    c.skip(2)
+    return c.u16()
+
+
+def _snod_range(ctx: Ctx, rel: int, n: int) -> tuple[int, int]:
+    need = 8 + n * _entry_size(ctx)
+    return ctx.addr(rel, need, f"symbol table node at 0x{rel:x}"), need
 
 
 def btree1_chunks(ctx: Ctx, root: int, rank: int) -> Task:

@@ -15,7 +15,7 @@ from ._base import Ctx, Cursor, Task, check_sum, read_many, spec_read
 
 __all__ = ["HEADER_SPECULATIVE", "MSG_CONTINUATION", "Message", "read_object_header"]
 
-HEADER_SPECULATIVE = 512  # bytes read at an object header before its size is known
+HEADER_SPECULATIVE = 320  # bytes read at an object header before its size is known
 MSG_CONTINUATION = 0x10
 
 
@@ -29,11 +29,14 @@ class Message:
     crt_order: int | None = None
 
 
-def read_object_header(ctx: Ctx, rel: int) -> Task:
-    """Parse the object header at relative address ``rel``; return its messages."""
+def read_object_header(ctx: Ctx, rel: int, want: int = HEADER_SPECULATIVE) -> Task:
+    """Parse the object header at relative address ``rel``; return its messages.
+
+    ``want`` bytes are read before the header's size is known (the rest, if any, in the next level).
+    """
     what = f"object header at 0x{rel:x}"
     start = ctx.addr(rel, 16, what)
-    head = yield from spec_read(ctx, start, 16, HEADER_SPECULATIVE, what)
+    head = yield from spec_read(ctx, start, 16, want, what)
     if head[:4] == b"OHDR":
         msgs, conts, hflags = yield from _v2_first(ctx, start, head, what)
         version = 2

@@ -23,12 +23,12 @@ import numpy as np
 from ...errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from . import messages as M
 from ._base import Ctx, Cursor, Limits, Par, Task, gather
-from .btree1 import btree1_group_entries
+from .btree1 import GROUP_NODE_SPECULATIVE, group_symbol_nodes, symbol_entries
 from .btree2 import btree2_records
 from .chunk_index import chunk_table
 from .fractal_heap import heap_objects, read_fractal_heap
 from .global_heap import read_collections
-from .local_heap import read_local_heap
+from .local_heap import HEAP_SPECULATIVE, finish_local_heap, read_local_heap_head
 from .objheader import Message, read_object_header
 from .superblock import read_superblock
 from .tree import (
@@ -49,6 +49,14 @@ __all__ = ["FetchMany", "walk"]
 
 FetchMany = Callable[[list[tuple[int, int]]], Sequence[bytes]]
 MERGE_GAP = 256  # ranges closer than this are fetched as one
+# A group named by its parent's symbol table entry (cache type 1) has its B-tree and local heap
+# addresses there, so its header, B-tree root and heap are read in one level.  Its symbol nodes
+# come in the next level in any case, so whatever of the three lies past these first reads (a long
+# header, a B-tree node with many entries, the heap's data segment) is read beside them at no
+# extra level: the first reads are small.
+HINTED_HEADER = 64
+HINTED_NODE = 64
+HINTED_HEAP = HEAP_SPECULATIVE
 
 
 # -- scheduler ---------------------------------------------------------------------
@@ -286,7 +294,8 @@ def _object(
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
     pre = None
     if hint is not None and _hint_ok(ctx, hint):
-        msgs, pre = yield from gather([read_object_header(ctx, rel), _speculative(_symtab_links(ctx, *hint, path))])
+        links = _speculative(_symtab_links(ctx, *hint, path, (HINTED_NODE, HINTED_HEAP)))
+        msgs, pre = yield from gather([read_object_header(ctx, rel, HINTED_HEADER), links])
     else:
         msgs = yield from read_object_header(ctx, rel)
     types = {m.type for m in msgs}
@@ -370,8 +379,13 @@ def _links(ctx: Ctx, msgs: list[Message], what: str, pre=(None, None)) -> Task:
     return _ordered(links, bool(info and info.tracked))
 
 
-def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str) -> Task:
-    heap, entries = yield from gather([read_local_heap(ctx, heap_rel), btree1_group_entries(ctx, btree)])
+def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, wants: tuple[int, int] | None = None) -> Task:
+    """The links of a symbol-table group (``wants``: first-read sizes of its B-tree nodes and heap)."""
+    node, heap_want = wants or (GROUP_NODE_SPECULATIVE, HEAP_SPECULATIVE)
+    first = [read_local_heap_head(ctx, heap_rel, heap_want), group_symbol_nodes(ctx, btree, node)]
+    hh, snods = yield from gather(first)
+    expect = hh.heap.name_count() if hh.heap is not None and len(snods) == 1 else None  # sizes the node's read
+    heap, entries = yield from gather([finish_local_heap(ctx, hh), symbol_entries(ctx, snods, expect)])
     out = []
     for e in entries:
         name = heap.string(e.name_offset)
