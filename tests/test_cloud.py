@@ -131,8 +131,9 @@ def test_open_request_counts_and_index(http_server, http_root, tmp_path) -> None
     with lw.open(url, cache_dir=tmp_path / "a") as ckpt:  # stat, look for an index, walk the metadata
         parsed = ckpt.manifest
     # the metadata walk reads each level's objects concurrently: more requests, a few rounds (test_hdf5_paths);
-    # each structure read by what it holds: at most two ranges per weight (its header; its group's node and heap)
-    assert len(http_server.requests) <= 2 * len(parsed.weights), http_server.requests
+    # each structure read by what it holds, ranges merged only across 256 bytes: at most five per weight (its
+    # header; its groups' headers with B-tree roots, heaps and symbol nodes, which Keras nests per layer)
+    assert len(http_server.requests) <= 5 * len(parsed.weights), http_server.requests
     assert http_server.bytes_sent <= MOBILENET.stat().st_size  # no byte fetched twice
 
     http_server.reset()
