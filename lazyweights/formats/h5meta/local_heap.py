@@ -16,7 +16,6 @@ __all__ = [
     "HeapHead",
     "LocalHeap",
     "finish_local_heap",
-    "read_local_heap",
     "read_local_heap_head",
 ]
 
@@ -97,9 +96,3 @@ def finish_local_heap(ctx: Ctx, hh: HeapHead) -> Task:
         return hh.heap
     data = yield from spec_read(ctx, hh.data_at, hh.size, hh.size, hh.what)
     return LocalHeap(data, hh.what, hh.free)
-
-
-def read_local_heap(ctx: Ctx, rel: int, want: int = HEAP_SPECULATIVE) -> Task:
-    """Read the local heap at relative address ``rel`` (header and data segment)."""
-    hh = yield from read_local_heap_head(ctx, rel, want)
-    return (yield from finish_local_heap(ctx, hh))

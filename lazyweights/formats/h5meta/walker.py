@@ -28,7 +28,7 @@ from .btree2 import btree2_records
 from .chunk_index import chunk_table
 from .fractal_heap import heap_objects, read_fractal_heap
 from .global_heap import read_collections
-from .local_heap import HEAP_SPECULATIVE, finish_local_heap, read_local_heap_head
+from .local_heap import finish_local_heap, read_local_heap_head
 from .objheader import Message, read_object_header
 from .superblock import read_superblock
 from .tree import (
@@ -56,7 +56,6 @@ MERGE_GAP = 256  # ranges closer than this are fetched as one
 # extra level: the first reads are small.
 HINTED_HEADER = 64
 HINTED_NODE = 64
-HINTED_HEAP = HEAP_SPECULATIVE
 
 
 # -- scheduler ---------------------------------------------------------------------
@@ -294,7 +293,7 @@ def _object(
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
     pre = None
     if hint is not None and _hint_ok(ctx, hint):
-        links = _speculative(_symtab_links(ctx, *hint, path, (HINTED_NODE, HINTED_HEAP)))
+        links = _speculative(_symtab_links(ctx, *hint, path, HINTED_NODE))
         msgs, pre = yield from gather([read_object_header(ctx, rel, HINTED_HEADER), links])
     else:
         msgs = yield from read_object_header(ctx, rel)
@@ -379,10 +378,9 @@ def _links(ctx: Ctx, msgs: list[Message], what: str, pre=(None, None)) -> Task:
     return _ordered(links, bool(info and info.tracked))
 
 
-def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, wants: tuple[int, int] | None = None) -> Task:
-    """The links of a symbol-table group (``wants``: first-read sizes of its B-tree nodes and heap)."""
-    node, heap_want = wants or (GROUP_NODE_SPECULATIVE, HEAP_SPECULATIVE)
-    first = [read_local_heap_head(ctx, heap_rel, heap_want), group_symbol_nodes(ctx, btree, node)]
+def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, node: int = GROUP_NODE_SPECULATIVE) -> Task:
+    """The links of a symbol-table group (``node``: the first-read size of its B-tree root)."""
+    first = [read_local_heap_head(ctx, heap_rel), group_symbol_nodes(ctx, btree, node)]
     hh, snods = yield from gather(first)
     expect = hh.heap.name_count() if hh.heap is not None and len(snods) == 1 else None  # sizes the node's read
     heap, entries = yield from gather([finish_local_heap(ctx, hh), symbol_entries(ctx, snods, expect)])
