@@ -32,6 +32,7 @@ __all__ = [
     "coalesce_runs",
     "contiguous_parts",
     "element_extent",
+    "flat_boxes",
     "full_box",
     "grid_pieces",
     "intersect",
@@ -105,6 +106,33 @@ def full_box(shape: tuple[int, ...]) -> Box:
 def box_shape(box: Box) -> tuple[int, ...]:
     """The shape of the block a box of unit-step slices selects."""
     return tuple(max(0, s.stop - s.start) for s in box)
+
+
+def flat_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[Box]:
+    """Boxes covering elements ``[start, stop)`` of a C-order array of ``shape``, in order.
+
+    Each box is contiguous in C order and follows the previous one, so box
+    ``i`` fills the next ``prod(box_shape(box))`` elements of a 1-D
+    destination: a flat element range (a ZeRO/FSDP-style partition) becomes at
+    most ``2 * ndim - 1`` boxes, each read like any other region.
+    """
+    if start >= stop:
+        return []
+    if not shape:
+        return [()]
+    inner = math.prod(shape[1:])
+    (i0, r0), (i1, r1) = divmod(start, inner), divmod(stop, inner)
+    if i0 == i1:
+        return [(slice(i0, i0 + 1), *sub) for sub in flat_boxes(shape[1:], r0, r1)]
+    out: list[Box] = []
+    if r0:
+        out += [(slice(i0, i0 + 1), *sub) for sub in flat_boxes(shape[1:], r0, inner)]
+        i0 += 1
+    if i1 > i0:
+        out.append((slice(i0, i1), *full_box(shape[1:])))
+    if r1:
+        out += [(slice(i1, i1 + 1), *sub) for sub in flat_boxes(shape[1:], 0, r1)]
+    return out
 
 
 def box_runs(shape: tuple[int, ...], box: Box) -> tuple[np.ndarray, int]:

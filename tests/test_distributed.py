@@ -137,5 +137,8 @@ def test_dask_distributed_load_in_one_call(checkpoint_url, full_model) -> None:
 
         shard = lwd.load(url, client, keys=["fc1/weight"], shard=lw.Shard(1, 2), persist=True)
         np.testing.assert_array_equal(shard["fc1/weight"].compute(), full["fc1/weight"][512:])
+        flat = lwd.load(url, client, keys=["fc2/weight"], shard=lw.Shard(0, 3, dim=None))
+        whole = full["fc2/weight"].reshape(-1)
+        np.testing.assert_array_equal(flat["fc2/weight"], whole[: -(-whole.size // 3)])
         with lw.open(url) as ckpt:  # a Weight's own dask graph runs on the cluster too
             np.testing.assert_array_equal(ckpt["fc2/weight"].to_dask()[10:20].compute(), full["fc2/weight"][10:20])

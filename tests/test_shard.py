@@ -203,3 +203,55 @@ def test_row_shards_of_small_weights_leave_other_ranks_rows(http_server, http_ro
                 np.testing.assert_array_equal(arrays[key], _piece(v, rank, 2), err_msg=key)
             assert http_server.bytes_sent <= 1.02 * data / 2, http_server.bytes_sent / data
             assert http_server.bytes_sent == arrays.report.bytes_read
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_flat_shards_partition_every_weight(served, http_server, world) -> None:
+    """``Shard(dim=None)``: rank r holds its torch.chunk piece of the flattened weight (1-D), every weight
+    split (no replicas), the pieces concatenate to the weight, and the contiguous weights' bytes are read
+    about once across the ranks (one range per weight and rank)."""
+    url, values = served
+    contiguous = ("big", "odd", "conv", "bias", "step")
+    fetched = 0
+    with lw.open(url, index=False) as ckpt:
+        extents = [ckpt[k].spec.extent for k in contiguous]
+        in_head = sum(max(0, min(e.end, HEAD_BYTES) - e.offset) for e in extents)
+        parts = []
+        for rank in range(world):
+            http_server.reset()
+            arrays = ckpt.load(shard=lw.Shard(rank, world, dim=None), max_memory="4MiB")
+            assert arrays.report.replicated == []
+            assert http_server.bytes_sent == arrays.report.bytes_read
+            fetched += arrays.report.bytes_read - sum(
+                c.extent.length for c in ckpt["zipped"].spec.chunks if _flat_overlaps(c.origin[0], rank, world)
+            )
+            parts.append(arrays)
+    for key, v in values.items():
+        for rank, arrays in enumerate(parts):
+            assert arrays[key].ndim == 1 and arrays[key].dtype == v.dtype, key
+            np.testing.assert_array_equal(arrays[key], _piece(v.reshape(-1), rank, world), err_msg=key)
+    total = sum(values[k].nbytes for k in contiguous)
+    assert total - in_head <= fetched <= total + 4 * world, fetched / total
+
+
+def _flat_overlaps(row: int, rank: int, world: int) -> bool:
+    """Whether the (64, 256) chunk at ``row`` of the (256, 256) 'zipped' weight holds elements of rank's piece."""
+    start, stop = lw.Shard(rank, world, dim=None).bounds(256 * 256)
+    return row * 256 < stop and start < (row + 64) * 256
+
+
+def test_flat_shards_into_caller_arrays_and_errors(served) -> None:
+    url, values = served
+    out = {"conv": np.zeros(64 * 32 * 9 // 2, "f8"), "step": np.zeros(0, "i8")}
+    lw.load(url, out=out, shard=lw.Shard(1, 2, dim=None))
+    np.testing.assert_array_equal(out["conv"], values["conv"].reshape(-1)[64 * 32 * 9 // 2 :])
+    with pytest.raises(lw.MismatchError, match=r"'conv' of shape \(64, 32, 3, 3\) has a shard of shape \(9216,\)"):
+        lw.load(url, out={"conv": np.zeros((64, 32, 3, 3), "f4")}, shard=lw.Shard(0, 2, dim=None))
+    strided = np.zeros(2 * 9216, "f4")[::2]
+    with pytest.raises(lw.MismatchError, match="flat shard must be contiguous"):
+        lw.load(url, out={"conv": strided}, shard=lw.Shard(0, 2, dim=None))
+    assert not strided.any()  # checked before anything was read
+    with pytest.raises(lw.ShardError, match="weight 'bias': 1024 elements, which world_size 3 does not divide"):
+        lw.load(url, shard=lw.Shard(0, 3, dim=None, even=True))
+    with pytest.raises(lw.ShardError, match=r"Shard.dim must be an int or None, got 'rows'"):
+        lw.Shard(0, 2, dim="rows")

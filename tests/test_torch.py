@@ -190,6 +190,11 @@ def test_shard_through_layout_transform(keras_cnn, dim) -> None:
         assert report.replicated == ([] if dim == 0 else ["bias"])
 
 
+def test_flat_shards_are_refused_for_modules(keras_cnn) -> None:
+    with pytest.raises(lw.ShardError, match=r"'conv.weight': a flat shard \(Shard\(dim=None\)\) loads 1-D parts"):
+        lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", shard=lw.Shard(0, 2, dim=None))
+
+
 def test_broadcast_needs_a_process_group(keras_cnn) -> None:
     with pytest.raises(lw.UnsupportedError, match=r"initialised torch\.distributed process group"):
         lwt.load_state_dict(Twin(), keras_cnn["weights"], layout="keras", replicated="broadcast")

@@ -16,7 +16,7 @@ from typing import Any
 from ..checkpoint import Checkpoint, opened
 from ..errors import require
 from ..geometry import ROW_BLOCK_BYTES
-from ..targets.shard import ShardArg, shard_region
+from ..targets.shard import FlatPart, ShardArg, shard_region
 
 __all__ = ["load"]
 
@@ -51,8 +51,10 @@ def _load(
     arrays = {}
     for spec in specs:
         array = ckpt[spec.key].to_dask(block_bytes=block or ROW_BLOCK_BYTES)
-        box = shard_region(shard, spec.key, spec.shape)
-        arrays[spec.key] = array if box is None else array[box]
+        part = shard_region(shard, spec.key, spec.shape)
+        if isinstance(part, FlatPart):
+            array = array.reshape(-1)[part.start : part.stop]
+        arrays[spec.key] = array if part is None or isinstance(part, FlatPart) else array[part]
     names, values = list(arrays), list(arrays.values())
     done = client.persist(values) if persist else client.gather(client.compute(values))
     return dict(zip(names, done, strict=True))

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import MismatchError, require
+from ...errors import MismatchError, ShardError, require
 from ...geometry import Box, box_shape, full_box, row_blocks
 from ...manifest import Manifest, WeightSpec
 from ...stream import Group, LoadReport, Target
-from ..shard import ShardArg, shard_region
+from ..shard import FlatPart, ShardArg, shard_region
 from .layouts import IDENTITY, Conversion, describe, keras_names
 
 if TYPE_CHECKING:
@@ -138,6 +138,11 @@ def bind(
         spec, tensor = manifest[key], state[name]
         full = conversion.target_shape(spec.shape)
         box = shard_region(options.shard, name, full)
+        if isinstance(box, FlatPart):
+            raise ShardError(
+                f"{url}: {name!r}: a flat shard (Shard(dim=None)) loads 1-D parts into numpy arrays or dask, not "
+                "into a module's tensors, which keep their shapes; shard a module along an axis (Shard(dim=k))"
+            )
         want = full if box is None else box_shape(box)
         if tuple(tensor.shape) != tuple(want):
             part = "" if box is None else f" (its shard {[(s.start, s.stop) for s in box]} is {want})"
