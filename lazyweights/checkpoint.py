@@ -14,16 +14,17 @@ from typing import Any
 import numpy as np
 
 from . import formats, geometry
-from .errors import MissingKeyError, PartialLoadError
+from .errors import MissingKeyError, PartialLoadError, ShardError
 from .formats.index import INDEX_SUFFIX, has_cached, load_manifest
 from .manifest import Manifest, WeightSpec
 from .read import dask as lazy
 from .storage import Prefetch, Source, release_source
+from .storage.collective import Collective, SharedReads
 from .stream import Group, LoadReport, Target, execute
 from .stream.budget import DEFAULT_MAX_MEMORY, allocate, parse_bytes
 from .stream.progress import ProgressArg, progress_callback
 from .targets.numpy import plan_numpy
-from .targets.shard import ShardArg
+from .targets.shard import Shard, ShardArg
 from .targets.torch.layouts import keras_names
 
 __all__ = ["Checkpoint", "Layer", "LoadedWeights", "Weight", "load", "open", "opened"]
@@ -290,6 +291,7 @@ def open(
     index: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     readahead: int | str | None = None,
+    collective: Collective | None = None,
 ) -> Checkpoint:
     """Open a checkpoint at any fsspec URL or local path; reads metadata only (unless ``readahead``).
 
@@ -316,23 +318,43 @@ def open(
         are then read from memory, until the checkpoint closes or a load
         needs the room (the copy counts in its ``max_memory``).
         :func:`load` does this for a full load of a URL.
+    collective
+        The ranks of a distributed job opening the same checkpoint together
+        (:func:`lazyweights.torch.process_group`, or any object with
+        ``rank``, ``world_size`` and ``all_gather``): every rank must call
+        ``open`` alike.  A remote object's metadata reads are split among
+        the ranks and exchanged, so the job fetches the metadata about once
+        and each rank about ``1/world_size`` of it (the cold open of a sharded
+        warm-start).  No read-ahead; an index is used only if every rank has one.
     """
     url = os.fspath(url)
     # the first round: the head with the stat, the index next to the file; a manifest cached locally
     # for this URL needs only a stat, if the object has not changed
     whole = parse_bytes(readahead) or 0
-    if index and has_cached(url, cache_dir):
+    if collective is not None:  # a plain stat: the ranks fetch the head together
+        prefetch = None
+    elif index and has_cached(url, cache_dir):
         prefetch = Prefetch(whole=whole) if whole else None
     else:
         prefetch = Prefetch(siblings=(INDEX_SUFFIX,) if index else (), whole=whole)
     source, tf_prefix = formats.open_source(url, storage_options, prefetch)
     try:
         parse = functools.partial(formats.parse, tf_prefix=tf_prefix)
-        manifest = load_manifest(source, parse, use_index=index, cache_dir=cache_dir)
+        if collective is None or source.is_local:
+            manifest = load_manifest(source, parse, use_index=index, cache_dir=cache_dir)
+        else:
+            agree = functools.partial(_all_agree, collective)
+            shared = SharedReads(source, collective)
+            manifest = load_manifest(shared, parse, use_index=index, cache_dir=cache_dir, agree=agree)  # type: ignore[arg-type]
+            shared.hand_over()
     except BaseException:
         release_source(source)
         raise
     return Checkpoint(source, manifest)
+
+
+def _all_agree(collective: Collective, found: bool) -> bool:
+    return all(collective.all_gather(bool(found)))
 
 
 @contextlib.contextmanager
@@ -367,6 +389,7 @@ def load(
     index: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     readahead: bool = True,
+    collective: Collective | None = None,
 ) -> LoadedWeights | LoadReport:
     """Load a checkpoint's weights into memory.
 
@@ -397,16 +420,34 @@ def load(
     layer or so, more than the whole object's transfer.  The copy counts in
     ``max_memory`` and is dropped after the load.  ``readahead=False`` reads
     only metadata, then the weights' ranges.
+
+    ``collective``: the ranks of a sharded warm-start open the checkpoint
+    together (see :func:`open`), each fetching about ``1/world_size`` of its
+    metadata; with ``shard`` a :class:`~lazyweights.Shard`, its rank and
+    world size must be the collective's.
     """
     kwargs = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress, shard=shard)
+    _check_collective(shard, collective)
     whole = readahead and shard is None and not isinstance(out, Mapping) and not isinstance(src, Checkpoint)
-    ahead = readahead_limit(max_memory) if whole else None
-    with opened(src, storage_options, index=index, cache_dir=cache_dir, readahead=ahead) as ckpt:
+    ahead = readahead_limit(max_memory) if whole and collective is None else None
+    opening = dict(index=index, cache_dir=cache_dir, readahead=ahead, collective=collective)
+    with opened(src, storage_options, **opening) as ckpt:
         try:
             return ckpt.load(out, **kwargs)
         finally:
             if ahead:
                 ckpt._source.release_whole()
+
+
+def _check_collective(shard: ShardArg, collective: Collective | None) -> None:
+    """A Shard's rank and world size must be the collective's: each rank's part is then its own."""
+    if collective is None or not isinstance(shard, Shard):
+        return
+    if (shard.rank, shard.world_size) != (collective.rank, collective.world_size):
+        raise ShardError(
+            f"the shard is rank {shard.rank} of {shard.world_size} but the collective opening the checkpoint "
+            f"is rank {collective.rank} of {collective.world_size}"
+        )
 
 
 READAHEAD_UNLIMITED = 1 << 30  # the read-ahead limit of a load with max_memory=None

@@ -24,8 +24,9 @@ part, in the target's (PyTorch) coordinates; the module's tensors hold that
 part.  Tensors read whole are *replicated*: with ``replicated="read"`` every
 rank reads them from storage (best when storage bandwidth scales with readers,
 as object stores do, and the tensors are small); with
-``replicated="broadcast"`` rank 0 reads them (and parses the file's
-metadata, once for the job) and ``torch.distributed`` broadcasts them (best
+``replicated="broadcast"`` rank 0 reads them and ``torch.distributed``
+broadcasts them, and the ranks open the checkpoint together, each fetching
+``1/world_size`` of its metadata (:func:`process_group`) (best
 when storage is the bottleneck or billed per byte and the interconnect is
 fast).  ``torch`` here is the real PyTorch: this module is
 ``lazyweights.torch`` and imports ``torch`` absolutely.
@@ -38,10 +39,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from .checkpoint import Checkpoint, opened, readahead_limit
-from .checkpoint import open as open_checkpoint
-from .errors import LazyWeightsError, ObjectChangedError, UnsupportedError, require
-from .manifest import Manifest
-from .storage import get_source
+from .errors import UnsupportedError, require
 from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.plan import STAGED_PART_BYTES
 from .stream.progress import ProgressArg
@@ -54,7 +52,7 @@ if TYPE_CHECKING:
 else:
     torch = require("torch", "torch")  # fails naming the extra to install
 
-__all__ = ["ModuleLoadReport", "load_state_dict"]
+__all__ = ["ModuleLoadReport", "ProcessGroup", "load_state_dict", "process_group"]
 
 
 def load_state_dict(
@@ -111,8 +109,8 @@ def load_state_dict(
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
     options = Options(mapping, layout, strict, device, shard, replicated, assign)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    if replicated == "broadcast":
-        with opened(src, storage_options, opener=_open_shared) as ckpt:
+    if replicated == "broadcast":  # every rank calls this: they open the checkpoint together
+        with opened(src, storage_options, collective=process_group()) as ckpt:
             return _load(module, ckpt, options, run)
     whole = shard is None and not isinstance(src, Checkpoint)  # every weight will be read: read the object whole
     ahead = readahead_limit(max_memory) if whole else None
@@ -122,41 +120,6 @@ def load_state_dict(
         finally:
             if ahead:
                 ckpt._source.release_whole()
-
-
-def _open_shared(src: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Checkpoint:
-    """Rank 0 parses the metadata and broadcasts the manifest; the other ranks only stat the object.
-
-    Parsing walks the HDF5 tree over ranged reads; doing it once per job
-    instead of once per rank keeps the job's metadata traffic that of one open.
-    If rank 0 cannot open the file, every rank raises (none waits forever).
-    """
-    import torch.distributed as dist
-
-    shared: list[Any] = [None]
-    ckpt, failure = None, None
-    if _rank() == 0:
-        try:
-            ckpt = open_checkpoint(src, storage_options)
-            shared[0] = ("manifest", ckpt.manifest.to_json())
-        except LazyWeightsError as exc:
-            failure, shared[0] = exc, ("error", str(exc))
-    dist.broadcast_object_list(shared, src=0)
-    if failure is not None:
-        raise failure
-    if ckpt is not None:
-        return ckpt
-    kind, payload = shared[0]
-    if kind == "error":
-        raise LazyWeightsError(f"rank 0 could not open the checkpoint: {payload}")
-    manifest = Manifest.from_json(payload)
-    source = get_source(os.fspath(src), storage_options)
-    if (source.size, source.etag) != (manifest.size, manifest.etag):
-        raise ObjectChangedError(
-            f"{source.url}: rank 0 opened {manifest.size} bytes (version {manifest.etag!r}) but this rank sees "
-            f"{source.size} bytes (version {source.etag!r})"
-        )
-    return Checkpoint(source, manifest)
 
 
 def _load(module: torch.nn.Module, ckpt: Checkpoint, options: Options, run: dict[str, Any]) -> ModuleLoadReport:
@@ -178,11 +141,40 @@ def _load(module: torch.nn.Module, ckpt: Checkpoint, options: Options, run: dict
 
 
 def _rank() -> int:
-    import torch.distributed as dist
+    return process_group().rank
 
-    if not (dist.is_available() and dist.is_initialized()):
-        raise UnsupportedError("replicated='broadcast' needs an initialised torch.distributed process group")
-    return dist.get_rank()
+
+class ProcessGroup:
+    """A ``torch.distributed`` process group as a lazyweights collective (``lw.open(..., collective=)``).
+
+    ``all_gather`` is ``torch.distributed.all_gather_object``: plain data (the
+    metadata bytes each rank fetched, flags) between the ranks of one job.
+    """
+
+    def __init__(self, group: Any = None):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise UnsupportedError(
+                "opening a checkpoint together (replicated='broadcast', collective=) needs an initialised "
+                "torch.distributed process group"
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+def process_group(group: Any = None) -> ProcessGroup:
+    """The ranks of ``group`` (default: the whole job) as a collective for :func:`lazyweights.open` and
+    :func:`lazyweights.load`: each rank of a sharded warm-start then fetches ``1/world_size`` of the metadata."""
+    return ProcessGroup(group)
 
 
 def _broadcast(slots: list[Slot]) -> list[str]:

@@ -8,9 +8,6 @@ second parameter without touching the tests.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -21,6 +18,7 @@ import torch
 import lazyweights as lw
 from lazyweights.tools import distributed as lwd
 
+from .ranks import run_ranks
 from .tp_worker import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,36 +45,6 @@ def checkpoint_url(request, full_model, http_server, http_root, tmp_path) -> tup
     return f"{http_server.url}/mlp.h5", {}, http_server
 
 
-def _run_ranks(world: int, url: str, storage_options: dict, out: Path) -> None:
-    import torch.distributed as dist
-
-    store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)  # port chosen by the OS
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    procs = []
-    for rank in range(world):
-        args = [str(store.port), str(rank), str(world), url, str(out), json.dumps(storage_options)]
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.tp_worker", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    failures = []
-    for rank, proc in enumerate(procs):
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            failures.append(f"rank {rank} exited {proc.returncode}:\n{err[-3000:]}")
-    assert not failures, "\n".join(failures)
-
-
 def test_tensor_parallel_warm_start(checkpoint_url, full_model, tmp_path) -> None:
     url, options, server = checkpoint_url
     world = 2
@@ -84,7 +52,7 @@ def test_tensor_parallel_warm_start(checkpoint_url, full_model, tmp_path) -> Non
     with lw.open(url, options):
         metadata = server.bytes_sent  # what parsing the file once costs
     server.reset()
-    _run_ranks(world, url, options, tmp_path)
+    run_ranks("tests.tp_worker", world, lambda rank: [url, str(tmp_path), json.dumps(options)])
     served = server.bytes_sent
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(world)]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
@@ -116,7 +84,7 @@ def test_tensor_parallel_warm_start(checkpoint_url, full_model, tmp_path) -> Non
     # fc1 rows: one range per rank; fc2 columns: coalesced spans (the file is row-major), at most the whole tensor
     assert reports[1]["bytes_read"] <= row_sharded / 2 + full["fc2.weight"].nbytes
     assert sum(r["bytes_read"] for r in reports) <= row_sharded + replicated_bytes + 2 * full["fc2.weight"].nbytes
-    assert served == metadata + sum(r["bytes_read"] for r in reports)  # rank 0 alone parsed the metadata
+    assert served == metadata + sum(r["bytes_read"] for r in reports)  # the ranks fetched the metadata once, together
 
 
 def test_dask_distributed_load_in_one_call(checkpoint_url, full_model) -> None:

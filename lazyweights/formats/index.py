@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,7 @@ from ..manifest import Manifest
 from ..storage import Pin, Source, get_source, release_source
 from .detect import parse
 
-__all__ = [
-    "has_cached","DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "load_manifest", "write_index"]
+__all__ = ["DEFAULT_CACHE_DIR", "INDEX_SUFFIX", "has_cached", "load_manifest", "write_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,23 +128,31 @@ def _read_sibling(source: Source) -> Manifest | None:
 
 
 def load_manifest(
-    source: Source, parse: Any, *, use_index: bool = True, cache_dir: str | os.PathLike[str] | None = None
+    source: Source,
+    parse: Any,
+    *,
+    use_index: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> Manifest:
     """``source``'s manifest: from the local cache, the index next to it, or ``parse(source)``.
 
     Local files are always parsed (that is fast and needs no network); remote
     objects without an ETag or version are parsed too, since no index could
-    be checked against them.
+    be checked against them.  ``agree(found)``: whether every process of a job
+    that parses together found an index (else all of them parse, in lockstep).
     """
     if not use_index or source.is_local or source.pin.etag is None:
         return parse(source)
     directory = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     manifest = _read_cached(directory, source)
+    if manifest is None:
+        manifest = _read_sibling(source)
+    if agree is not None and not agree(manifest is not None):
+        manifest = None
     if manifest is not None:
         return manifest
-    manifest = _read_sibling(source)
-    if manifest is None:
-        manifest = parse(source)
+    manifest = parse(source)
     if not any(s.member for s in (*manifest.weights, *manifest.optimizer)):  # the pin covers one object only
         _write_cached(directory, source, manifest)
     return manifest

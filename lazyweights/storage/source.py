@@ -851,6 +851,15 @@ class Source:
             self.readinto_many([(0, memoryview(head)), (self.size - len(tail), memoryview(tail))], max_gap=0)
             self._head, self._tail = bytes(head), bytes(tail)
 
+    def hold_ends(self, head: bytes | None, tail: bytes | None) -> None:
+        """Keep a head and tail of this very object version fetched by others (the ranks of a shared open),
+        so reads inside them cost no request, as if this source had fetched them itself."""
+        with self._head_lock:
+            if head is not None and self._head is None and len(head) == min(self.size, HEAD_BYTES):
+                self._head = bytes(head)
+            if tail is not None and self._tail is None and len(tail) == min(self.size, TAIL_BYTES):
+                self._tail = bytes(tail)
+
     def read_whole(self, parts: int = 16) -> None:
         """Read the whole remote object now, in ``parts`` concurrent ranged GETs (the head reused), and hold it.
 
