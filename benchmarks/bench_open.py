@@ -20,8 +20,11 @@ request and each connection's body paced to a bandwidth cap
   index, cold caches); a single-stream download of the whole file; the ideal:
   concurrent ranged GETs (16 at a time) of exactly the weight extents, the
   metadata already known.
-- sharding: bytes each of 2 and 4 ranks fetches (``lw.load(shard=...)``),
-  open included, each rank with cold caches.
+- sharding: bytes each of 2 and 4 ranks fetches, open included, each rank
+  with cold caches: before, ``lw.load(shard=Shard(rank, W))`` (dim 0), each
+  rank opening alone; now, ``Shard(rank, W, dim=None)`` (flat) in W real gloo
+  ranks (one process each, each through its own server) opening together
+  (``collective=lwt.process_group()``).
 - local open: ``lw.open`` of the local file, h5py and the walk (the default), best of 3.
 
 Ratios are printed against the targets of issue 9.
@@ -183,6 +186,45 @@ def load_lw(url: str, base: str, tmp: str, shard=None) -> dict[str, float]:
     return {"requests": s["requests"], "bytes": s["bytes"], "seconds": seconds}
 
 
+def shared_shards(name: str, bases: list[str], world: int, tmp: str) -> list[int]:
+    """Bytes each of ``world`` real ranks (gloo, one process each, each through its own server) fetched for
+    ``lw.load(shard=Shard(rank, world, dim=None), collective=process_group())``: flat shards, shared open."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
+    for base in bases[:world]:
+        server_stats(base)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--rank", str(store.port), str(r), str(world), f"{bases[r]}/{name}", tmp],
+            env=env,
+        )
+        for r in range(world)
+    ]
+    for proc in procs:
+        if proc.wait(timeout=600) != 0:
+            raise RuntimeError(f"a rank of the sharded load of {name} failed")
+    return [server_stats(base)["bytes"] for base in bases[:world]]
+
+
+def rank_main(port: str, rank: str, world: str, url: str, tmp: str) -> None:
+    """One rank of :func:`shared_shards`."""
+    import torch.distributed as dist
+
+    import lazyweights as lw
+    from lazyweights import torch as lwt
+
+    store = dist.TCPStore("127.0.0.1", int(port), int(world), is_master=False)
+    dist.init_process_group("gloo", store=store, rank=int(rank), world_size=int(world))
+    try:
+        shard = lw.Shard(int(rank), int(world), dim=None)
+        lw.load(url, concurrency=16, index=False, cache_dir=f"{tmp}/rank{rank}", shard=shard,
+                collective=lwt.process_group())  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
 def download(url: str, base: str) -> float:
     import urllib.request
 
@@ -228,9 +270,10 @@ def local_open(path: Path, mode: str, repeat: int = 3) -> float:
     return best
 
 
-def measure_file(path: Path, base: str, args: argparse.Namespace) -> dict:
+def measure_file(path: Path, bases: list[str], args: argparse.Namespace) -> dict:
     import lazyweights as lw
 
+    base = bases[0]
     url = f"{base}/{path.name}"
     row: dict = {"file": path.name, "size": path.stat().st_size}
     row["fsspec"] = open_fsspec(url, base, args.fsspec_timeout) if args.fsspec_timeout > 0 else None
@@ -244,6 +287,7 @@ def measure_file(path: Path, base: str, args: argparse.Namespace) -> dict:
             row[f"shard{world}"] = [
                 load_lw(url, base, tmp, shard=lw.Shard(rank, world))["bytes"] for rank in range(world)
             ]
+            row[f"shared{world}"] = shared_shards(path.name, bases, world, tmp)
     row["local_old"] = local_open(path, "h5py")
     row["local_new"] = local_open(path, "walk")
     return row
@@ -293,14 +337,17 @@ def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
             f"{to_dl:>9.2f}{to_ideal:>11.2f}  {_mark(to_dl <= 0.4)} {_mark(to_ideal <= 1.3)} {_mark(amp <= 1.05)}"
         )
     print("\nsharding: bytes per rank (open included, cold caches) as a fraction of the file; target <= 1.02/W")
-    print(f"{'file':<34}{'W=2 ranks':>22}{'W=4 ranks':>34}")
+    print("  before: Shard(rank, W) on dim 0, each rank opening alone;")
+    print("  now: Shard(rank, W, dim=None) (flat), W gloo ranks opening together (collective=process_group())")
+    print(f"{'file':<34}{'':<8}{'W=2 ranks':>22}{'W=4 ranks':>34}")
     for r in rows:
-        cells = []
-        for world in (2, 4):
-            fr = [b / r["size"] for b in r[f"shard{world}"]]
-            ok = max(fr) <= 1.02 / world
-            cells.append(" ".join(f"{f:.3f}" for f in fr) + f" {_mark(ok)}")
-        print(f"{r['file']:<34}{cells[0]:>22}{cells[1]:>34}")
+        for label, key in (("before", "shard"), ("now", "shared")):
+            cells = []
+            for world in (2, 4):
+                fr = [b / r["size"] for b in r[f"{key}{world}"]]
+                ok = max(fr) <= 1.02 / world
+                cells.append(" ".join(f"{f:.3f}" for f in fr) + f" {_mark(ok)}")
+            print(f"{r['file'] if label == 'before' else '':<34}{label:<8}{cells[0]:>22}{cells[1]:>34}")
     print("\nlocal open (best of 3): h5py vs the walk; the walk is the default, local and remote")
     for r in rows:
         ratio = r["local_new"] / r["local_old"]
@@ -324,18 +371,22 @@ def main() -> None:
         files.extend(paths[fmt] for fmt in args.formats.split(","))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_remote.py"), "--serve", str(args.dir)]
     cmd += ["--latency-ms", str(args.latency_ms), "--bandwidth-mbs", str(args.bandwidth_mbs)]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    servers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(4)]  # one per rank
     try:
-        base = server.stdout.readline().strip()
+        bases = [server.stdout.readline().strip() for server in servers]
         rows = []
         for path in files:
             print(f"measuring {path.name} ...", file=sys.stderr)
-            rows.append(measure_file(path, base, args))
+            rows.append(measure_file(path, bases, args))
         print_tables(rows, args)
     finally:
-        server.terminate()
-        server.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--rank"]:
+        rank_main(*sys.argv[2:7])
+    else:
+        main()
