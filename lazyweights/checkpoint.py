@@ -7,7 +7,7 @@ import contextlib
 import difflib
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -361,18 +361,13 @@ def _all_agree(collective: Collective, found: bool) -> bool:
 def opened(
     src: Url | Checkpoint,
     storage_options: Mapping[str, Any] | None = None,
-    *,
-    opener: Callable[..., Checkpoint] | None = None,
     **open_kwargs: Any,
 ) -> Iterator[Checkpoint]:
-    """Yield ``src`` if it is already a Checkpoint (and leave it open), else open it and close it on exit.
-
-    ``opener`` replaces :func:`open`: ``opener(src, storage_options, **open_kwargs)``.
-    """
+    """Yield ``src`` if it is already a Checkpoint (and leave it open), else :func:`open` it and close it on exit."""
     if isinstance(src, Checkpoint):
         yield src
         return
-    with (opener or open)(src, storage_options, **open_kwargs) as ckpt:
+    with open(src, storage_options, **open_kwargs) as ckpt:
         yield ckpt
 
 
