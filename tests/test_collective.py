@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 import lazyweights as lw
 from lazyweights.storage.collective import byte_shares
@@ -127,7 +126,6 @@ def test_byte_shares_split_every_batch_evenly() -> None:
         st.integers(1, 8),
     )
     def check(ranges, world) -> None:
-        data = {off: bytes(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy()) for off, n in ranges}
         pieces = [byte_shares(ranges, rank, world) for rank in range(world)]
         sizes = [sum(n for _, n in p) for p in pieces]
         assert max(sizes) - min(sizes) <= 1
@@ -135,8 +133,7 @@ def test_byte_shares_split_every_batch_evenly() -> None:
         flat = [(off, n) for p in pieces for off, n in p]
         spans = [(off, n) for off, n in ranges if n]
         assert sum(n for _, n in flat) == sum(n for _, n in spans)
-        del data  # the pieces, in rank order, walk the ranges in order:
-        it = iter(flat)
+        it = iter(flat)  # the pieces, in rank order, walk the ranges in order
         for off, n in spans:
             at = off
             while at < off + n:
