@@ -92,7 +92,7 @@ class Checkpoint:
 
     def __init__(self, source: Source, manifest: Manifest):
         self._source = source
-        self.manifest = manifest
+        self.manifest = manifest.bound(source.read)  # a large attribute (a model config) is read when asked for
         self._weights = {s.key: Weight(source, s) for s in (*manifest.weights, *manifest.optimizer)}
         self._by_name: dict[str, list[str]] = {}
         for spec in manifest.weights:
@@ -109,7 +109,10 @@ class Checkpoint:
         lambda self: self.manifest.format,
         doc="'keras-h5', 'keras-v3', 'keras-zip', 'hdf5' or 'zarr' (a lazyweights mirror reports its source's).",
     )
-    attrs = property(lambda self: dict(self.manifest.attrs))
+    attrs = property(
+        lambda self: self.manifest.attrs,
+        doc="The root attributes (read-only); a large one (a model config) is read the first time it is asked for.",
+    )
     nbytes = property(lambda self: self.manifest.nbytes)
 
     @property

@@ -10,6 +10,7 @@ that every byte range lies inside the file and that keys are unique.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .attrs import Attrs, Deferred, Reader
 from .errors import FormatError, MissingKeyError
 
 __all__ = [
@@ -224,7 +226,8 @@ class Manifest:
     ``weights`` is in topological order (for Keras files, the order of
     ``model.get_weights()``); ``layers`` in the file's layer order, including
     layers without weights.  ``attrs`` holds the JSON-able root attributes,
-    with ``model_config``/``training_config`` already parsed.
+    with ``model_config``/``training_config`` parsed (large ones read on first
+    access, see :mod:`lazyweights.attrs`).
     """
 
     url: str
@@ -239,6 +242,7 @@ class Manifest:
     _index: dict[str, WeightSpec] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "attrs", Attrs.of(self.attrs))
         index: dict[str, WeightSpec] = {}
         for spec in (*self.weights, *self.optimizer):
             if spec.key in index:
@@ -269,9 +273,15 @@ class Manifest:
     def nbytes(self) -> int:
         return sum(w.nbytes for w in self.weights)
 
+    def bound(self, reader: Reader) -> Manifest:
+        """This manifest with its large attributes read, when asked for, through ``reader`` (an object's reads)."""
+        return dataclasses.replace(self, attrs=self.attrs.bound(reader)) if self.attrs.references() else self
+
     def to_json(self) -> str:
-        """Serialise to JSON; :meth:`from_json` gives back an equal manifest."""
-        return json.dumps(_to_plain(self), separators=(",", ":"))
+        """Serialise to JSON; :meth:`from_json` gives back an equal manifest (large attributes stay references)."""
+        plain = _to_plain(self)
+        plain["deferred_attrs"] = {k: d.to_plain() for k, d in self.attrs.references().items()}
+        return json.dumps(plain, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -284,7 +294,12 @@ class Manifest:
             weights=tuple(_spec_from_plain(w) for w in data["weights"]),
             layers=tuple(Layer(d["name"], tuple(d["keys"]), d.get("alias")) for d in data["layers"]),
             optimizer=tuple(_spec_from_plain(w) for w in data["optimizer"]),
-            attrs=data["attrs"],
+            attrs=Attrs(
+                {
+                    **data["attrs"],
+                    **{k: Deferred.from_plain(d) for k, d in (data.get("deferred_attrs") or {}).items()},
+                }
+            ),
             skipped=tuple((p, r) for p, r in data["skipped"]),
         )
 
@@ -319,6 +334,8 @@ def _to_plain(obj: Any) -> Any:
     """Dataclasses → dicts, tuples → lists, bytes → base64, recursively."""
     if isinstance(obj, bytes):
         return {"b64": base64.b64encode(obj).decode()}
+    if isinstance(obj, Attrs):  # references are written apart (Manifest.to_json), never read for it
+        return _to_plain(obj.held())
     if hasattr(obj, "__dataclass_fields__"):
         return {f: _to_plain(getattr(obj, f)) for f in obj.__dataclass_fields__ if not f.startswith("_")}
     if isinstance(obj, (list, tuple)):

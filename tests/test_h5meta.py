@@ -479,6 +479,41 @@ def test_walk_reads_no_more_than_the_metadata(tmp_path: Path) -> None:
     assert w.stats.calls <= 8, w.stats
 
 
+def test_heaps_with_free_space_between_names(tmp_path: Path) -> None:
+    """Deleted links leave free blocks before live names in a group's local heap: the walk, which reads
+    a heap's names only up to its free space when that space ends the heap, still finds every name."""
+    p = tmp_path / "holes.h5"
+    with h5py.File(p, "w") as f:
+        for i in range(12):
+            g = f.create_group(f"group_with_a_long_name_{i:02d}")
+            for j in range(6):
+                g[f"weight_{j}_of_a_long_series"] = np.full(2, j, "f4")
+            for j in (0, 2):
+                del g[f"weight_{j}_of_a_long_series"]
+            g["added_after_deletes"] = np.ones(1, "f4")
+        for i in (1, 5):
+            del f[f"group_with_a_long_name_{i:02d}"]
+    for head in (0, 4096):
+        check_file(p, head=head)
+
+
+def test_dataset_headers_of_varied_sizes(tmp_path: Path) -> None:
+    """Headers are read at the size the file's datasets needed so far: a later, larger one (more
+    dimensions, attributes, a filter pipeline) is completed, not cut."""
+    p = tmp_path / "varied.h5"
+    with h5py.File(p, "w") as f:
+        for i in range(8):
+            f[f"bias_{i}"] = np.full(3, i, "f4")  # near the root: read first, and small
+        deep = f.create_group("a").create_group("b")
+        for i in range(8):
+            d = deep.create_dataset(f"kernel_{i}", data=np.ones((2, 3, 4, 5, 6, 7), "f4"), compression="gzip")
+            d.attrs["note"] = "an attribute that makes this header longer" * 3
+            d.attrs["shape_hint"] = np.arange(16)
+    for head in (0, 4096):
+        w = check_file(p, head=head)
+        assert w["a/b/kernel_7"].attrs["note"].startswith("an attribute")
+
+
 def _datasets(f: h5py.File) -> list[h5py.Dataset]:
     out: list[h5py.Dataset] = []
     f.visititems(lambda _, o: out.append(o) if isinstance(o, h5py.Dataset) else None)

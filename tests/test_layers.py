@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 GROUND, STORAGE, FORMATS, READ, STREAM, TARGETS, CHECKPOINT, TOP = range(8)
 STAGE_NAMES = ["ground", "storage", "formats", "read", "stream", "targets", "checkpoint", "tools/facades/cli"]
 SUBPACKAGES = {"storage": STORAGE, "formats": FORMATS, "read": READ, "stream": STREAM, "targets": TARGETS, "tools": TOP}
-TOP_MODULES = {"errors": GROUND, "manifest": GROUND, "geometry": GROUND, "checkpoint": CHECKPOINT}
+TOP_MODULES = {"errors": GROUND, "attrs": GROUND, "manifest": GROUND, "geometry": GROUND, "checkpoint": CHECKPOINT}
 FACADES = {"keras", "torch", "cli"}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import h5py
 
+from ..attrs import Deferred
 from ..errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from ..manifest import Manifest, WeightSpec
 from ..storage import Prefetch, Source, WindowFile, get_source, storage_failure
@@ -109,7 +110,14 @@ def _not_found(exc: StorageError) -> bool:
 
 
 def parse(source: Source, tf_prefix: str | None = None) -> Manifest:
-    """Read ``source``'s metadata and return its manifest (``tf_prefix``: a TensorFlow checkpoint in it)."""
+    """Read ``source``'s metadata and return its manifest (``tf_prefix``: a TensorFlow checkpoint in it).
+
+    Large attributes (a model config) are left in place and read from ``source`` when asked for.
+    """
+    return _parse(source, tf_prefix).bound(source.read)
+
+
+def _parse(source: Source, tf_prefix: str | None) -> Manifest:
     if tf_prefix is not None:
         return parse_tf(source, tf_prefix)
     if source.is_dir:
@@ -297,7 +305,7 @@ def _parse_keras_zip(source: Source) -> Manifest:
             raise
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{source.url}: a damaged zip archive: {type(exc).__name__}: {exc}") from exc
-        attrs = {k: _json_member(v, k, source.url) for k, v in members.items()}
+        attrs = {k: v if isinstance(v, Deferred) else _json_member(v, k, source.url) for k, v in members.items()}
         if base + info.file_size > source.size:
             raise FormatError(f"{source.url}: {_KERAS_MEMBER} extends past the end of the archive")
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag, base=base)

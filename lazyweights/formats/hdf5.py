@@ -12,6 +12,7 @@ inspected (``getlink=True``) before a name is followed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..attrs import Deferred
 from ..errors import FormatError, TruncatedFileError, UnsafeCheckpointError, UnsupportedError
 from ..manifest import Chunk, Extent, Filter, Layer, Manifest, WeightSpec
 from .filters import has_codecs
@@ -171,9 +173,14 @@ def attr_list(obj: Any, name: str) -> list[str] | None:
 
 
 def json_attrs(obj: Any, url: str) -> dict[str, Any]:
-    """All attributes of ``obj`` as JSON-able values; ``*_config`` strings parsed as JSON."""
+    """All attributes of ``obj`` as JSON-able values; ``*_config`` strings parsed as JSON (large ones when read)."""
     result: dict[str, Any] = {}
+    raw = getattr(obj.attrs, "raw", None)  # the walk's attributes hold a large string as a reference
     for key in obj.attrs:
+        ref = raw(key) if raw is not None else None
+        if isinstance(ref, Deferred):  # kept a reference: read when asked for (lazyweights.attrs)
+            result[key] = dataclasses.replace(ref, json=key.endswith("_config"), what=f"{url}: attribute {key!r}")
+            continue
         try:
             value = _plain(obj.attrs[key])
         except (OSError, TypeError, UnsupportedError) as exc:  # unreadable attribute types: record, do not fail

@@ -151,7 +151,7 @@ def load_manifest(
     if agree is not None and not agree(manifest is not None):
         manifest = None
     if manifest is not None:
-        return manifest
+        return manifest.bound(source.read)
     manifest = parse(source)
     if not any(s.member for s in (*manifest.weights, *manifest.optimizer)):  # the pin covers one object only
         _write_cached(directory, source, manifest)

@@ -20,6 +20,7 @@ import sys
 import zipfile
 import zlib
 
+from ..attrs import DEFER_BYTES, Deferred
 from ..errors import FormatError, UnsafeCheckpointError
 from ..storage import HEAD_BYTES, Source
 
@@ -65,32 +66,65 @@ def refuse_bomb(url: str, info: zipfile.ZipInfo, *, extract: bool = False) -> No
             "decompression bomb"
         )
 
+
 _LOCAL = 30  # fixed part of a local file header
 _SLACK = 4096  # room for a local extra field longer than the directory's
 _HEAD = HEAD_BYTES  # the HDF5 member's first bytes fetched with the rest (the walk's head)
 
-MemberBytes = tuple[dict[str, bytes], int, bytes]
+MemberBytes = tuple[dict[str, bytes | Deferred], int, bytes]
+DEFERRABLE = ("config.json",)  # members that may be read when asked for, not at open, when large
 
 
 def read_members(source: Source, infos: list[zipfile.ZipInfo], hdf5: zipfile.ZipInfo) -> MemberBytes:
     """``(small members' bytes by name, HDF5 member's data offset, its first bytes)``, in one round.
 
+    A large ``config.json`` is not read: it comes back as a :class:`~lazyweights.attrs.Deferred`
+    reference to its bytes (a model's config is not needed to find its weights).
+
     Everything is served from the source's head where it lies there: the HDF5
     member's first bytes are then the rest of the head (Keras writes it third,
     after a config of a few KiB), and only members or parts past the head are fetched.
     """
+    later = {i.filename for i in infos if i.filename in DEFERRABLE and i.compress_size > DEFER_BYTES}
     spans = [(i.header_offset, _LOCAL + len(i.filename.encode()) + len(i.extra) + _SLACK) for i in [*infos, hdf5]]
-    spans[:-1] = [(off, n + i.compress_size) for (off, n), i in zip(spans[:-1], infos, strict=True)]
+    spans[:-1] = [(off, n + _now(i, later)) for (off, n), i in zip(spans[:-1], infos, strict=True)]
     past_head = spans[-1][0] + spans[-1][1] > len(source.head())
     if past_head:  # the member starts past the head: fetch its first bytes with its local header
         spans[-1] = (spans[-1][0], spans[-1][1] + min(hdf5.file_size, _HEAD))
     spans = [(off, max(0, min(n, source.size - off))) for off, n in spans]
     blobs = _fetch(source, spans)
     pairs = zip(infos, blobs[:-1], strict=True)
-    out = {i.filename: _decode(source, i, _data(source, i, b, i.compress_size)) for i, b in pairs}
+    out = {i.filename: _member(source, i, b, i.filename in later) for i, b in pairs}
     start = _data_start(source, hdf5, blobs[-1])
     first = blobs[-1] if past_head else source.head()[hdf5.header_offset :]
     return out, hdf5.header_offset + start, first[start : start + min(hdf5.file_size, _HEAD)]
+
+
+def _now(info: zipfile.ZipInfo, later: set[str]) -> int:
+    """The bytes of ``info``'s data read in this round: none for a member read when asked for."""
+    return 0 if info.filename in later else info.compress_size
+
+
+def _member(source: Source, info: zipfile.ZipInfo, blob: bytes, later: bool) -> bytes | Deferred:
+    """A small member's decoded bytes, from ``blob`` (its local header on): or a reference, read ``later``."""
+    if later:
+        return _reference(source, info, blob)
+    return _decode(source, info, _data(source, info, blob, info.compress_size))
+
+
+def _reference(source: Source, info: zipfile.ZipInfo, blob: bytes) -> Deferred:
+    """A large JSON member (``config.json``) as a reference to its bytes, read when asked for."""
+    start = info.header_offset + _data_start(source, info, blob)
+    if start + info.compress_size > source.size:
+        raise FormatError(
+            f"{source.url}: zip member {info.filename} declares {info.compress_size} bytes at offset {start}, "
+            f"past the end of the {source.size}-byte archive"
+        )
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FormatError(f"{source.url}: member {info.filename} uses zip compression {info.compress_type}")
+    codec = "deflate" if info.compress_type == zipfile.ZIP_DEFLATED else "raw"
+    what = f"{source.url}: {info.filename} in the archive"
+    return Deferred(start, info.compress_size, info.file_size, what, codec, info.CRC, json=True, strict=True)
 
 
 def _fetch(source: Source, spans: list[tuple[int, int]]) -> list[bytes]:

@@ -13,7 +13,7 @@ longest chain of dependent reads, not the number of objects.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,10 @@ def gather(gens: Iterable[Task]) -> Task:
     return (yield Par(gens))
 
 
+DATASET_HEADER_MARGIN = 48
+HEAP_MARGIN = 0
+
+
 @dataclass
 class Limits:
     """Bounds that keep a hostile file from making the walk hang or allocate without end."""
@@ -106,6 +110,32 @@ class Ctx:
     objects: int = 0
     visits: dict[int, int] = field(default_factory=dict)
     gcol_cache: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    reader: Callable[[int, int], bytes] | None = None  # one range, later: a large attribute asked for
+    dataset_header: int = 0  # the most bytes a v1 dataset header used so far (sizes the next ones' reads)
+    heap_used: int = 0  # the most bytes a local heap used so far, header and names (sizes the next ones' reads)
+
+    def learn_heap_read(self, used: int) -> None:
+        """Note the bytes a local heap used: its header and the names before its free space."""
+        self.heap_used = max(self.heap_used, used)
+
+    def heap_read(self, default: int) -> int:
+        """Bytes to read at a local heap: the most those seen so far used (the rest, if any, comes beside its node)."""
+        return min(default, self.heap_used + HEAP_MARGIN) if self.heap_used else default
+
+    def learn_dataset_header(self, used: int) -> None:
+        """Note the bytes a dataset's (version 1) header used, up to its padding."""
+        self.dataset_header = max(self.dataset_header, used)
+
+    def dataset_header_read(self, default: int) -> int:
+        """Bytes to read at an object that is likely a dataset: what those seen so far used, with a margin.
+
+        Datasets of one file are written alike; the margin covers a few more dimensions (each 16
+        bytes with a maximum shape) or a small attribute.  A header that still needs more is
+        completed in the next level.
+        """
+        if not self.dataset_header:
+            return default
+        return min(default, self.dataset_header + DATASET_HEADER_MARGIN)
 
     @property
     def undef(self) -> int:

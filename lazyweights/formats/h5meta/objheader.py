@@ -8,15 +8,24 @@ chunk are fetched together, so a header costs 1 + (continuation depth) levels.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from ...errors import FormatError
 from ._base import Ctx, Cursor, Task, check_sum, read_many, spec_read
 
-__all__ = ["HEADER_SPECULATIVE", "MSG_CONTINUATION", "Message", "read_object_header"]
+__all__ = ["HEADER_SPECULATIVE", "MSG_CONTINUATION", "Message", "Messages", "read_object_header"]
 
 HEADER_SPECULATIVE = 320  # bytes read at an object header before its size is known
 MSG_CONTINUATION = 0x10
+MSG_NIL = 0x0
+
+
+class Messages(list):
+    """An object header's messages; ``used``: bytes of its first chunk up to its last message that is not
+    padding (a version-1 header is often allocated larger than what it holds: the rest is a NIL message)."""
+
+    used: int = 0
 
 
 @dataclass
@@ -37,11 +46,12 @@ def read_object_header(ctx: Ctx, rel: int, want: int = HEADER_SPECULATIVE) -> Ta
     what = f"object header at 0x{rel:x}"
     start = ctx.addr(rel, 16, what)
     head = yield from spec_read(ctx, start, 16, want, what)
+    out = Messages()
     if head[:4] == b"OHDR":
         msgs, conts, hflags = yield from _v2_first(ctx, start, head, what)
-        version = 2
+        version = 2  # used stays 0: a v2 chunk is read whole (its checksum covers it)
     elif head[0] == 1:
-        msgs, conts = yield from _v1_first(ctx, start, head, what)
+        msgs, conts, out.used = yield from _v1_first(ctx, start, head, what)
         version, hflags = 1, 0
     else:
         raise FormatError(f"{what}: unknown object header version {head[0]}")
@@ -63,7 +73,8 @@ def read_object_header(ctx: Ctx, rel: int, want: int = HEADER_SPECULATIVE) -> Ta
             msgs.extend(m)
             nxt.extend(_continuations(ctx, m, what))
         conts = nxt
-    return msgs
+    out.extend(msgs)
+    return out
 
 
 def _continuations(ctx: Ctx, msgs: list[Message], what: str) -> list[tuple[int, int]]:
@@ -86,13 +97,36 @@ def _v1_first(ctx: Ctx, start: int, head: bytes, what: str) -> Task:
     _nmsgs, _refcount, hsize = c.u16(), c.u32(), c.u32()
     total = 16 + hsize
     ctx.check_abs(start, total, f"{what}: header of {hsize} bytes")
-    if len(head) < total:
+    used = _v1_used(head, total)
+    if used is None:
         head = yield from spec_read(ctx, start, total, total, what)
+        used = _v1_used(head, total)
     msgs = _messages_v1(head, 16, total, what)
-    return msgs, _continuations(ctx, msgs, what)
+    return msgs, _continuations(ctx, msgs, what), used
+
+
+def _v1_used(buf: bytes, total: int) -> int | None:
+    """Where the last message of a v1 first chunk that is not padding ends, if ``buf`` holds it; else None.
+
+    A NIL (padding) message needs only its own 8-byte header: a chunk whose tail is one is complete
+    without the tail's bytes.
+    """
+    pos = last = 16
+    while pos + 8 <= total:
+        if pos + 8 > len(buf):
+            return None
+        mtype, msize = struct.unpack_from("<HH", buf, pos)
+        end = pos + 8 + msize
+        if mtype != MSG_NIL:
+            if end > len(buf):
+                return None
+            last = end
+        pos = end + ((-end) % 8 if msize % 8 else 0)
+    return last
 
 
 def _messages_v1(buf: bytes, pos: int, end: int, what: str) -> list[Message]:
+    """The messages of a v1 block; ``buf`` may stop inside a trailing NIL message (see :func:`_v1_used`)."""
     out = []
     while pos + 8 <= end:
         c = Cursor(buf, None, what, pos)

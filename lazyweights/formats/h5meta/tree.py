@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ...attrs import Attrs as BaseAttrs
+from ...attrs import Reader
 from ...errors import UnsafeCheckpointError, UnsupportedError
 
 __all__ = [
@@ -67,27 +69,18 @@ class UnsupportedValue:
     reason: str
 
 
-class Attrs(Mapping):
-    """Read-only attribute mapping; values as h5py returns them."""
+class Attrs(BaseAttrs):
+    """Read-only attribute mapping; values as h5py returns them (a large string read when asked for)."""
 
-    def __init__(self, items: list[tuple[str, Any]] | None = None):
-        self._d: dict[str, Any] = dict(items or [])
+    def __init__(self, items: list[tuple[str, Any]] | None = None, reader: Reader | None = None):
+        super().__init__(dict(items or []), reader)
         self.problems: list[str] = []  # attributes that could not even be named (shared-message heap)
 
     def __getitem__(self, key: str) -> Any:
-        v = self._d[key]
+        v = super().__getitem__(key)
         if isinstance(v, UnsupportedValue):
             raise UnsupportedError(f"attribute {key!r}: {v.reason}")
         return v
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def __repr__(self) -> str:
-        return f"<Attrs {list(self._d)}>"
 
 
 @dataclass(eq=False)

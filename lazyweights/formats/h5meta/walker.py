@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ...attrs import DEFER_BYTES, Deferred
 from ...errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from . import messages as M
 from ._base import Ctx, Cursor, Limits, Par, Task, gather
@@ -27,9 +29,9 @@ from .btree1 import GROUP_NODE_SPECULATIVE, group_symbol_nodes, symbol_entries
 from .btree2 import btree2_records
 from .chunk_index import chunk_table
 from .fractal_heap import heap_objects, read_fractal_heap
-from .global_heap import read_collections
-from .local_heap import finish_local_heap, read_local_heap_head
-from .objheader import Message, read_object_header
+from .global_heap import locate_object, read_collections
+from .local_heap import HEAP_SPECULATIVE, finish_local_heap, read_local_heap_head
+from .objheader import HEADER_SPECULATIVE, Message, Messages, read_object_header
 from .superblock import read_superblock
 from .tree import (
     Attrs,
@@ -55,6 +57,7 @@ MERGE_GAP = 256  # ranges closer than this are fetched as one
 # header, a B-tree node with many entries, the heap's data segment) is read beside them at no
 # extra level: the first reads are small.
 HINTED_HEADER = 64
+LEAF = "unknown"  # a link that says nothing of its target (see _object)
 HINTED_NODE = 64
 
 
@@ -237,7 +240,7 @@ def walk(
     ``base`` is the offset of the HDF5 file inside the fetched object.
     """
     stats = FetchStats()
-    ctx = Ctx(size=size, limits=limits or Limits())
+    ctx = Ctx(size=size, limits=limits or Limits(), reader=functools.partial(_read_one, fetch_many))
     try:
         with _gc_paused():
             f = run(_walk_file(ctx, base), fetch_many, head[: max(0, size - head_at)], stats, head_at)
@@ -245,6 +248,14 @@ def walk(
         raise FormatError("HDF5 metadata nested too deeply") from e
     f.stats = stats
     return f
+
+
+def _read_one(fetch_many: FetchMany, offset: int, length: int) -> bytes:
+    """One range through ``fetch_many``, length-checked (a large attribute read after the walk)."""
+    data = bytes(fetch_many([(offset, length)])[0])
+    if len(data) != length:
+        raise StorageError(f"fetch_many returned {len(data)} bytes for range 0x{offset:x}+{length}")
+    return data
 
 
 @contextlib.contextmanager
@@ -268,7 +279,7 @@ def _gc_paused() -> Iterator[None]:
 def _walk_file(ctx: Ctx, base: int) -> Task:
     sb = yield from read_superblock(ctx, base)
     f = H5File(name="/", address=ctx.base + sb.root_address, superblock_version=sb.version, base_address=ctx.base)
-    hint = None if sb.root_btree is None else (sb.root_btree, sb.root_heap)
+    hint = LEAF if sb.root_btree is None else (sb.root_btree, sb.root_heap)
     yield from _object(ctx, sb.root_address, "/", (), f, f, hint)
     return f
 
@@ -281,22 +292,25 @@ def _join(path: str, name: str) -> str:
 
 
 def _object(
-    ctx: Ctx, rel: int, path: str, ancestors: tuple[int, ...], f: H5File, node: H5File | None = None, hint=None
+    ctx: Ctx, rel: int, path: str, ancestors: tuple[int, ...], f: H5File, node: H5File | None = None, hint=LEAF
 ) -> Task:
     """Parse the object at ``rel``; return a Group, Dataset or plain Node (committed datatype).
 
     ``hint`` is the (B-tree, local heap) pair cached in the parent's symbol table entry: the
     group's links are then read in the same level as its header, and used if the header agrees.
+    None: the entry has no cache, so the object is likely a dataset (its header is read at the
+    size the file's datasets so far needed); :data:`LEAF`: nothing is known.
     """
     ctx.count_object(rel, path)
     if len(ancestors) > ctx.limits.max_depth:
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
     pre = None
-    if hint is not None and _hint_ok(ctx, hint):
+    if isinstance(hint, tuple) and _hint_ok(ctx, hint):
         links = _speculative(_symtab_links(ctx, *hint, path, HINTED_NODE))
         msgs, pre = yield from gather([read_object_header(ctx, rel, HINTED_HEADER), links])
     else:
-        msgs = yield from read_object_header(ctx, rel)
+        want = ctx.dataset_header_read(HEADER_SPECULATIVE) if hint is None else HEADER_SPECULATIVE
+        msgs = yield from read_object_header(ctx, rel, want)
     types = {m.type for m in msgs}
     addr = ctx.base + rel
     if M.LAYOUT in types or (M.DATASPACE in types and M.DATATYPE in types):
@@ -336,7 +350,7 @@ def _members(ctx: Ctx, msgs: list[Message], path: str, chain: tuple[int, ...], f
         else:
             g.links[link.name] = ExternalLink(link.filename or "", link.target or "")
     kids = yield from gather(
-        _object(ctx, link.address, _join(path, link.name), chain, f, hint=getattr(link, "cache", None)) for link in hard
+        _object(ctx, link.address, _join(path, link.name), chain, f, hint=getattr(link, "cache", LEAF)) for link in hard
     )
     for link, kid in zip(hard, kids, strict=False):
         g.children[link.name] = kid
@@ -380,9 +394,9 @@ def _links(ctx: Ctx, msgs: list[Message], what: str, pre=(None, None)) -> Task:
 
 def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, node: int = GROUP_NODE_SPECULATIVE) -> Task:
     """The links of a symbol-table group (``node``: the first-read size of its B-tree root)."""
-    first = [read_local_heap_head(ctx, heap_rel), group_symbol_nodes(ctx, btree, node)]
+    first = [read_local_heap_head(ctx, heap_rel, ctx.heap_read(HEAP_SPECULATIVE)), group_symbol_nodes(ctx, btree, node)]
     hh, snods = yield from gather(first)
-    expect = hh.heap.name_count() if hh.heap is not None and len(snods) == 1 else None  # sizes the node's read
+    expect = hh.name_count() if len(snods) == 1 else None  # sizes the node's read
     heap, entries = yield from gather([finish_local_heap(ctx, hh), symbol_entries(ctx, snods, expect)])
     out = []
     for e in entries:
@@ -392,6 +406,7 @@ def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, node: int = GR
             out.append(M.Link(name, "soft", target=target))
         else:
             link = M.Link(name, "hard", address=e.address)
+            link.cache = None  # type: ignore[attr-defined]  # no cache: not a symbol-table group, likely a dataset
             if e.cache_type == 1:
                 sc = Cursor(e.scratch, ctx, what)
                 link.cache = (sc.offset(), sc.offset())  # type: ignore[attr-defined]
@@ -434,9 +449,23 @@ def _attributes(ctx: Ctx, msgs: list[Message], what: str) -> Task:
     dts = yield from gather(_committed_dtype(ctx, a.shared_dtype, what) for a in shared)
     for a, dt in zip(shared, dts, strict=True):
         a.datatype, a.raw = dt, M.attribute_value(a.raw, dt, a.space, ctx, f"{what}: attribute {a.name!r}")
-    gaddrs = {addr for a in attrs if a.datatype.vlen_str for addr in _vlen_refs(ctx, a)[1]}
-    gcols = (yield from read_collections(ctx, gaddrs)) if gaddrs else {}
-    out = Attrs([(a.name, _attr_value(ctx, a, gcols, what)) for a in attrs])
+    vlen = [a for a in attrs if a.datatype.vlen_str]
+    large = [(a, ref) for a in vlen if (ref := _large_ref(ctx, a)) is not None]
+    rest = {addr for a in vlen if not any(a is b for b, _ in large) for addr in _vlen_refs(ctx, a)[1]}
+    locate = gather(locate_object(ctx, addr, idx) for _, (_, addr, idx) in large)
+    found, gcols = yield from gather([locate, read_collections(ctx, rest)])
+    located: dict[int, tuple[int, int]] = {}
+    for (a, (length, _, _)), loc in zip(large, found, strict=True):
+        if loc is not None and loc[1] >= length:
+            located[id(a)] = (loc[0], length)
+    late = {addr for a, (_, addr, _) in large if id(a) not in located}
+    if late:  # past the collection's first bytes (or too short: an error, as when read now): read now
+        gcols = {**gcols, **(yield from read_collections(ctx, late))}
+    values = [
+        (a.name, _deferred(a, located[id(a)], what) if id(a) in located else _attr_value(ctx, a, gcols, what))
+        for a in attrs
+    ]
+    out = Attrs(values, reader=ctx.reader)
     out.problems = problems
     return out
 
@@ -479,6 +508,20 @@ def _vlen_refs(ctx: Ctx, a: M.Attribute) -> tuple[list[tuple[int, int, int]], se
     return refs, {addr for length, addr, _ in refs if length and not ctx.is_undef(addr) and addr}
 
 
+def _large_ref(ctx: Ctx, a: M.Attribute) -> tuple[int, int, int] | None:
+    """The global heap reference of a scalar vlen string of more than :data:`DEFER_BYTES`, else None."""
+    if a.space.null or a.space.shape or a.datatype.unsupported:
+        return None
+    refs, addrs = _vlen_refs(ctx, a)
+    return refs[0] if addrs and refs[0][0] > DEFER_BYTES else None
+
+
+def _deferred(a: M.Attribute, where: tuple[int, int], what: str) -> Deferred:
+    """A large string attribute as a reference to its bytes (read when asked for, see :mod:`lazyweights.attrs`)."""
+    offset, length = where
+    return Deferred(offset=offset, length=length, size=length, what=f"{what}: attribute {a.name!r}")
+
+
 def _attr_value(ctx: Ctx, a: M.Attribute, gcols: dict[int, dict[int, bytes]], what: str) -> Any:
     dt = a.datatype
     if dt.unsupported or dt.dtype is None:
@@ -508,6 +551,8 @@ def _attr_value(ctx: Ctx, a: M.Attribute, gcols: dict[int, dict[int, bytes]], wh
 
 def _dataset(ctx: Ctx, rel: int, msgs: list[Message], path: str, f: H5File) -> Task:
     what = f"dataset {path} (object header at 0x{rel:x})"
+    if isinstance(msgs, Messages) and msgs.used:
+        ctx.learn_dataset_header(msgs.used)
     ds = Dataset(name=path, address=ctx.base + rel, file=f)
     reasons: list[str] = []
     msgs = yield from _unshare_datatype(ctx, msgs, what)
