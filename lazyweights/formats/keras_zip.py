@@ -5,7 +5,7 @@ one block-cached request after another (a 2 MB ``config.json`` costs eight
 round trips), and the HDF5 member's own first bytes, past the archive's head
 when the config is large, cost the metadata walk some more.  Here every member
 wanted (its local header, its data, and for the HDF5 member its first
-:data:`~lazyweights.storage.source.HEAD_BYTES`) is one range of one
+:data:`MEMBER_HEAD` bytes) is one range of one
 ``readinto_many`` call.  Stored and deflated members are decoded and checked
 against the directory's size and CRC-32.
 
@@ -22,7 +22,7 @@ import zlib
 
 from ..attrs import DEFER_BYTES, Deferred
 from ..errors import FormatError, UnsafeCheckpointError
-from ..storage import HEAD_BYTES, Source
+from ..storage import Source
 
 __all__ = ["MemberBytes", "keras_limit", "read_members", "refuse_bomb"]
 
@@ -69,7 +69,12 @@ def refuse_bomb(url: str, info: zipfile.ZipInfo, *, extract: bool = False) -> No
 
 _LOCAL = 30  # fixed part of a local file header
 _SLACK = 4096  # room for a local extra field longer than the directory's
-_HEAD = HEAD_BYTES  # the HDF5 member's first bytes fetched with the rest (the walk's head)
+# The HDF5 member's first bytes fetched with the rest when it starts past the archive's head (a large
+# config before it): its superblock, root group and top groups' headers, B-tree roots and heaps lie in
+# its first KiBs, and the first layers' dataset headers, which size the walk's reads of the others.  Not
+# HEAD_BYTES: on a 2,000-layer model those 512 KiB were 1/6 of the open's bytes, mostly the first
+# layers' weights (benchmarks/bench_open.py).
+MEMBER_HEAD = 32 << 10
 
 MemberBytes = tuple[dict[str, bytes | Deferred], int, bytes]
 DEFERRABLE = ("config.json",)  # members that may be read when asked for, not at open, when large
@@ -90,14 +95,14 @@ def read_members(source: Source, infos: list[zipfile.ZipInfo], hdf5: zipfile.Zip
     spans[:-1] = [(off, n + _now(i, later)) for (off, n), i in zip(spans[:-1], infos, strict=True)]
     past_head = spans[-1][0] + spans[-1][1] > len(source.head())
     if past_head:  # the member starts past the head: fetch its first bytes with its local header
-        spans[-1] = (spans[-1][0], spans[-1][1] + min(hdf5.file_size, _HEAD))
+        spans[-1] = (spans[-1][0], spans[-1][1] + min(hdf5.file_size, MEMBER_HEAD))
     spans = [(off, max(0, min(n, source.size - off))) for off, n in spans]
     blobs = _fetch(source, spans)
     pairs = zip(infos, blobs[:-1], strict=True)
     out = {i.filename: _member(source, i, b, i.filename in later) for i, b in pairs}
     start = _data_start(source, hdf5, blobs[-1])
     first = blobs[-1] if past_head else source.head()[hdf5.header_offset :]
-    return out, hdf5.header_offset + start, first[start : start + min(hdf5.file_size, _HEAD)]
+    return out, hdf5.header_offset + start, first[start : start + min(hdf5.file_size, MEMBER_HEAD)]
 
 
 def _now(info: zipfile.ZipInfo, later: set[str]) -> int:

@@ -72,7 +72,9 @@ logger = logging.getLogger(__name__)
 # (benchmarks/bench_open.py: open bytes 1.44x -> 0.95x of max(1 MiB, 2%), rounds 8 either way).
 HEAD_BYTES = 512 << 10
 WHOLE_MIN_PART = 1 << 20  # read_whole: no ranged GET smaller than this (latency, not bandwidth, would dominate)
-TAIL_BYTES = 64 << 10  # an archive's end: a zip's end record (a 64 KiB comment at most) and, usually, its directory
+# An archive's end: a zip's end record and its directory (a .keras's three members take ~200 bytes, and
+# 16 KiB hold ~200 members); a longer comment or directory costs one more read, not a wrong answer
+TAIL_BYTES = 16 << 10
 
 _CACHE_SIZE = 64
 

@@ -77,6 +77,9 @@ def gather(gens: Iterable[Task]) -> Task:
 
 
 DATASET_HEADER_MARGIN = 48
+# Before any is seen: a rank-4 chunked, deflated float dataset with a small attribute fits (Keras's
+# contiguous kernels use 128-176 bytes; libhdf5 allocates 272 whatever they use).
+DATASET_HEADER_FIRST = 256
 HEAP_MARGIN = 0
 
 
@@ -134,7 +137,7 @@ class Ctx:
         completed in the next level.
         """
         if not self.dataset_header:
-            return default
+            return min(default, DATASET_HEADER_FIRST)
         return min(default, self.dataset_header + DATASET_HEADER_MARGIN)
 
     @property

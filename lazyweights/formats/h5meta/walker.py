@@ -56,7 +56,7 @@ MERGE_GAP = 256  # ranges closer than this are fetched as one
 # come in the next level in any case, so whatever of the three lies past these first reads (a long
 # header, a B-tree node with many entries, the heap's data segment) is read beside them at no
 # extra level: the first reads are small.
-HINTED_HEADER = 64
+HINTED_HEADER = 40  # a v1 group header: its 16-byte prefix and one message (a symbol table or a continuation)
 LEAF = "unknown"  # a link that says nothing of its target (see _object)
 HINTED_NODE = 64
 
