@@ -449,18 +449,7 @@ def _attributes(ctx: Ctx, msgs: list[Message], what: str) -> Task:
     dts = yield from gather(_committed_dtype(ctx, a.shared_dtype, what) for a in shared)
     for a, dt in zip(shared, dts, strict=True):
         a.datatype, a.raw = dt, M.attribute_value(a.raw, dt, a.space, ctx, f"{what}: attribute {a.name!r}")
-    vlen = [a for a in attrs if a.datatype.vlen_str]
-    large = [(a, ref) for a in vlen if (ref := _large_ref(ctx, a)) is not None]
-    rest = {addr for a in vlen if not any(a is b for b, _ in large) for addr in _vlen_refs(ctx, a)[1]}
-    locate = gather(locate_object(ctx, addr, idx) for _, (_, addr, idx) in large)
-    found, gcols = yield from gather([locate, read_collections(ctx, rest)])
-    located: dict[int, tuple[int, int]] = {}
-    for (a, (length, _, _)), loc in zip(large, found, strict=True):
-        if loc is not None and loc[1] >= length:
-            located[id(a)] = (loc[0], length)
-    late = {addr for a, (_, addr, _) in large if id(a) not in located}
-    if late:  # past the collection's first bytes (or too short: an error, as when read now): read now
-        gcols = {**gcols, **(yield from read_collections(ctx, late))}
+    located, gcols = yield from _vlen_strings(ctx, [a for a in attrs if a.datatype.vlen_str])
     values = [
         (a.name, _deferred(a, located[id(a)], what) if id(a) in located else _attr_value(ctx, a, gcols, what))
         for a in attrs
@@ -506,6 +495,23 @@ def _vlen_refs(ctx: Ctx, a: M.Attribute) -> tuple[list[tuple[int, int, int]], se
         length, addr, idx = c.u32(), c.offset(), c.u32()
         refs.append((length, addr, idx))
     return refs, {addr for length, addr, _ in refs if length and not ctx.is_undef(addr) and addr}
+
+
+def _vlen_strings(ctx: Ctx, vlen: list[M.Attribute]) -> Task:
+    """``(located, collections)``: where each large string's bytes are (by ``id`` of its attribute), and
+    the global heap collections that hold the others' values, read now."""
+    large = [(a, ref) for a in vlen if (ref := _large_ref(ctx, a)) is not None]
+    rest = {addr for a in vlen if not any(a is b for b, _ in large) for addr in _vlen_refs(ctx, a)[1]}
+    locate = gather(locate_object(ctx, addr, idx) for _, (_, addr, idx) in large)
+    found, gcols = yield from gather([locate, read_collections(ctx, rest)])
+    located: dict[int, tuple[int, int]] = {}
+    for (a, (length, _, _)), loc in zip(large, found, strict=True):
+        if loc is not None and loc[1] >= length:
+            located[id(a)] = (loc[0], length)
+    late = {addr for a, (_, addr, _) in large if id(a) not in located}
+    if late:  # past the collection's first bytes (or too short: an error, as when read now): read now
+        gcols = {**gcols, **(yield from read_collections(ctx, late))}
+    return located, gcols
 
 
 def _large_ref(ctx: Ctx, a: M.Attribute) -> tuple[int, int, int] | None:
