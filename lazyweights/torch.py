@@ -28,7 +28,8 @@ as object stores do, and the tensors are small); with
 broadcasts them, and the ranks open the checkpoint together, each fetching
 ``1/world_size`` of its metadata (:func:`process_group`) (best
 when storage is the bottleneck or billed per byte and the interconnect is
-fast).  ``torch`` here is the real PyTorch: this module is
+fast).  ``collective=process_group()`` has the ranks open it together with
+``replicated="read"`` too.  ``torch`` here is the real PyTorch: this module is
 ``lazyweights.torch`` and imports ``torch`` absolutely.
 """
 
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .checkpoint import Checkpoint, opened, readahead_limit
 from .errors import UnsupportedError, require
+from .storage.collective import Collective
 from .stream.budget import DEFAULT_MAX_MEMORY, parse_bytes
 from .stream.plan import STAGED_PART_BYTES
 from .stream.progress import ProgressArg
@@ -67,6 +69,7 @@ def load_state_dict(
     assign: bool = False,
     shard: ShardArg = None,
     replicated: Literal["read", "broadcast"] = "read",
+    collective: Collective | None = None,
     storage_options: Mapping[str, Any] | None = None,
     concurrency: int | None = None,
     part_size: int | str | None = None,
@@ -102,6 +105,12 @@ def load_state_dict(
         other tensors are written where they are.
     shard, replicated
         See the module docstring.
+    collective
+        The ranks open the checkpoint together (every rank must call this), each fetching
+        ``1/world_size`` of its metadata: :func:`process_group`, or any object with ``rank``,
+        ``world_size`` and ``all_gather`` (:class:`lazyweights.storage.collective.Collective`).
+        ``replicated="broadcast"`` opens this way
+        whatever is given (the job's default group if nothing is).
     """
     if layout not in (None, "keras"):
         raise UnsupportedError(f"layout {layout!r} is not known; expected None or 'keras'")
@@ -109,8 +118,8 @@ def load_state_dict(
         raise UnsupportedError(f"replicated={replicated!r}; expected 'read' or 'broadcast'")
     options = Options(mapping, layout, strict, device, shard, replicated, assign)
     run = dict(max_memory=max_memory, concurrency=concurrency, part_size=part_size, progress=progress)
-    if replicated == "broadcast":  # every rank calls this: they open the checkpoint together
-        with opened(src, storage_options, collective=process_group()) as ckpt:
+    if replicated == "broadcast" or collective is not None:  # every rank calls this: they open it together
+        with opened(src, storage_options, collective=collective or process_group()) as ckpt:
             return _load(module, ckpt, options, run)
     whole = shard is None and not isinstance(src, Checkpoint)  # every weight will be read: read the object whole
     ahead = readahead_limit(max_memory) if whole else None

@@ -93,6 +93,32 @@ def test_a_sharded_warm_start_fetches_a_share_of_the_file(wide_files, tmp_path) 
     assert max(fetched) <= 1.02 * size / world, [f / size for f in fetched]
 
 
+def test_a_module_warm_start_opens_together(wide_files, tmp_path) -> None:
+    """``lwt.load_state_dict(..., collective=)``: 2 ranks fill their rows of each Linear (the kernel as stored),
+    and the job fetches the file about once (each rank's rows, the metadata split between them), where ranks
+    opening alone would each add an open's bytes (the head alone is a fifth of this file)."""
+    import torch
+
+    world, name = 2, "wide.weights.h5"
+    size = (wide_files / name).stat().st_size
+    full = lw.load(wide_files / name)
+    stack, servers = _servers([wide_files] * world)
+    with stack:
+        results = _run("torch", servers, name, tmp_path)
+        fetched = [s.bytes_sent for s in servers]
+    assert all("error" not in r for r in results), results
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    with lw.open(wide_files / name) as ckpt:
+        keys = {la.alias: [w.key for w in la.weights] for la in ckpt.layers if la.weights}  # d0: kernel, bias
+    assert len(keys) == 40
+    for alias, (kernel_key, bias_key) in keys.items():
+        kernel = np.concatenate([p[f"{alias}.weight"].numpy() for p in parts])
+        np.testing.assert_array_equal(kernel, full[kernel_key], err_msg=alias)
+        bias = np.concatenate([p[f"{alias}.bias"].numpy() for p in parts])
+        np.testing.assert_array_equal(bias, full[bias_key], err_msg=alias)
+    assert sum(fetched) <= 1.02 * size, [f / size for f in fetched]  # alone, each rank's open adds its own head
+
+
 def test_ranks_that_see_different_versions_all_refuse(wide_files, tmp_path) -> None:
     other = tmp_path / "other"
     other.mkdir()
