@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 INDEX_SUFFIX = ".lwindex.json"
 DEFAULT_CACHE_DIR = Path(platformdirs.user_cache_dir("lazyweights")) / "index"  # ~/.cache/lazyweights/index
 _KIND = "lazyweights-index"
-_VERSION = 1
+_VERSION = 2  # 2: large attributes are references (deferred_attrs), which a version-1 reader would drop
 
 
 def index_document(manifest: Manifest, pin: Pin) -> str:
