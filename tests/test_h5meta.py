@@ -40,21 +40,26 @@ EXAMPLES = int(os.environ.get("H5META_EXAMPLES", "40"))  # raise locally for a l
 def walk_bytes(data: bytes, head: int = 0, base: int = 0) -> H5File:
     """Walk ``data`` through an in-memory fetch_many that checks every range.
 
-    Ranges must lie in the file, and no byte may be fetched twice (nor one that ``head`` held).
+    Ranges must lie in the file, and no byte may be fetched twice (nor one that ``head`` held) during the
+    walk; a large attribute read when asked for, after it, reads its own bytes.
     """
     fetched = np.zeros(len(data), dtype=bool)
     fetched[:head] = True
     calls = []
+    walking = [True]
 
     def fetch_many(ranges: list[tuple[int, int]]) -> list[bytes]:
-        calls.append(ranges)
         for off, n in ranges:
             assert off >= 0 and n > 0 and off + n <= len(data), (off, n)
-            assert not fetched[off : off + n].any(), ("fetched twice", off, n)
-            fetched[off : off + n] = True
+        if walking[0]:
+            calls.append(ranges)
+            for off, n in ranges:
+                assert not fetched[off : off + n].any(), ("fetched twice", off, n)
+                fetched[off : off + n] = True
         return [data[off : off + n] for off, n in ranges]
 
     w = walk(fetch_many, len(data), head=data[:head], base=base)
+    walking[0] = False
     assert w.stats.calls == len(calls) and w.stats.per_call == [len(r) for r in calls]
     assert w.stats.bytes == sum(n for r in calls for _, n in r)
     return w
@@ -669,7 +674,10 @@ def file_specs(draw):
         "track_order": draw(st.booleans()),
         "groups": draw(st.integers(0, 14)),
         "datasets": draw(st.lists(dataset_specs(), max_size=6)),
+        "nested": draw(st.lists(dataset_specs(), max_size=4)),  # one level deeper: read after the others
         "attrs": draw(st.lists(ATTR_VALUES, max_size=24)),
+        "dataset_attrs": draw(st.lists(ATTR_VALUES, max_size=4)),
+        "large": draw(st.sampled_from([None, 0, 70_000, 300_000])),  # a string attribute read when asked for
     }
 
 
@@ -702,17 +710,28 @@ def build(path: Path, spec: dict) -> None:
         g = f.create_group("grp", track_order=spec["track_order"])
         for i in range(spec["groups"]):
             g.create_group(f"child{(i * 7) % 15}_{i}")
-        for i, d in enumerate(spec["datasets"]):
-            kwargs = {k: d[k] for k in ("chunks", "compression", "shuffle", "fletcher32", "fillvalue") if k in d}
-            if "chunks" in d:
-                kwargs["maxshape"] = _maxshape(d)
-            ds = g.create_dataset(f"d{i}", shape=d["shape"], dtype=d["dtype"], **kwargs)
-            if d["write"]:
-                ds[()] = _values(d["shape"], d["dtype"])
+        sub = g.create_group("sub")
+        for parent, specs in ((g, spec["datasets"]), (sub, spec["nested"])):
+            for i, d in enumerate(specs):
+                ds = _dataset(parent, f"d{i}", d)
+                for j, v in enumerate(spec["dataset_attrs"] if i % 2 else ()):
+                    ds.attrs[f"a{j}"] = v
+        if spec["large"] is not None:
+            (sub if spec["large"] % 3 else f).attrs["model_config"] = "é" + "{" * spec["large"]
         for i, v in enumerate(spec["attrs"]):
             if spec["libver"] == "earliest" and getattr(v, "nbytes", 0) > 30000:
                 continue
             (g if i % 2 else f).attrs[f"attr{i}"] = v
+
+
+def _dataset(parent: h5py.Group, name: str, d: dict) -> h5py.Dataset:
+    kwargs = {k: d[k] for k in ("chunks", "compression", "shuffle", "fletcher32", "fillvalue") if k in d}
+    if "chunks" in d:
+        kwargs["maxshape"] = _maxshape(d)
+    ds = parent.create_dataset(name, shape=d["shape"], dtype=d["dtype"], **kwargs)
+    if d["write"]:
+        ds[()] = _values(d["shape"], d["dtype"])
+    return ds
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
