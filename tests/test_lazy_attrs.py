@@ -178,3 +178,37 @@ def test_references_are_checked_when_built_and_read() -> None:
         Deferred(offset=0, length=1 << 40, size=1 << 40, what="f", codec="deflate")
     with pytest.raises(FormatError, match="lacks a field"):
         Deferred.from_plain({"offset": 1})
+
+
+# -- a real Keras model whose config is large ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory):
+    """150 small Dense layers: Keras writes a config of ~0.1 MB, read when the model is built."""
+    import warnings
+
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), *(keras.layers.Dense(4, name=f"d{i}") for i in range(150))])
+    root = tmp_path_factory.mktemp("deep")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(root / "deep.h5")
+    model.save(root / "deep.keras")
+    return model, root
+
+
+@pytest.mark.parametrize("name", ["deep.h5", "deep.keras"])
+def test_load_model_reads_a_large_config_when_building(deep_model, http_server, http_root, name) -> None:
+    from lazyweights import keras as lwk
+
+    model, root = deep_model
+    url = _served(root / name, http_server, http_root)
+    with lw.open(url, index=False) as ckpt:
+        assert "model_config" in ckpt.manifest.attrs.deferred()  # over 64 KiB: not read at open
+    loaded = lwk.load_model(url, compile=False)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    for want, got in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
