@@ -8,6 +8,7 @@ table, filter and fill value is compared with what h5py reports.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -717,7 +718,8 @@ def build(path: Path, spec: dict) -> None:
                 for j, v in enumerate(spec["dataset_attrs"] if i % 2 else ()):
                     ds.attrs[f"a{j}"] = v
         if spec["large"] is not None:
-            (sub if spec["large"] % 3 else f).attrs["model_config"] = "é" + "{" * spec["large"]
+            text = json.dumps({"class_name": "é", "pad": "{" * spec["large"]}, ensure_ascii=False)
+            (sub if spec["large"] % 3 else f).attrs["model_config"] = text
         for i, v in enumerate(spec["attrs"]):
             if spec["libver"] == "earliest" and getattr(v, "nbytes", 0) > 30000:
                 continue

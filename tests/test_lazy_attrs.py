@@ -106,6 +106,18 @@ def test_generic_attrs_equal_h5py_through_both_paths(tmp_path: Path) -> None:
         assert ckpt.training_config == json.loads(f.attrs["training_config"])
 
 
+def test_a_large_config_that_is_not_json_fails_when_read(tmp_path: Path) -> None:
+    """The weights stay usable; asking for the config raises, naming the file and the attribute."""
+    path = tmp_path / "badconfig.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = "{" * (DEFER_BYTES + 1)
+        f["w"] = np.arange(4, dtype="f4")
+    with lw.open(path) as ckpt:
+        np.testing.assert_array_equal(ckpt["w"].read(), np.arange(4, dtype="f4"))
+        with pytest.raises(FormatError, match=r"badconfig\.h5: attribute 'model_config': not valid JSON"):
+            ckpt.model_config  # noqa: B018
+
+
 # -- .keras archives -----------------------------------------------------------------------------------
 
 
