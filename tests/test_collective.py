@@ -17,6 +17,7 @@ import pytest
 import lazyweights as lw
 from lazyweights.storage.collective import byte_shares
 
+from .conftest import save_keras_formats
 from .ranks import run_ranks
 from .servers import serve
 
@@ -25,24 +26,29 @@ from .servers import serve
 def wide_files(tmp_path_factory):
     """A 40-layer Keras 3 model (2.6 MB: metadata interleaved with weights past the open's head), saved by Keras
     as ``.h5``, ``.weights.h5`` and ``.keras``."""
-    import warnings
-
     import keras
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((128,)), *(keras.layers.Dense(128, name=f"d{i}") for i in range(40))])
     root = tmp_path_factory.mktemp("collective")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save(root / "wide.h5")
-    model.save_weights(root / "wide.weights.h5")
-    model.save(root / "wide.keras")
+    save_keras_formats(model, root, "wide")
     return root
 
 
 def _servers(roots):
     stack = contextlib.ExitStack()
     return stack, [stack.enter_context(serve(root)) for root in roots]
+
+
+def _job(mode, wide_files, tmp_path, world=2, name="wide.weights.h5"):
+    """``(file size, its full load, each rank's result, bytes each rank's server sent)`` of a ``mode`` job."""
+    size = (wide_files / name).stat().st_size
+    full = lw.load(wide_files / name)
+    stack, servers = _servers([wide_files] * world)
+    with stack:
+        results = _run(mode, servers, name, tmp_path)
+        fetched = [s.bytes_sent for s in servers]
+    return size, full, results, fetched
 
 
 def _run(mode, servers, name, out):
@@ -73,13 +79,8 @@ def test_ranks_open_together_each_fetching_its_share(wide_files, tmp_path, name,
 
 def test_a_sharded_warm_start_fetches_a_share_of_the_file(wide_files, tmp_path) -> None:
     """Flat shards and a shared open: each of 2 ranks fetches at most 1.02/2 of the file, open included."""
-    world, name = 2, "wide.weights.h5"
-    size = (wide_files / name).stat().st_size
-    full = lw.load(wide_files / name)
-    stack, servers = _servers([wide_files] * world)
-    with stack:
-        results = _run("load", servers, name, tmp_path)
-        fetched = [s.bytes_sent for s in servers]
+    world = 2
+    size, full, results, fetched = _job("load", wide_files, tmp_path, world)
     for rank, result in enumerate(results):
         assert "error" not in result, result
         assert result["shard_error"] == (
@@ -100,12 +101,7 @@ def test_a_module_warm_start_opens_together(wide_files, tmp_path) -> None:
     import torch
 
     world, name = 2, "wide.weights.h5"
-    size = (wide_files / name).stat().st_size
-    full = lw.load(wide_files / name)
-    stack, servers = _servers([wide_files] * world)
-    with stack:
-        results = _run("torch", servers, name, tmp_path)
-        fetched = [s.bytes_sent for s in servers]
+    size, full, results, fetched = _job("torch", wide_files, tmp_path, world, name)
     assert all("error" not in r for r in results), results
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     with lw.open(wide_files / name) as ckpt:

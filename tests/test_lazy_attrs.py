@@ -198,17 +198,12 @@ def test_references_are_checked_when_built_and_read() -> None:
 @pytest.fixture(scope="module")
 def deep_model(tmp_path_factory):
     """150 small Dense layers: Keras writes a config of ~0.1 MB, read when the model is built."""
-    import warnings
-
     import keras
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,)), *(keras.layers.Dense(4, name=f"d{i}") for i in range(150))])
     root = tmp_path_factory.mktemp("deep")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save(root / "deep.h5")
-    model.save(root / "deep.keras")
+    save_keras_formats(model, root, "deep")
     return model, root
 
 
