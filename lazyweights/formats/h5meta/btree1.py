@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from ...errors import FormatError
 from ._base import Ctx, Cursor, Task, read_many
 
-__all__ = ["GROUP_NODE_SPECULATIVE", "SymbolEntry", "btree1_chunks", "group_symbol_nodes", "symbol_entries"]
+__all__ = [
+    "GROUP_NODE_SPECULATIVE",
+    "SymbolEntry",
+    "btree1_chunks",
+    "children_of_held_nodes",
+    "group_symbol_nodes",
+    "symbol_entries",
+]
 
 
 @dataclass
@@ -112,6 +119,30 @@ def _node(ctx: Ctx, rel: int, data: bytes, ntype: int, key_size: int, what: str)
         entries.append((left, child, right))
         left = right
     return level, entries
+
+
+def children_of_held_nodes(ctx: Ctx, block: bytes, at: int) -> list[tuple[int, int]]:
+    """Whole-node ranges of the children of every internal group B-tree node lying whole in ``block``.
+
+    ``block`` holds the file's bytes from absolute offset ``at`` (the head).  A guess for
+    :class:`~._base.Ahead`: the nodes are found by their signature, not reached through the
+    tree, so a group's B-tree root held in the head (a Keras ``.h5``'s ``model_weights``,
+    which lies before its megabytes of model config) has its leaves fetched with the walk's
+    first level instead of a level after the group is reached.  Children of internal nodes
+    are B-tree nodes, which the walk reads whole: a right guess costs no extra byte.
+    """
+    full = _node_size(ctx, ctx.group_internal_k, ctx.sl)
+    out: list[tuple[int, int]] = []
+    pos = block.find(b"TREE")
+    while 0 <= pos <= len(block) - full:
+        if block[pos + 4] == 0 and block[pos + 5] > 0:  # a group node above the leaves
+            try:
+                _, entries = _node(ctx, at - ctx.base + pos, block[pos : pos + full], 0, ctx.sl, "held B-tree node")
+            except FormatError:
+                entries = []
+            out.extend((ctx.base + child, full) for _, child, _ in entries if not ctx.is_undef(child))
+        pos = block.find(b"TREE", pos + 4)
+    return out
 
 
 def group_symbol_nodes(ctx: Ctx, root: int, want: int = GROUP_NODE_SPECULATIVE) -> Task:

@@ -219,6 +219,7 @@ class FetchStats:
     bytes: int = 0
     requested: int = 0  # ranges asked for by parsers (before merging and cache hits)
     per_call: list[int] = field(default_factory=list)  # ranges in each call
+    ahead: int = 0  # bytes fetched on guesses (see ``_base.Ahead``), right or wrong
 
 
 @dataclass(eq=False)

@@ -24,8 +24,8 @@ import numpy as np
 from ...attrs import DEFER_BYTES, Deferred
 from ...errors import FormatError, LazyWeightsError, StorageError, UnsupportedError
 from . import messages as M
-from ._base import Ctx, Cursor, Limits, Par, Task, gather
-from .btree1 import GROUP_NODE_SPECULATIVE, group_symbol_nodes, symbol_entries
+from ._base import Ahead, Ctx, Cursor, Limits, Par, Task, ahead, gather
+from .btree1 import GROUP_NODE_SPECULATIVE, children_of_held_nodes, group_symbol_nodes, symbol_entries
 from .btree2 import btree2_records
 from .chunk_index import chunk_table
 from .fractal_heap import heap_objects, read_fractal_heap
@@ -149,6 +149,7 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_a
     root = _Task(gen, None, 0)
     ready: deque[tuple[_Task, Any, BaseException | None]] = deque([(root, None, None)])
     waiting: list[tuple[_Task, list[tuple[int, int]]]] = []
+    guesses: list[tuple[int, int]] = []  # Ahead ranges: fetched with the next level, waited for by no one
     outcome: dict[str, Any] = {}
 
     def finish(task: _Task, value: Any, exc: BaseException | None) -> None:
@@ -176,6 +177,10 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_a
             except Exception as e:
                 finish(task, None, e)
                 continue
+            if isinstance(req, Ahead):
+                guesses.extend(req.ranges)
+                ready.append((task, None, None))
+                continue
             if isinstance(req, Par):
                 task.results = [None] * len(req.gens)
                 task.errors = []
@@ -193,16 +198,18 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_a
                 waiting.append((task, req))
         if not waiting:
             break
-        _fetch_level(waiting, cache, fetch_many, stats, ready)
-        waiting = []
+        _fetch_level(waiting, guesses, cache, fetch_many, stats, ready)
+        waiting, guesses = [], []
     if outcome.get("exc") is not None:
         raise outcome["exc"]
     return outcome.get("value")
 
 
-def _fetch_level(waiting, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
+def _fetch_level(waiting, guesses, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
     missing = [r for _, req in waiting for o, n in req if n for r in cache.uncovered(o, n)]
-    merged = _merge(missing, cache)
+    guessed = [r for o, n in guesses for r in cache.uncovered(o, n)]
+    stats.ahead += sum(n for _, n in _merge(guessed, cache))
+    merged = _merge(missing + guessed, cache)
     datas = fetch_many(merged)
     if len(datas) != len(merged):
         raise StorageError(f"fetch_many returned {len(datas)} blocks for {len(merged)} ranges")
@@ -243,7 +250,8 @@ def walk(
     ctx = Ctx(size=size, limits=limits or Limits(), reader=functools.partial(_read_one, fetch_many))
     try:
         with _gc_paused():
-            f = run(_walk_file(ctx, base), fetch_many, head[: max(0, size - head_at)], stats, head_at)
+            held = head[: max(0, size - head_at)]
+            f = run(_walk_file(ctx, base, held, head_at), fetch_many, held, stats, head_at)
     except RecursionError as e:
         raise FormatError("HDF5 metadata nested too deeply") from e
     f.stats = stats
@@ -276,8 +284,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _walk_file(ctx: Ctx, base: int) -> Task:
+def _walk_file(ctx: Ctx, base: int, head: bytes, head_at: int) -> Task:
     sb = yield from read_superblock(ctx, base)
+    yield from ahead(ctx, children_of_held_nodes(ctx, head, head_at))
     f = H5File(name="/", address=ctx.base + sb.root_address, superblock_version=sb.version, base_address=ctx.base)
     hint = LEAF if sb.root_btree is None else (sb.root_btree, sb.root_heap)
     yield from _object(ctx, sb.root_address, "/", (), f, f, hint)
