@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import lazyweights as lw
-from lazyweights.storage.source import HEAD_BYTES
+from lazyweights.formats.keras_zip import ARCHIVE_HEAD
+from lazyweights.storage.source import HEAD_BYTES, TAIL_BYTES
 
 LAYERS = 120
 
@@ -180,3 +181,33 @@ def test_torch_load_state_dict_reads_the_file_whole(tmp_path, http_server, http_
     lwt.load_state_dict(half, url, shard=lw.Shard(0, 2))  # a rank's part: by range, never whole
     assert torch.equal(half.state_dict()["3.weight"], source.state_dict()["3.weight"][:128])
     assert sum(_file_gets(http_server, path.name)) < 0.75 * path.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def wide_keras_files(tmp_path_factory) -> dict:
+    """A Keras 3 model of 1.5 MiB of weights, saved by Keras in its three formats."""
+    import keras
+
+    from .conftest import save_keras_formats
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((256,)), *(keras.layers.Dense(256) for _ in range(6))])
+    return save_keras_formats(model, tmp_path_factory.mktemp("wide"), "wide")
+
+
+@pytest.mark.parametrize("kind", ["weights", "h5", "keras"])
+def test_the_first_get_of_an_open_is_the_head_its_format_needs(wide_keras_files, http_server, http_root, kind) -> None:
+    """An HDF5 file's head is its first 64 KiB (superblock, root and top groups); a ``.keras`` archive's is
+    its first 512 KiB, fetched beside its tail, so that its weights member, behind the config, starts
+    inside it and the walk begins without another round."""
+    path = http_root / wide_keras_files[kind].name
+    shutil.copy(wide_keras_files[kind], path)
+    http_server.reset()
+    with lw.open(f"{http_server.url}/{path.name}", index=False) as ckpt:
+        assert ckpt.manifest.weights
+    size = path.stat().st_size
+    sent = [n for method, name, n in http_server.requests if method == "GET" and name == f"/{path.name}"]
+    if kind == "keras":
+        assert sorted(sent[:2]) == sorted([TAIL_BYTES, ARCHIVE_HEAD]) and size > ARCHIVE_HEAD, sent
+    else:
+        assert sent[0] == min(size, HEAD_BYTES) < size, sent

@@ -35,7 +35,7 @@ from .hdf5 import ParseContext, check_superblock, find_superblock, parse_generic
 from .keras_h5 import is_keras_h5, parse_keras_h5
 from .keras_sharded import is_sharded_index, parse_sharded
 from .keras_v3 import parse_keras_v3
-from .keras_zip import read_members, refuse_bomb
+from .keras_zip import ARCHIVE_HEAD, read_members, refuse_bomb
 from .tf.checkpoint_dir import POINTER_FILE, TF_FILE_SUFFIX, locate
 from .tf.parse import parse_tf
 from .zarr import parse_zarr
@@ -72,8 +72,8 @@ def open_source(
     """
     if not TF_FILE_SUFFIX.search(url):
         try:
-            if prefetch is not None:
-                prefetch = dataclasses.replace(prefetch, tail=prefetch.tail or _named_as_archive(url))
+            if prefetch is not None and _named_as_archive(url):  # read from both ends; its member behind a config
+                prefetch = dataclasses.replace(prefetch, tail=True, head=max(prefetch.head, ARCHIVE_HEAD))
             source = get_source(url, storage_options, refresh=True, prefetch=prefetch)
         except StorageError as exc:
             if not _not_found(exc) or _named_as_other_format(url):  # not a TF prefix: the error is the answer
@@ -123,7 +123,7 @@ def _parse(source: Source, tf_prefix: str | None) -> Manifest:
     if source.is_dir:
         return parse_zarr(source)
     if _named_as_archive(source.url):  # a zip is read from both ends: fetch them in one round
-        source.fetch_ends()
+        source.fetch_ends(ARCHIVE_HEAD)
     head = source.head()[:_HEAD]  # the metadata parse reads on from the same one request
     if find_superblock(head) is not None:
         ctx = ParseContext(url=source.url, size=source.size, etag=source.etag)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from ..errors import LazyWeightsError, ObjectChangedError, StorageError
 from .files import MetadataFile
-from .source import HEAD_BYTES, TAIL_BYTES, Source
+from .source import TAIL_BYTES, Source
 
 __all__ = ["Collective", "SharedReads", "byte_shares"]
 
@@ -121,9 +121,9 @@ class SharedReads:
         self._source.hold_ends(self._head, self._tail)
 
     def head(self) -> bytes:
-        """The object's first :data:`HEAD_BYTES`, fetched by the ranks together."""
+        """The object's first ``head_bytes``, fetched by the ranks together."""
         if self._head is None:
-            self._head = self.read_shared([(0, min(self.size, HEAD_BYTES))])[0]
+            self._head = self.read_shared([(0, min(self.size, self._source.head_bytes))])[0]
         return self._head
 
     def tail(self) -> bytes:
@@ -133,10 +133,11 @@ class SharedReads:
             self._tail = self.read_shared([(self.size - n, n)])[0]
         return self._tail
 
-    def fetch_ends(self) -> None:
-        """The head and the tail in one shared round."""
+    def fetch_ends(self, head_bytes: int | None = None) -> None:
+        """The head (of ``head_bytes``, when not held yet) and the tail in one shared round."""
         if self._head is None and self._tail is None:
-            n, t = min(self.size, HEAD_BYTES), min(self.size, TAIL_BYTES)
+            self._source.head_bytes = head_bytes or self._source.head_bytes
+            n, t = min(self.size, self._source.head_bytes), min(self.size, TAIL_BYTES)
             self._head, self._tail = self.read_shared([(0, n), (self.size - t, t)])
         self.head(), self.tail()
 

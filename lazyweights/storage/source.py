@@ -66,11 +66,13 @@ __all__ = ["HEAD_BYTES", "STORE_MARKERS", "TAIL_BYTES", "Prefetch", "Source", "g
 
 logger = logging.getLogger(__name__)
 
-# Fetched in one request at open: the superblock, the root group and, in Keras files, the model config
-# and the first layers.  512 KiB, not 1 MiB: on a 34 MB DenseNet121 the MiB was 2/3 of the open's bytes,
-# while the root's symbol node of a Keras .h5 (behind the config) still lies inside it
-# (benchmarks/bench_open.py: open bytes 1.44x -> 0.95x of max(1 MiB, 2%), rounds 8 either way).
-HEAD_BYTES = 512 << 10
+# Fetched in one request at open (the stat's ranged GET): the superblock, the root group and the top
+# groups' headers, B-tree roots and heaps, which HDF5 puts in a file's first KiBs.  64 KiB, not 512: a
+# Keras model config behind them is not read at open, and the groups past it come in the walk's levels
+# anyway (benchmarks/bench_open.py, 512 KiB -> 64 KiB: a 2,000-layer .h5's open 1.16x -> 0.91x of
+# max(1 MiB, 2%), DenseNet121's 0.93x -> 0.52x; rounds unchanged).  A caller may ask for more
+# (``Prefetch.head``, ``fetch_ends``): a .keras archive's member lies behind its config.
+HEAD_BYTES = 64 << 10
 WHOLE_MIN_PART = 1 << 20  # read_whole: no ranged GET smaller than this (latency, not bandwidth, would dominate)
 # An archive's end: a zip's end record and its directory (a .keras's three members take ~200 bytes, and
 # 16 KiB hold ~200 members); a longer comment or directory costs one more read, not a wrong answer
@@ -249,13 +251,14 @@ def release_source(source: Source) -> None:
 class Prefetch:
     """What a new Source fetches with its stat, in one round of concurrent requests (HTTP, S3).
 
-    The head always (the stat is its ranged GET); ``tail``: the object's last
+    The head always (the stat is its ranged GET), of ``head`` bytes; ``tail``: the object's last
     :data:`TAIL_BYTES` (an archive's end); ``siblings``: small objects named
     ``<file><suffix>`` (a metadata index), found or found absent; ``whole``: a
     caller that will read nearly all of the object (a full load) has it read
     whole, in a second round, when its size is at most ``whole`` bytes.
     """
 
+    head: int = HEAD_BYTES
     tail: bool = False
     siblings: tuple[str, ...] = ()
     whole: int = 0  # read the whole object when it is at most this many bytes (see Source.read_whole)
@@ -290,6 +293,7 @@ class Source:
         self.storage_options = dict(storage_options or {})
         self.retry = retry
         self.requests = 0
+        self.head_bytes = prefetch.head if prefetch is not None else HEAD_BYTES  # the head's length (see head)
         self._users = 0  # holders of this source from get_source (see release_source)
         self._count_lock = threading.Lock()
         self._parent: Source | None = None
@@ -315,7 +319,7 @@ class Source:
         info, first = self._stat_with_head(prefetch) if prefetch is not None else (self.stat(), None)
         self._init_object(info)
         if first is not None and not self.is_dir:
-            self._head = first.head if len(first.head) == min(self.size, HEAD_BYTES) else None
+            self._head = first.head if len(first.head) == min(self.size, self.head_bytes) else None
             tail = first.tail
             self._tail = tail if tail is not None and len(tail) == min(self.size, TAIL_BYTES) else None
             self._siblings = dict(first.siblings)
@@ -447,6 +451,7 @@ class Source:
         child.storage_options = self.storage_options
         child.retry = self.retry
         child.requests = 0
+        child.head_bytes = HEAD_BYTES
         child._users = 0
         child._count_lock = threading.Lock()
         child._parent, child._key = self, key
@@ -508,7 +513,7 @@ class Source:
 
         async def together() -> First | None:
             siblings = [self._fetch_sibling(suffix) for suffix in prefetch.siblings]
-            first, *found = await asyncio.gather(read(HEAD_BYTES, TAIL_BYTES if prefetch.tail else 0), *siblings)
+            first, *found = await asyncio.gather(read(prefetch.head, TAIL_BYTES if prefetch.tail else 0), *siblings)
             if first is None:
                 return None
             held = {sfx: data for sfx, data in zip(prefetch.siblings, found, strict=True) if data is not _UNREAD}
@@ -823,11 +828,11 @@ class Source:
             )
 
     def head(self) -> bytes:
-        """The object's first :data:`HEAD_BYTES`, fetched once in one request and kept (metadata lives there)."""
+        """The object's first :attr:`head_bytes`, fetched once in one request and kept (metadata lives there)."""
         if self._head is None:
             with self._head_lock:
                 if self._head is None:
-                    self._head = self.read(0, min(self.size, HEAD_BYTES))
+                    self._head = self.read(0, min(self.size, self.head_bytes))
         return self._head
 
     def tail(self) -> bytes:
@@ -841,15 +846,17 @@ class Source:
                     self._tail = head[self.size - n :] if whole else self.read(self.size - n, n)
         return self._tail
 
-    def fetch_ends(self) -> None:
-        """Fetch the head and the tail in one round of concurrent requests (an archive needs both at once)."""
+    def fetch_ends(self, head_bytes: int | None = None) -> None:
+        """Fetch the head (of ``head_bytes``, when not held yet) and the tail in one round of concurrent
+        requests (an archive needs both at once)."""
         if self._head is not None:  # the head came with the stat: the tail alone
             self.tail()
             return
         with self._head_lock:
             if self._head is not None or self._tail is not None or self.is_local or self.is_dir:
                 return
-            head, tail = bytearray(min(self.size, HEAD_BYTES)), bytearray(min(self.size, TAIL_BYTES))
+            self.head_bytes = head_bytes or self.head_bytes
+            head, tail = bytearray(min(self.size, self.head_bytes)), bytearray(min(self.size, TAIL_BYTES))
             self.readinto_many([(0, memoryview(head)), (self.size - len(tail), memoryview(tail))], max_gap=0)
             self._head, self._tail = bytes(head), bytes(tail)
 
@@ -857,8 +864,8 @@ class Source:
         """Keep a head and tail of this very object version fetched by others (the ranks of a shared open),
         so reads inside them cost no request, as if this source had fetched them itself."""
         with self._head_lock:
-            if head is not None and self._head is None and len(head) == min(self.size, HEAD_BYTES):
-                self._head = bytes(head)
+            if head is not None and self._head is None:  # a prefix of this version, whatever its length
+                self._head, self.head_bytes = bytes(head), len(head)
             if tail is not None and self._tail is None and len(tail) == min(self.size, TAIL_BYTES):
                 self._tail = bytes(tail)
 

@@ -129,7 +129,9 @@ def run_unit(source: Source, unit: plan.Unit, arrays: Sequence[np.ndarray]) -> l
             check_crc32c(reader.url, unit.key, piece.crc32c, crc32c(geometry.byte_view(stage)))
         arrays[unit.slot][unit.dst] = stage[unit.src]
     elif isinstance(unit, plan.HDF5Chunk):
-        arrays[unit.slot][unit.dst] = hdf5.read_chunk(reader, unit.spec, unit.chunk)[unit.src]
+        values = hdf5.read_chunk(reader, unit.spec, unit.chunk)
+        for slot, src, dst in unit.placements():
+            arrays[slot][dst] = values[src]
     elif isinstance(unit, plan.H5py):
         arrays[unit.slot][...] = hdf5.read_h5py_box(reader, unit.spec, unit.box)
     elif isinstance(unit, plan.Fill):
@@ -334,6 +336,9 @@ def _submit_group(
                 raise UnsupportedError(f"{source.url}: {exc}") from exc
         state.expect(target.spec.key, len(mine))
         units.extend(mine)
+    units, folded = plan.share_chunk_reads(units)
+    for key, n in folded.items():
+        state.expect(key, -n)
     if not source.is_local:
         units = plan.batch_units(units, parts.staged)
     remaining = [len(units)]

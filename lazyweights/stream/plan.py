@@ -16,6 +16,7 @@ reads), so the executor wraps each in a :class:`ZarrPiece` holding its ``run``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ __all__ = [
     "Unit",
     "ZarrPiece",
     "batch_units",
+    "share_chunk_reads",
     "coalesce_groups",
     "destination",
     "target_units",
@@ -165,13 +167,19 @@ class Span(Unit):
 
 @dataclass(frozen=True, kw_only=True)
 class HDF5Chunk(Unit):
-    """One stored HDF5 chunk, fetched and decoded; ``src`` of it lands at ``dst`` of destination ``slot``."""
+    """One stored HDF5 chunk, fetched and decoded; ``src`` of it lands at ``dst`` of destination ``slot``,
+    and each ``(slot, src, dst)`` of ``more`` likewise (other targets the same chunk serves)."""
 
     slot: int
     spec: WeightSpec
     chunk: Chunk
     src: geometry.Box
     dst: geometry.Box
+    more: tuple[tuple[int, geometry.Box, geometry.Box], ...] = ()
+
+    def placements(self) -> list[tuple[int, geometry.Box, geometry.Box]]:
+        """Every ``(slot, src, dst)`` the decoded chunk fills."""
+        return [(self.slot, self.src, self.dst), *self.more]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,6 +375,35 @@ def _piece_units(spec: WeightSpec, slot: int, box: geometry.Box) -> Iterator[Uni
 
 def _chunk_count(spec: WeightSpec) -> int:
     return math.prod(-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True))
+
+
+def share_chunk_reads(units: Sequence[Unit]) -> tuple[list[Unit], dict[str, int]]:
+    """``units`` with the reads of one stored chunk by several targets made one (read and decoded once),
+    and how many units of each weight that folded away.
+
+    A flat shard's part of a weight is several boxes (:func:`geometry.flat_boxes`), each a target: a
+    compressed chunk two of them meet was fetched and inflated once per box (a rank of a 3-way flat
+    shard of a gzip-chunked weight read its chunks twice, tests/test_shard.py).
+    """
+    out: list[Unit] = []
+    first: dict[tuple[str, str | None, int], int] = {}
+    folded: dict[str, int] = {}
+    for unit in units:
+        if not isinstance(unit, HDF5Chunk):
+            out.append(unit)
+            continue
+        ident = (unit.key, unit.member, unit.chunk.extent.offset)
+        if ident not in first:
+            first[ident] = len(out)
+            out.append(unit)
+            continue
+        held = out[first[ident]]
+        assert isinstance(held, HDF5Chunk)
+        out[first[ident]] = dataclasses.replace(
+            held, nbytes=held.nbytes + unit.nbytes, more=(*held.more, (unit.slot, unit.src, unit.dst))
+        )
+        folded[unit.key] = folded.get(unit.key, 0) + 1
+    return out, folded
 
 
 def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:

@@ -107,9 +107,12 @@ def gather(gens: Iterable[Task]) -> Task:
 
 
 DATASET_HEADER_MARGIN = 48
-# Before any is seen: a rank-4 chunked, deflated float dataset with a small attribute fits (Keras's
-# contiguous kernels use 128-176 bytes; libhdf5 allocates 272 whatever they use).
-DATASET_HEADER_FIRST = 256
+# Before any is seen: what Keras's weights use (contiguous, rank 1 to 4: 128-176 bytes, measured on
+# ResNet50, DenseNet121, EfficientNetB3 and a 2,000-layer model; libhdf5 allocates 272 whatever they use).
+# A longer header (chunked, filtered, with attributes) is completed in the next level.  Not 256: a
+# 2,000-layer Keras .h5 reads its 4,000 dataset headers in one level before any is seen, and the 64
+# bytes more of each were a tenth of its open (benchmarks/bench_open.py).
+DATASET_HEADER_FIRST = 192
 HEAP_MARGIN = 0
 # Bytes one walk may fetch on guesses (see Ahead): each right guess saves a level for the structures it
 # holds; a file where the guesses are wrong loses at most this much (1 MiB; a 2,000-layer Keras file's
@@ -222,14 +225,22 @@ class Cursor:
     def need(self, n: int) -> None:
         """Fail unless ``n`` more bytes are available."""
         if n < 0 or self.pos + n > len(self.buf):
-            raise FormatError(f"{self.what}: structure runs past its end (offset {self.pos}+{n} of {len(self.buf)})")
+            self._short(n)
+
+    def _short(self, n: int) -> None:
+        raise FormatError(f"{self.what}: structure runs past its end (offset {self.pos}+{n} of {len(self.buf)})")
+
+    # The accessors below check bounds inline rather than through ``need``: they are the walk's
+    # innermost loop (a 2,000-layer file's walk makes ~500,000 of these calls; inline, its CPU
+    # time drops by about a fifth, measured with cProfile over benchmarks/bench_open.py's files).
 
     def bytes(self, n: int) -> bytes:
         """The next ``n`` bytes."""
-        self.need(n)
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return bytes(out)
+        pos = self.pos
+        if n < 0 or pos + n > len(self.buf):
+            self._short(n)
+        self.pos = pos + n
+        return bytes(self.buf[pos : pos + n])
 
     def skip(self, n: int) -> None:
         """Skip ``n`` bytes."""
@@ -238,13 +249,19 @@ class Cursor:
 
     def uint(self, n: int) -> int:
         """An unsigned little-endian integer of ``n`` bytes."""
-        return int.from_bytes(self.bytes(n), "little")
+        pos = self.pos
+        if n < 0 or pos + n > len(self.buf):
+            self._short(n)
+        self.pos = pos + n
+        return int.from_bytes(self.buf[pos : pos + n], "little")
 
     def u8(self) -> int:
         """One unsigned byte."""
-        self.need(1)
-        self.pos += 1
-        return self.buf[self.pos - 1]
+        pos = self.pos
+        if pos >= len(self.buf):
+            self._short(1)
+        self.pos = pos + 1
+        return self.buf[pos]
 
     def u16(self) -> int:
         """A 2-byte unsigned integer."""
