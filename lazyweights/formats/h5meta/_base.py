@@ -50,8 +50,8 @@ class Par:
 class Ahead:
     """Yielded by a parser: fetch these ranges with the next level, but do not wait for them.
 
-    A guess at where structures the walk will need later lie (a B-tree's children seen in
-    bytes already held, a group's B-tree and heap where libhdf5 allocates them): when right,
+    A guess at where structures the walk will need later lie (the children of a B-tree node
+    seen in bytes already held, before the walk reaches that node): when right,
     the level that needs them finds them held, so a dependency chain is one level shorter;
     when wrong, only the bytes are lost.  Nothing is parsed from a guess: the walk reaches
     every structure through the addresses that point to it, as always.
@@ -115,8 +115,8 @@ DATASET_HEADER_MARGIN = 48
 DATASET_HEADER_FIRST = 192
 HEAP_MARGIN = 0
 # Bytes one walk may fetch on guesses (see Ahead): each right guess saves a level for the structures it
-# holds; a file where the guesses are wrong loses at most this much (1 MiB; a 2,000-layer Keras file's
-# right guesses take about 0.4 MiB).
+# holds; a file where the guesses are wrong (or a hostile head full of fake B-tree nodes) loses at most
+# this much (a 2,000-layer Keras file's guesses, all right, take 10-13 KiB).
 AHEAD_BYTES = 1 << 20
 
 
