@@ -31,6 +31,7 @@ from lazyweights.formats.h5meta import (
     walk,
     walker,
 )
+from lazyweights.formats.h5meta._base import AHEAD_BYTES
 
 HEAD = 1 << 20
 EXAMPLES = int(os.environ.get("H5META_EXAMPLES", "40"))  # raise locally for a longer property run
@@ -510,6 +511,26 @@ def test_btree_nodes_held_in_the_head_have_their_leaves_read_first(tmp_path: Pat
     assert w.stats.ahead > 0 and blind.stats.ahead == 0
     assert w.stats.calls == blind.stats.calls - 1, (w.stats, blind.stats)
     assert w.stats.bytes <= blind.stats.bytes
+
+
+def test_fake_btree_nodes_in_the_head_cost_bytes_not_results(tmp_path: Path) -> None:
+    """Bytes that look like internal B-tree nodes (here inside an attribute's value) are guessed at like
+    real ones, but a guess only fetches: the tree is still h5py's, and the guesses stay within their
+    budget however many such nodes the head holds."""
+    size = 12 << 20
+    entries = 32  # 2K with libhdf5's default K: a full node of 544 bytes
+    def fake(first: int) -> bytes:
+        children = [first + i * 4096 for i in range(entries)]
+        body = b"".join(i.to_bytes(8, "little") + c.to_bytes(8, "little") for i, c in enumerate(children))
+        return b"TREE" + bytes([0, 1]) + entries.to_bytes(2, "little") + b"\xff" * 16 + body + bytes(8)
+    nodes = b"".join(fake((1 << 20) + i * 131072) for i in range(64))  # 64 x 32 x 544 bytes: past the budget
+    p = tmp_path / "fake.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("g").attrs["blob"] = np.frombuffer(nodes, dtype="u1")
+        f["data"] = np.zeros(size // 4, "f4")
+        f.create_group("late")["bias"] = np.ones(3, "f4")  # metadata past the head: the walk fetches a level
+    w = check_file(p, head=256 << 10)
+    assert AHEAD_BYTES - 544 < w.stats.ahead <= AHEAD_BYTES, w.stats  # as many whole guesses as fit
 
 
 def test_heaps_with_free_space_between_names(tmp_path: Path) -> None:

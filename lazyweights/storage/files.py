@@ -55,7 +55,7 @@ class _Ranged(Protocol):
 class MetadataFile(_ReadOnlyFile):
     """A read-only file over a remote :class:`Source` for parsers that issue many small reads.
 
-    Reads inside the source's head (its first ``HEAD_BYTES``, one request)
+    Reads inside the source's head (its first ``head_bytes``, one request)
     or its tail when fetched (:meth:`Source.fetch_ends`) cost nothing more; others go through fsspec's ``BlockCache`` of
     :data:`METADATA_BLOCK_BYTES` blocks, so nearby reads share a request.
     Every fetch is the source's own pinned, retried, length-checked read.
