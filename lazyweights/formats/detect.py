@@ -51,7 +51,7 @@ _KERAS_MEMBER = "model.weights.h5"
 # benchmarks/bench_open.py: the walk is 0.5-0.95x h5py's time on local Keras files, 2,000-layer ones included.
 # Read at each parse so benchmarks and tests can compare.
 METADATA_ENV = "LAZYWEIGHTS_HDF5_METADATA"
-# The walk merges its own ranges (h5meta.walker.MERGE_GAP, 256 bytes); the source bridges no more.  A 4 KiB
+# The walk merges its own ranges (h5meta.scheduler.MERGE_GAP, 256 bytes); the source bridges no more.  A 4 KiB
 # gap halved the requests of an open but, once each structure is read by what it holds, more than doubled
 # its bytes (bench_open.py, DenseNet121 .weights.h5: 3.0% of the file at 256 bytes, 9.0% at 4 KiB).
 _WALK_GAP = 0

@@ -16,13 +16,15 @@ One module per on-disk structure; no h5py here::
 
 Modules: :mod:`.superblock`, :mod:`.objheader`, :mod:`.messages`, :mod:`.btree1`,
 :mod:`.btree2`, :mod:`.fractal_heap`, :mod:`.local_heap`, :mod:`.global_heap`,
-:mod:`.chunk_index`, :mod:`.walker` (the scheduler and object logic), :mod:`.tree`
+:mod:`.chunk_index`, :mod:`.scheduler` (the level-by-level rounds), :mod:`.walker` (groups
+and links), :mod:`.dataset`, :mod:`.attributes`, :mod:`.tree`
 (result nodes) and :mod:`._base` (cursor, context, request primitives).
 """
 
 from __future__ import annotations
 
 from ._base import Limits
+from .scheduler import FetchMany
 from .tree import (
     Attrs,
     Dataset,
@@ -36,7 +38,7 @@ from .tree import (
     SoftLink,
     UnsupportedValue,
 )
-from .walker import FetchMany, walk
+from .walker import walk
 
 __all__ = [
     "Attrs",

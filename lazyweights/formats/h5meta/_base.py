@@ -6,7 +6,7 @@ Parsers are generators.  A parser that needs bytes yields a list of
 ``(offset, length)`` ranges (absolute offsets in the fetched object) and is
 resumed with the list of byte strings; a parser that wants to run several
 sub-parsers concurrently yields :class:`Par` and is resumed with their results.
-The scheduler (:mod:`.walker`) batches every range wanted by every suspended
+The scheduler (:mod:`.scheduler`) batches every range wanted by every suspended
 parser into one ``fetch_many`` call, so the number of round trips equals the
 longest chain of dependent reads, not the number of objects.
 """
