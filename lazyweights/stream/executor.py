@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -323,6 +324,7 @@ def _submit_group(
     budget.acquire(held, owner, pin=True)
     arrays = [plan.destination(t) for t in group.targets]
     units: list[plan.Unit] = []
+    keys: dict[str, None] = {}
     checksums = _Checksums()
     for slot, (target, dest) in enumerate(zip(group.targets, arrays, strict=True)):
         checksums.expect(source, slot, target)
@@ -334,11 +336,12 @@ def _submit_group(
                 mine = plan.target_units(target, slot, dest, parts, source.is_local)
             except UnsupportedError as exc:  # plans know no URL: name the file here
                 raise UnsupportedError(f"{source.url}: {exc}") from exc
-        state.expect(target.spec.key, len(mine))
+        keys[target.spec.key] = None
         units.extend(mine)
-    units, folded = plan.share_chunk_reads(units)
-    for key, n in folded.items():
-        state.expect(key, -n)
+    units = plan.share_chunk_reads(units)
+    counts = Counter(unit.key for unit in units)
+    for key in keys:  # a weight is done when its units are (none: at once)
+        state.expect(key, counts[key])
     if not source.is_local:
         units = plan.batch_units(units, parts.staged)
     remaining = [len(units)]

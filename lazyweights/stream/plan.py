@@ -377,9 +377,8 @@ def _chunk_count(spec: WeightSpec) -> int:
     return math.prod(-(-n // c) for n, c in zip(spec.shape, spec.chunk_shape, strict=True))
 
 
-def share_chunk_reads(units: Sequence[Unit]) -> tuple[list[Unit], dict[str, int]]:
-    """``units`` with the reads of one stored chunk by several targets made one (read and decoded once),
-    and how many units of each weight that folded away.
+def share_chunk_reads(units: Sequence[Unit]) -> list[Unit]:
+    """``units`` with the reads of one stored chunk by several targets made one (read and decoded once).
 
     A flat shard's part of a weight is several boxes (:func:`geometry.flat_boxes`), each a target: a
     compressed chunk two of them meet was fetched and inflated once per box (a rank of a 3-way flat
@@ -387,7 +386,6 @@ def share_chunk_reads(units: Sequence[Unit]) -> tuple[list[Unit], dict[str, int]
     """
     out: list[Unit] = []
     first: dict[tuple[str, str | None, int], int] = {}
-    folded: dict[str, int] = {}
     for unit in units:
         if not isinstance(unit, HDF5Chunk):
             out.append(unit)
@@ -402,8 +400,7 @@ def share_chunk_reads(units: Sequence[Unit]) -> tuple[list[Unit], dict[str, int]
         out[first[ident]] = dataclasses.replace(
             held, nbytes=held.nbytes + unit.nbytes, more=(*held.more, (unit.slot, unit.src, unit.dst))
         )
-        folded[unit.key] = folded.get(unit.key, 0) + 1
-    return out, folded
+    return out
 
 
 def batch_units(units: Sequence[Unit], limit: int) -> list[Unit]:
