@@ -17,7 +17,8 @@ One module per on-disk structure; no h5py here::
 Modules: :mod:`.superblock`, :mod:`.objheader`, :mod:`.messages`, :mod:`.btree1`,
 :mod:`.btree2`, :mod:`.fractal_heap`, :mod:`.local_heap`, :mod:`.global_heap`,
 :mod:`.chunk_index`, :mod:`.scheduler` (the level-by-level rounds), :mod:`.walker` (groups
-and links), :mod:`.dataset`, :mod:`.attributes`, :mod:`.tree`
+and links), :mod:`.neighbours` (guesses at where the next structures lie), :mod:`.dataset`,
+:mod:`.attributes`, :mod:`.tree`
 (result nodes) and :mod:`._base` (cursor, context, request primitives).
 """
 

@@ -20,6 +20,8 @@ from typing import Any
 from ...errors import FormatError, TruncatedFileError
 
 __all__ = [
+    "AHEAD_BYTES",
+    "AHEAD_SHARE",
     "Ahead",
     "Ctx",
     "Cursor",
@@ -51,7 +53,8 @@ class Ahead:
     """Yielded by a parser: fetch these ranges with the next level, but do not wait for them.
 
     A guess at where structures the walk will need later lie (the children of a B-tree node
-    seen in bytes already held, before the walk reaches that node): when right,
+    seen in bytes already held, before the walk reaches that node; the neighbours of a symbol
+    node, see :mod:`.neighbours`): when right,
     the level that needs them finds them held, so a dependency chain is one level shorter;
     when wrong, only the bytes are lost.  Nothing is parsed from a guess: the walk reaches
     every structure through the addresses that point to it, as always.
@@ -114,10 +117,13 @@ DATASET_HEADER_MARGIN = 48
 # bytes more of each were a tenth of its open (benchmarks/bench_open.py).
 DATASET_HEADER_FIRST = 192
 HEAP_MARGIN = 0
-# Bytes one walk may fetch on guesses (see Ahead): each right guess saves a level for the structures it
-# holds; a file where the guesses are wrong (or a hostile head full of fake B-tree nodes) loses at most
-# this much (a 2,000-layer Keras file's guesses, all right, take 10-13 KiB).
+# Bytes one walk may fetch on guesses (see Ahead), max(AHEAD_BYTES, size // AHEAD_SHARE): each right
+# guess saves a level for the structures it holds; a file where the guesses are wrong (or a hostile head
+# full of fake B-tree nodes) loses at most this much.  The budget counts right guesses too: a 2,000-layer
+# Keras file's held-node guesses take 10-13 KiB, its .keras's neighbours (see neighbours.py) 1.3 MB, of
+# which 0.6 KiB are wrong.
 AHEAD_BYTES = 1 << 20
+AHEAD_SHARE = 64
 
 
 @dataclass
@@ -154,6 +160,9 @@ class Ctx:
     dataset_header: int = 0  # the most bytes a v1 dataset header used so far (sizes the next ones' reads)
     heap_used: int = 0  # the most bytes a local heap used so far, header and names (sizes the next ones' reads)
     ahead_left: int = AHEAD_BYTES  # bytes still allowed for guesses (see Ahead)
+    groups_seen: int = 0  # groups whose parent named their B-tree and heap (see neighbours.note_group)
+    groups_in_one_block: int = 0  # those whose header, B-tree root and heap lie in one block
+    node_ends: set[int] = field(default_factory=set)  # where symbol nodes guessed around end (absolute)
 
     def learn_heap_read(self, used: int) -> None:
         """Note the bytes a local heap used: its header and the names before its free space."""

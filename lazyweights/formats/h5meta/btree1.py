@@ -14,6 +14,8 @@ from ._base import Ctx, Cursor, Task, read_many
 
 __all__ = [
     "GROUP_NODE_SPECULATIVE",
+    "group_node_size",
+    "symbol_node_size",
     "SymbolEntry",
     "btree1_chunks",
     "children_of_held_nodes",
@@ -37,6 +39,16 @@ GROUP_NODE_SPECULATIVE = 2048  # bytes read at a group B-tree node (544 with K=1
 
 def _node_size(ctx: Ctx, k: int, key_size: int) -> int:
     return 8 + 2 * ctx.so + (2 * k + 1) * key_size + 2 * k * ctx.so
+
+
+def group_node_size(ctx: Ctx) -> int:
+    """A whole node of a group's B-tree, as allocated (2K entries)."""
+    return _node_size(ctx, ctx.group_internal_k, ctx.sl)
+
+
+def symbol_node_size(ctx: Ctx) -> int:
+    """A whole symbol table node, as allocated (2K entries)."""
+    return 8 + 2 * ctx.group_leaf_k * _entry_size(ctx)
 
 
 def _walk(ctx: Ctx, root: int, ntype: int, key_size: int, k: int, what: str, want: int = 0) -> Task:
@@ -131,7 +143,7 @@ def children_of_held_nodes(ctx: Ctx, block: bytes, at: int) -> list[tuple[int, i
     first level instead of a level after the group is reached.  Children of internal nodes
     are B-tree nodes, which the walk reads whole: a right guess costs no extra byte.
     """
-    full = _node_size(ctx, ctx.group_internal_k, ctx.sl)
+    full = group_node_size(ctx)
     out: list[tuple[int, int]] = []
     pos = block.find(b"TREE")
     while 0 <= pos <= len(block) - full:
@@ -162,7 +174,7 @@ def symbol_entries(ctx: Ctx, snods: list[int], expect: int | None = None) -> Tas
     more are completed together in one more batch.  ``None`` reads whole nodes.
     """
     esize = _entry_size(ctx)
-    full = 8 + 2 * ctx.group_leaf_k * esize
+    full = symbol_node_size(ctx)
     size = full if expect is None else min(full, 8 + max(expect, 1) * esize)
     starts = [ctx.addr(a, 8, f"symbol table node at 0x{a:x}") for a in snods]
     datas = yield from read_many([(start, min(size, ctx.size - start)) for start in starts])

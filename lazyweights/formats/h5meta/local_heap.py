@@ -15,6 +15,7 @@ __all__ = [
     "HEAP_SPECULATIVE",
     "HeapHead",
     "LocalHeap",
+    "heap_header_size",
     "finish_local_heap",
     "read_local_heap_head",
 ]
@@ -78,10 +79,15 @@ class HeapHead:
         return (self.heap or self.prefix or LocalHeap(b"", self.what, self.free)).name_count(self.size)
 
 
+def heap_header_size(ctx: Ctx) -> int:
+    """A local heap's header: signature, version, reserved, data size, free-list offset, data address."""
+    return 8 + 2 * ctx.sl + ctx.so
+
+
 def read_local_heap_head(ctx: Ctx, rel: int, want: int = HEAP_SPECULATIVE) -> Task:
     """Read the header of the local heap at relative address ``rel`` (``want`` bytes at it)."""
     what = f"local heap at 0x{rel:x}"
-    hsize = 8 + 2 * ctx.sl + ctx.so
+    hsize = heap_header_size(ctx)
     start = ctx.addr(rel, hsize, what)
     head = yield from spec_read(ctx, start, hsize, want, what)
     c = Cursor(head, ctx, what)

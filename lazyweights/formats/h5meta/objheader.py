@@ -12,7 +12,8 @@ import struct
 from dataclasses import dataclass
 
 from ...errors import FormatError
-from ._base import Ctx, Cursor, Task, check_sum, read_many, spec_read
+from . import neighbours
+from ._base import Ctx, Cursor, Task, ahead, check_sum, read_many, spec_read
 
 __all__ = ["HEADER_SPECULATIVE", "MSG_CONTINUATION", "Message", "Messages", "read_object_header"]
 
@@ -65,6 +66,8 @@ def read_object_header(ctx: Ctx, rel: int, want: int = HEADER_SPECULATIVE) -> Ta
         blocks += len(conts)
         if blocks > ctx.limits.max_header_chunks:
             raise FormatError(f"{what}: more than {ctx.limits.max_header_chunks} continuation blocks")
+        if neighbours.sequential(ctx):  # the object made next (a layer's first weight) may follow
+            yield from ahead(ctx, neighbours.after_blocks(ctx, conts, ctx.dataset_header_read(HEADER_SPECULATIVE)))
         datas = yield from read_many([(ctx.base + off, n) for off, n in conts])
         nxt: list[tuple[int, int]] = []
         for (off, _), data in zip(conts, datas, strict=False):

@@ -92,17 +92,23 @@ def _unheld(cache: _Cache, start: int, end: int) -> bool:
     return cache.uncovered(start, end - start) == [(start, end - start)]
 
 
-def _merge(ranges: list[tuple[int, int]], cache: _Cache) -> list[tuple[int, int]]:
-    """Sort and merge ranges; bridge gaps up to MERGE_GAP bytes unless the gap is already held."""
-    out: list[list[int]] = []
-    for off, n in sorted(set(ranges)):
+def _merge(ranges: list[tuple[int, int]], cache: _Cache, guessed: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """Sort and merge ranges; bridge gaps up to MERGE_GAP bytes between wanted ranges unless the gap is held.
+
+    A gap next to a guess (``guessed``) is not bridged: a right guess then costs no byte more
+    than the reads it saves.
+    """
+    tagged = sorted({(off, n, False) for off, n in ranges} | {(off, n, True) for off, n in guessed})
+    out: list[list] = []
+    for off, n, guess in tagged:
         if out and off <= out[-1][1]:
             out[-1][1] = max(out[-1][1], off + n)
-        elif out and off - out[-1][1] <= MERGE_GAP and _unheld(cache, out[-1][1], off):
+            out[-1][2] = out[-1][2] and guess
+        elif out and not (guess or out[-1][2]) and off - out[-1][1] <= MERGE_GAP and _unheld(cache, out[-1][1], off):
             out[-1][1] = off + n
         else:
-            out.append([off, off + n])
-    return [(a, b - a) for a, b in out]
+            out.append([off, off + n, guess])
+    return [(a, b - a) for a, b, _ in out]
 
 
 def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_at: int = 0) -> Any:
@@ -170,8 +176,8 @@ def run(gen: Task, fetch_many: FetchMany, head: bytes, stats: FetchStats, head_a
 def _fetch_level(waiting, guesses, cache: _Cache, fetch_many: FetchMany, stats: FetchStats, ready) -> None:
     missing = [r for _, req in waiting for o, n in req if n for r in cache.uncovered(o, n)]
     guessed = [r for o, n in guesses for r in cache.uncovered(o, n)]
-    stats.ahead += sum(n for _, n in _merge(guessed, cache))
-    merged = _merge(missing + guessed, cache)
+    stats.ahead += sum(n for _, n in _merge([], cache, guessed))
+    merged = _merge(missing, cache, guessed)
     datas = fetch_many(merged)
     if len(datas) != len(merged):
         raise StorageError(f"fetch_many returned {len(datas)} blocks for {len(merged)} ranges")

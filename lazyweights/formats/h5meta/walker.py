@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 from ...errors import FormatError, StorageError
 from . import messages as M
-from ._base import Ctx, Cursor, Limits, Task, ahead, gather
+from . import neighbours
+from ._base import AHEAD_BYTES, AHEAD_SHARE, Ctx, Cursor, Limits, Task, ahead, gather
 from .attributes import attributes, ordered
 from .btree1 import GROUP_NODE_SPECULATIVE, children_of_held_nodes, group_symbol_nodes, symbol_entries
 from .btree2 import btree2_records
@@ -61,6 +62,7 @@ def walk(
     """
     stats = FetchStats()
     ctx = Ctx(size=size, limits=limits or Limits(), reader=functools.partial(_read_one, fetch_many))
+    ctx.ahead_left = max(AHEAD_BYTES, size // AHEAD_SHARE)
     try:
         with _gc_paused():
             held = head[: max(0, size - head_at)]
@@ -128,6 +130,7 @@ def _object(
         raise FormatError(f"group {path}: nested deeper than {ctx.limits.max_depth} levels")
     pre = None
     if isinstance(hint, tuple) and _hint_ok(ctx, hint):
+        neighbours.note_group(ctx, rel, *hint)
         links = _speculative(_symtab_links(ctx, *hint, path, HINTED_NODE))
         msgs, pre = yield from gather([read_object_header(ctx, rel, HINTED_HEADER), links])
     else:
@@ -213,6 +216,11 @@ def _symtab_links(ctx: Ctx, btree: int, heap_rel: int, what: str, node: int = GR
     first = [read_local_heap_head(ctx, heap_rel, ctx.heap_read(HEAP_SPECULATIVE)), group_symbol_nodes(ctx, btree, node)]
     hh, snods = yield from gather(first)
     expect = hh.name_count() if len(snods) == 1 else None  # sizes the node's read
+    if len(snods) == 1 and neighbours.sequential(ctx):
+        reads = neighbours.Reads(
+            HINTED_HEADER, HINTED_NODE, ctx.heap_read(HEAP_SPECULATIVE), ctx.dataset_header_read(HEADER_SPECULATIVE)
+        )
+        yield from ahead(ctx, neighbours.around_symbol_node(ctx, btree, heap_rel, hh, snods[0], expect, reads))
     heap, entries = yield from gather([finish_local_heap(ctx, hh), symbol_entries(ctx, snods, expect)])
     out = []
     for e in entries:
