@@ -64,7 +64,8 @@ def around_symbol_node(
     ctx: Ctx, btree: int, heap: int, hh: HeapHead, snod: int, links: int | None, reads: Reads
 ) -> list[tuple[int, int]]:
     """Absolute ranges around a group's only symbol node (relative ``snod``): its first child before
-    it (when the group, itself in one block, has one link) and the next object after it."""
+    it (when the group, itself in one block, has one link) and the next object after it.  Notes
+    where the node ends, for :func:`after_blocks`."""
     start = ctx.base + snod
     node, hsize = group_node_size(ctx), heap_header_size(ctx)
     ctx.node_ends.add(start + symbol_node_size(ctx))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ...errors import StorageError
@@ -92,18 +92,20 @@ def _unheld(cache: _Cache, start: int, end: int) -> bool:
     return cache.uncovered(start, end - start) == [(start, end - start)]
 
 
-def _merge(ranges: list[tuple[int, int]], cache: _Cache, guessed: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+def _merge(
+    ranges: list[tuple[int, int]], cache: _Cache, guessed: Iterable[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
     """Sort and merge ranges; bridge gaps up to MERGE_GAP bytes between wanted ranges unless the gap is held.
 
-    A gap next to a guess (``guessed``) is not bridged: a right guess then costs no byte more
-    than the reads it saves.
+    A gap after or before a guess (``guessed``) is not bridged: a right guess then costs no
+    byte more than the reads it saves.
     """
     tagged = sorted({(off, n, False) for off, n in ranges} | {(off, n, True) for off, n in guessed})
-    out: list[list] = []
+    out: list[list] = []  # [start, end, whether the end is a guess's]
     for off, n, guess in tagged:
         if out and off <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], off + n)
-            out[-1][2] = out[-1][2] and guess
+            if off + n > out[-1][1]:
+                out[-1][1:] = [off + n, guess]
         elif out and not (guess or out[-1][2]) and off - out[-1][1] <= MERGE_GAP and _unheld(cache, out[-1][1], off):
             out[-1][1] = off + n
         else:
