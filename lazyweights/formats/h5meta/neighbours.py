@@ -3,7 +3,8 @@ those already read (fetched with the next level as :class:`~._base.Ahead`, never
 
 libhdf5 gives out file space in the order objects are made, from the end of the file, when
 the writer does not aggregate small metadata into blocks (h5py's file-object driver does not:
-Keras 3 writes the weights member of every ``.keras`` archive through it).  There:
+Keras 3 writes a ``.keras`` archive's weights member through it when they fit in memory, else
+through a temporary file, laid out like a ``.weights.h5``).  There:
 
 - a group's first symbol node is allocated when its first link goes in, so when that link's
   target was made just before it (Keras makes ``layers/<name>``, then its ``vars``), the
