@@ -69,8 +69,9 @@ def around_symbol_node(
     where the node ends, for :func:`after_blocks`."""
     start = ctx.base + snod
     node, hsize = group_node_size(ctx), heap_header_size(ctx)
-    ctx.node_ends.add(start + symbol_node_size(ctx))
-    out = [(start + symbol_node_size(ctx), reads.dataset)]
+    end = start + symbol_node_size(ctx)
+    ctx.node_ends.add(end)
+    out = [(end, reads.dataset)]
     own_end = hh.data_at + hh.size
     if links == 1 and heap == btree + node and hh.data_at == ctx.base + heap + hsize:
         hdr = fresh_header_size(ctx)
